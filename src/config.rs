@@ -1,0 +1,591 @@
+//! Typed configuration: a TOML file, then `FIREHOSE_EDGE__SECTION__KEY` environment overrides,
+//! validated once at start.
+//!
+//! Every section denies unknown keys, so a typo is an error rather than a silently ignored
+//! setting. Errors name the key (`queue.durability: unknown variant ...`), and `main` exits
+//! with status 64 (EX_USAGE) on any of them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Prefix of environment overrides: `FIREHOSE_EDGE__QUEUE__PATH=/var/lib/q` sets `queue.path`.
+pub const ENV_PREFIX: &str = "FIREHOSE_EDGE__";
+
+/// Firehose's largest record: 1,000 KiB before base64.
+/// <https://docs.aws.amazon.com/firehose/latest/APIReference/API_PutRecordBatch.html>
+pub const FIREHOSE_MAX_RECORD_BYTES: usize = 1_024_000;
+
+/// Why a configuration was refused. The message always starts with the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key is unknown, missing, of the wrong type or out of range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted key path, e.g. `queue.durability`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration. Every section has defaults, so an empty file is a valid config
+/// (the embedded default: file sink under `data/`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The ingest listener and its request limits.
+    pub server: ServerConfig,
+    /// The admin listener (health, metrics).
+    pub admin: AdminConfig,
+    /// The durable queue.
+    pub queue: QueueConfig,
+    /// Where records go.
+    pub sink: SinkConfig,
+    /// Endpoint to delivery stream names.
+    pub streams: StreamsConfig,
+    /// How the flusher drains the queue.
+    pub flusher: FlusherConfig,
+    /// How the process stops.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[shutdown]`: the bounded, ordered stop on SIGTERM/SIGINT.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest the stop may take, in seconds: drain connections, finish sink calls in
+    /// flight, flush the queue. Default 25, under Kubernetes' 30 s termination grace.
+    pub grace_period: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_period: 25 }
+    }
+}
+
+impl ShutdownConfig {
+    /// The grace period.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_period)
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (`info`, `firehose_edge=debug`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[server]`: the public ingest listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the ingest API listens on (the old service's port 5000).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[admin]`: health and metrics, kept off the public port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of `/healthz` (and later `/metrics`, `/readyz`).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+/// When a 200 is sent relative to the disk.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Answer after a (shared) flush that covers the request's records.
+    Fsync,
+    /// Answer after the append; sled's background flush persists it within
+    /// `queue.flush_interval_ms`. A crash may lose that window of acknowledged events.
+    Interval,
+}
+
+/// `[queue]`: the sled database that buffers records until the sink takes them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Directory of the sled database.
+    pub path: PathBuf,
+    /// Budget of queued record bytes; beyond it ingest answers 503. The disk needs ~2-2.5x
+    /// this, because sled's files do not shrink after a drain.
+    pub max_bytes: u64,
+    /// `fsync` (default) or `interval`.
+    pub durability: Durability,
+    /// Period of sled's background flush in milliseconds (the loss window of `interval`).
+    pub flush_interval_ms: u64,
+    /// sled's page cache in bytes (sled's own default of 1 GiB is far more than a queue needs).
+    pub cache_capacity: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            path: PathBuf::from("data/queue"),
+            max_bytes: 10 * (1 << 30),
+            durability: Durability::Fsync,
+            flush_interval_ms: 500,
+            cache_capacity: 64 << 20,
+        }
+    }
+}
+
+/// Which sink the flusher delivers to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Amazon Kinesis Data Firehose.
+    Firehose,
+    /// NDJSON files in a local directory, laid out like Firehose's S3 prefixes.
+    File,
+}
+
+/// `[sink]`: where delivered records land.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `file` (default, no AWS needed) or `firehose`.
+    pub kind: SinkKind,
+    /// File sink: root of the local lake.
+    pub directory: PathBuf,
+    /// Firehose sink: AWS region.
+    pub region: String,
+    /// Firehose sink: a local Firehose API (moto, LocalStack) instead of AWS's.
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::File,
+            directory: PathBuf::from("data/lake"),
+            region: "us-east-1".to_owned(),
+            endpoint_url: None,
+        }
+    }
+}
+
+/// `[streams]`: the delivery stream each endpoint writes to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Stream of `POST /track`.
+    pub track: String,
+    /// Stream of `POST /alias`.
+    pub alias: String,
+    /// Stream of `POST /profile`.
+    pub profile: String,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            track: "log_user_events".to_owned(),
+            alias: "link_users".to_owned(),
+            profile: "user_profiles".to_owned(),
+        }
+    }
+}
+
+/// `[flusher]`: batching and retry of the drain into the sink.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlusherConfig {
+    /// Most sink records per call (Firehose: at most 500).
+    pub max_batch_records: usize,
+    /// Most bytes per call (Firehose: at most 4 MiB).
+    pub max_batch_bytes: usize,
+    /// How long a record may wait for a fuller batch, in milliseconds.
+    pub linger_ms: u64,
+    /// Calls in flight per stream.
+    pub max_in_flight: usize,
+    /// First retry delay in milliseconds; doubles per consecutive failure (full jitter).
+    pub retry_base_ms: u64,
+    /// Largest retry delay in milliseconds.
+    pub retry_max_ms: u64,
+}
+
+impl Default for FlusherConfig {
+    fn default() -> Self {
+        FlusherConfig {
+            max_batch_records: 500,
+            max_batch_bytes: 4 << 20,
+            linger_ms: 200,
+            max_in_flight: 4,
+            retry_base_ms: 100,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl FlusherConfig {
+    /// How long a record may wait for a fuller batch.
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies overrides from `env` (pairs of
+    /// variable name and value; only `FIREHOSE_EDGE__*` are looked at) and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "<defaults>".to_owned()),
+        };
+        Config::from_toml(&text, &origin, env)
+    }
+
+    /// Parses `text`, applies `env` overrides and validates; `origin` names the text in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.to_string().trim_end().replace('\n', " "),
+                })?;
+        apply_env(&mut table, env)?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    key: if key == "." { "config".to_owned() } else { key },
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that types alone cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.flusher;
+        if !(1..=500).contains(&f.max_batch_records) {
+            return Err(ConfigError::invalid(
+                "flusher.max_batch_records",
+                format!(
+                    "{} is outside 1..=500 (Firehose's PutRecordBatch limit)",
+                    f.max_batch_records
+                ),
+            ));
+        }
+        if !(FIREHOSE_MAX_RECORD_BYTES..=4 << 20).contains(&f.max_batch_bytes) {
+            return Err(ConfigError::invalid(
+                "flusher.max_batch_bytes",
+                format!(
+                    "{} is outside {FIREHOSE_MAX_RECORD_BYTES}..=4194304 (one record .. Firehose's 4 MiB per call)",
+                    f.max_batch_bytes
+                ),
+            ));
+        }
+        if f.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "flusher.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if f.retry_base_ms == 0 || f.retry_base_ms > f.retry_max_ms {
+            return Err(ConfigError::invalid(
+                "flusher.retry_base_ms",
+                "must be at least 1 and at most flusher.retry_max_ms",
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.queue.max_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "queue.max_bytes",
+                "must be at least 1",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid("log.level", e.to_string()));
+        }
+        if self.queue.flush_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "queue.flush_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        for (key, name) in [
+            ("streams.track", &self.streams.track),
+            ("streams.alias", &self.streams.alias),
+            ("streams.profile", &self.streams.profile),
+        ] {
+            // Firehose's DeliveryStreamName pattern; the name also becomes a directory name.
+            let ok = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{name:?} is not a delivery stream name ([a-zA-Z0-9_.-]{{1,64}})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct delivery streams, in endpoint order.
+    pub fn stream_names(&self) -> Vec<String> {
+        let mut names = vec![
+            self.streams.track.clone(),
+            self.streams.alias.clone(),
+            self.streams.profile.clone(),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+}
+
+/// Applies `FIREHOSE_EDGE__A__B=value` as `a.b = value`. The value is read as a TOML value
+/// when it parses as one (`5000`, `true`, `["a"]`), else as a string, so paths and addresses
+/// need no quoting. A pure function over the pairs, so tests never touch the process env.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let key = path.join(".");
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::invalid(
+                &key,
+                format!("malformed variable {name}"),
+            ));
+        }
+        let value = parse_env_value(&raw);
+        let (last, parents) = path.split_last().expect("split yields at least one part");
+        let mut node = &mut *table;
+        for part in parents {
+            let entry = node
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry.as_table_mut().ok_or_else(|| {
+                ConfigError::invalid(&key, format!("{part} is not a section (from {name})"))
+            })?;
+        }
+        node.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Parse `v = <raw>` so scalars and arrays keep their TOML types.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", Vec::new())
+    }
+
+    fn err_key(text: &str) -> String {
+        match parse(text).expect_err("config should be refused") {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:5000");
+        assert_eq!(c.admin.listen.to_string(), "0.0.0.0:9464");
+        assert_eq!(c.queue.durability, Durability::Fsync);
+        assert_eq!(c.sink.kind, SinkKind::File);
+    }
+
+    #[test]
+    fn shipped_default_toml_equals_the_code_defaults() {
+        let text = include_str!("../config/default.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("[queue]\ndurability = \"sometimes\"", "queue.durability"),
+            ("[server]\nlisten = \"not an address\"", "server.listen"),
+            ("[server]\nlisten = 5000", "server.listen"),
+            ("[server]\nbogus = 1", "server.bogus"),
+            ("[nope]\nx = 1", "nope"),
+            ("[queue]\nmax_bytes = -1", "queue.max_bytes"),
+            ("[queue]\nmax_bytes = 0", "queue.max_bytes"),
+            ("[sink]\nkind = \"s3\"", "sink.kind"),
+            (
+                "[flusher]\nmax_batch_records = 501",
+                "flusher.max_batch_records",
+            ),
+            (
+                "[flusher]\nmax_batch_bytes = 5000000",
+                "flusher.max_batch_bytes",
+            ),
+            ("[flusher]\nmax_in_flight = 0", "flusher.max_in_flight"),
+            ("[streams]\ntrack = \"a/b\"", "streams.track"),
+        ];
+        for (text, key) in cases {
+            let got = err_key(text);
+            assert!(
+                got.starts_with(key),
+                "{text:?}: expected key {key}, got {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let e = parse("[server\nlisten=").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        assert!(e.to_string().starts_with("test.toml:"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_win_and_keep_types() {
+        let env = vec![
+            (
+                "FIREHOSE_EDGE__QUEUE__PATH".to_owned(),
+                "/var/lib/q".to_owned(),
+            ),
+            (
+                "FIREHOSE_EDGE__QUEUE__MAX_BYTES".to_owned(),
+                "1234".to_owned(),
+            ),
+            (
+                "FIREHOSE_EDGE__SERVER__LISTEN".to_owned(),
+                "127.0.0.1:8080".to_owned(),
+            ),
+            (
+                "FIREHOSE_EDGE__SINK__ENDPOINT_URL".to_owned(),
+                "http://127.0.0.1:1".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::from_toml("[queue]\npath = \"a\"\nmax_bytes = 1", "t", env).unwrap();
+        assert_eq!(c.queue.path, PathBuf::from("/var/lib/q"));
+        assert_eq!(c.queue.max_bytes, 1234);
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.sink.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn env_override_errors_name_the_key() {
+        let env = vec![(
+            "FIREHOSE_EDGE__QUEUE__DURABILITY".to_owned(),
+            "never".to_owned(),
+        )];
+        let e = Config::from_toml("", "t", env).unwrap_err();
+        assert!(e.to_string().starts_with("queue.durability"), "{e}");
+    }
+
+    #[test]
+    fn stream_names_are_distinct() {
+        let c = parse("[streams]\ntrack = \"a\"\nalias = \"a\"\nprofile = \"b\"").unwrap();
+        assert_eq!(c.stream_names(), vec!["a".to_owned(), "b".to_owned()]);
+    }
+}

@@ -1,0 +1,637 @@
+//! Request bodies: validation against the original service's schemas, and encoding into the
+//! exact NDJSON bytes that will be shipped.
+//!
+//! The body is parsed once into borrowed [`RawValue`]s. Types are checked on the raw JSON
+//! text, and valid values are copied byte for byte into the output line, so an event is
+//! never re-serialized between the request and the lake. Free-form objects (`metadata`,
+//! `attributes`) are copied raw too, minus any line breaks (they can only be insignificant
+//! whitespace in valid JSON) so that every record stays on one line.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::FIREHOSE_MAX_RECORD_BYTES;
+
+/// The three ingest endpoints of the original service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /track`: a user's events, one record per event.
+    Track,
+    /// `POST /alias`: links two user ids.
+    Alias,
+    /// `POST /profile`: a user's attributes.
+    Profile,
+}
+
+impl Endpoint {
+    /// Every endpoint, in a fixed order.
+    pub const ALL: [Endpoint; 3] = [Endpoint::Track, Endpoint::Alias, Endpoint::Profile];
+
+    /// The endpoint served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/track" => Some(Endpoint::Track),
+            "/alias" => Some(Endpoint::Alias),
+            "/profile" => Some(Endpoint::Profile),
+            _ => None,
+        }
+    }
+
+    /// Short name, used in metric labels and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Track => "track",
+            Endpoint::Alias => "alias",
+            Endpoint::Profile => "profile",
+        }
+    }
+}
+
+/// One reason a body was refused, by JSON path (`events[0].eventName`; `$` is the body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Where in the body.
+    pub path: String,
+    /// What is wrong (`missing`, `must be a string`, `unknown field`, ...).
+    pub reason: String,
+}
+
+/// Why a body could not be turned into records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The body breaks the schema; every offending field is listed.
+    Invalid(Vec<FieldError>),
+    /// One event's record would exceed Firehose's 1,000 KiB record limit.
+    RecordTooLarge {
+        /// Position of the event in the request.
+        index: usize,
+        /// Size of its encoded line.
+        bytes: usize,
+    },
+}
+
+/// The records of one request: NDJSON lines, each ending in `\n`, ready to ship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    /// The concatenated lines.
+    pub ndjson: Vec<u8>,
+    /// How many lines.
+    pub count: u32,
+}
+
+/// Validates `body` for `endpoint` and encodes its records, stamped with `received_at`.
+pub fn encode(
+    endpoint: Endpoint,
+    body: &[u8],
+    received_at: SystemTime,
+) -> Result<Records, EncodeError> {
+    let mut v = Validator::default();
+    let Some(top) = v.object("$", body_object(body)) else {
+        return Err(EncodeError::Invalid(v.errors));
+    };
+    let mut out = Writer::new(body.len(), received_at);
+    match endpoint {
+        Endpoint::Track => {
+            v.unknown_fields("", &top, &["userId", "events"]);
+            let user_id = v.string(&top, "", "userId");
+            let events = v.events(&top);
+            if !v.errors.is_empty() {
+                return Err(EncodeError::Invalid(v.errors));
+            }
+            let (user_id, events) = (user_id.expect("valid"), events.expect("valid"));
+            for (i, event) in events.iter().enumerate() {
+                out.begin();
+                out.field("userId", Some(user_id));
+                out.field("eventName", event.get("eventName").copied());
+                out.field("timestampUTC", event.get("timestampUTC").copied());
+                out.object_field("metadata", event.get("metadata").copied());
+                out.end(i)?;
+            }
+        }
+        Endpoint::Alias => {
+            v.unknown_fields("", &top, &["newUserId", "originalUserId", "timestampUTC"]);
+            v.string(&top, "", "newUserId");
+            v.string(&top, "", "originalUserId");
+            v.timestamp(&top, "");
+            if !v.errors.is_empty() {
+                return Err(EncodeError::Invalid(v.errors));
+            }
+            out.begin();
+            out.field("newUserId", top.get("newUserId").copied());
+            out.field("originalUserId", top.get("originalUserId").copied());
+            out.field("timestampUTC", top.get("timestampUTC").copied());
+            out.end(0)?;
+        }
+        Endpoint::Profile => {
+            v.unknown_fields("", &top, &["userId", "attributes", "timestampUTC"]);
+            v.string(&top, "", "userId");
+            v.free_object(&top, "", "attributes");
+            v.timestamp(&top, "");
+            if !v.errors.is_empty() {
+                return Err(EncodeError::Invalid(v.errors));
+            }
+            out.begin();
+            out.field("userId", top.get("userId").copied());
+            out.field("timestampUTC", top.get("timestampUTC").copied());
+            out.object_field("attributes", top.get("attributes").copied());
+            out.end(0)?;
+        }
+    }
+    Ok(out.finish())
+}
+
+/// A JSON object as field name -> raw value. Names are owned because JSON allows escapes in
+/// them (`"user\u0049d"`), which cannot be borrowed.
+type Object<'a> = BTreeMap<String, &'a RawValue>;
+
+fn body_object(body: &[u8]) -> Result<&RawValue, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("body is empty".to_owned());
+    }
+    serde_json::from_slice::<&RawValue>(body).map_err(|e| format!("body is not valid JSON: {e}"))
+}
+
+/// Collects every schema violation instead of stopping at the first, so a client learns all
+/// of them from one 400.
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn fail(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Parses `raw` as an object of raw values, or records why it is not one.
+    fn object<'a>(&mut self, path: &str, raw: Result<&'a RawValue, String>) -> Option<Object<'a>> {
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(reason) => {
+                self.fail(path, reason);
+                return None;
+            }
+        };
+        if !raw.get().starts_with('{') {
+            self.fail(path, "must be an object");
+            return None;
+        }
+        match serde_json::from_str::<Object<'a>>(raw.get()) {
+            Ok(obj) => Some(obj),
+            Err(e) => {
+                self.fail(path, format!("invalid object: {e}"));
+                None
+            }
+        }
+    }
+
+    fn unknown_fields(&mut self, prefix: &str, obj: &Object<'_>, known: &[&str]) {
+        for name in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+            self.fail(join(prefix, name), "unknown field");
+        }
+    }
+
+    /// A required string field.
+    fn string<'a>(&mut self, obj: &Object<'a>, prefix: &str, name: &str) -> Option<&'a RawValue> {
+        match obj.get(name) {
+            None => self.fail(join(prefix, name), "missing"),
+            Some(raw) if raw.get().starts_with('"') => return Some(raw),
+            Some(_) => self.fail(join(prefix, name), "must be a string"),
+        }
+        None
+    }
+
+    /// Optional `timestampUTC`: a JSON integer that fits in 64 bits (a lake column of type
+    /// bigint), or null.
+    fn timestamp(&mut self, obj: &Object<'_>, prefix: &str) {
+        let Some(raw) = obj.get("timestampUTC") else {
+            return;
+        };
+        let text = raw.get();
+        let integer = text.parse::<i64>().is_ok();
+        if !integer && text != "null" {
+            self.fail(join(prefix, "timestampUTC"), "must be an integer");
+        }
+    }
+
+    /// Optional free-form object (`metadata`, `attributes`), or null.
+    fn free_object(&mut self, obj: &Object<'_>, prefix: &str, name: &str) {
+        if let Some(raw) = obj.get(name) {
+            if !raw.get().starts_with('{') && raw.get() != "null" {
+                self.fail(join(prefix, name), "must be an object");
+            }
+        }
+    }
+
+    /// `events`: a non-empty array of `{eventName, metadata?, timestampUTC?}`.
+    fn events<'a>(&mut self, top: &Object<'a>) -> Option<Vec<Object<'a>>> {
+        let Some(raw) = top.get("events") else {
+            self.fail("events", "missing");
+            return None;
+        };
+        if !raw.get().starts_with('[') {
+            self.fail("events", "must be an array");
+            return None;
+        }
+        let items: Vec<&'a RawValue> = match serde_json::from_str(raw.get()) {
+            Ok(items) => items,
+            Err(e) => {
+                self.fail("events", format!("invalid array: {e}"));
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.fail("events", "must not be empty");
+            return None;
+        }
+        let before = self.errors.len();
+        let mut events = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let path = format!("events[{i}]");
+            if let Some(event) = self.object(&path, Ok(item)) {
+                self.unknown_fields(&path, &event, &["eventName", "metadata", "timestampUTC"]);
+                self.string(&event, &path, "eventName");
+                self.free_object(&event, &path, "metadata");
+                self.timestamp(&event, &path);
+                events.push(event);
+            }
+        }
+        (self.errors.len() == before).then_some(events)
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Writes records as `{"messageId":..,"receivedAt":..,<fields>}\n`.
+struct Writer {
+    buf: Vec<u8>,
+    received_at: String,
+    line_start: usize,
+    count: u32,
+}
+
+impl Writer {
+    fn new(body_len: usize, received_at: SystemTime) -> Writer {
+        Writer {
+            // Each record adds ~110 bytes of id, time and keys to what the body carried.
+            buf: Vec::with_capacity(body_len + 256),
+            received_at: humantime::format_rfc3339_millis(received_at).to_string(),
+            line_start: 0,
+            count: 0,
+        }
+    }
+
+    fn begin(&mut self) {
+        self.line_start = self.buf.len();
+        let mut id = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
+        self.buf.extend_from_slice(b"{\"messageId\":\"");
+        self.buf.extend_from_slice(id.as_bytes());
+        self.buf.extend_from_slice(b"\",\"receivedAt\":\"");
+        self.buf.extend_from_slice(self.received_at.as_bytes());
+        self.buf.push(b'"');
+    }
+
+    /// A scalar field copied raw (already valid JSON), or `null` when absent.
+    fn field(&mut self, name: &str, raw: Option<&RawValue>) {
+        self.key(name);
+        self.buf
+            .extend_from_slice(raw.map_or("null", RawValue::get).as_bytes());
+    }
+
+    /// A free-form object copied raw without line breaks, or `null` when absent. Inside a
+    /// valid JSON text a CR or LF can only be whitespace between tokens (strings must escape
+    /// them), so dropping them changes nothing but the layout.
+    fn object_field(&mut self, name: &str, raw: Option<&RawValue>) {
+        self.key(name);
+        let text = raw.map_or("null", RawValue::get).as_bytes();
+        self.buf
+            .extend(text.iter().copied().filter(|&b| b != b'\n' && b != b'\r'));
+    }
+
+    fn key(&mut self, name: &str) {
+        self.buf.extend_from_slice(b",\"");
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn end(&mut self, index: usize) -> Result<(), EncodeError> {
+        self.buf.extend_from_slice(b"}\n");
+        self.count += 1;
+        let bytes = self.buf.len() - self.line_start;
+        if bytes > FIREHOSE_MAX_RECORD_BYTES {
+            return Err(EncodeError::RecordTooLarge { index, bytes });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Records {
+        Records {
+            ndjson: self.buf,
+            count: self.count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)
+    }
+
+    fn lines(records: &Records) -> Vec<Value> {
+        let text = std::str::from_utf8(&records.ndjson).unwrap();
+        assert!(text.ends_with('\n'));
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn errors(endpoint: Endpoint, body: &str) -> Vec<(String, String)> {
+        match encode(endpoint, body.as_bytes(), now()) {
+            Err(EncodeError::Invalid(errs)) => {
+                errs.into_iter().map(|e| (e.path, e.reason)).collect()
+            }
+            other => panic!("{body}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_bodies_are_accepted() {
+        let cases: &[(Endpoint, &str, u32)] = &[
+            (
+                Endpoint::Track,
+                r#"{"userId":"u","events":[{"eventName":"a"}]}"#,
+                1,
+            ),
+            (
+                Endpoint::Track,
+                r#"{"userId":"u","events":[{"eventName":"a","metadata":{"k":[1,{"x":null}]},"timestampUTC":1700000000},{"eventName":"b","metadata":null,"timestampUTC":null}]}"#,
+                2,
+            ),
+            (
+                Endpoint::Track,
+                r#"{"userId":"","events":[{"eventName":""}]}"#,
+                1,
+            ),
+            (
+                Endpoint::Track,
+                r#"{"user\u0049d":"u","events":[{"eventName":"a"}]}"#,
+                1,
+            ),
+            (
+                Endpoint::Track,
+                "{\"userId\":\"u\",\n\"events\":[{\"eventName\":\"a\",\"metadata\":{\n\"a\": 1\r\n}}]}\n",
+                1,
+            ),
+            (
+                Endpoint::Alias,
+                r#"{"newUserId":"n","originalUserId":"o"}"#,
+                1,
+            ),
+            (
+                Endpoint::Alias,
+                r#"{"newUserId":"n","originalUserId":"o","timestampUTC":-5}"#,
+                1,
+            ),
+            (Endpoint::Profile, r#"{"userId":"u"}"#, 1),
+            (
+                Endpoint::Profile,
+                r#"{"userId":"u","attributes":{"plan":"pro"},"timestampUTC":0}"#,
+                1,
+            ),
+        ];
+        for (endpoint, body, n) in cases {
+            let records = encode(*endpoint, body.as_bytes(), now())
+                .unwrap_or_else(|e| panic!("{body}: {e:?}"));
+            assert_eq!(records.count, *n, "{body}");
+            assert_eq!(lines(&records).len(), *n as usize, "{body}");
+        }
+    }
+
+    #[test]
+    fn invalid_bodies_name_every_offending_path() {
+        use Endpoint::*;
+        let m = "missing";
+        let s = "must be a string";
+        let i = "must be an integer";
+        let o = "must be an object";
+        let u = "unknown field";
+        type Case<'a> = (Endpoint, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (Track, r#"{}"#, &[("userId", m), ("events", m)]),
+            (
+                Track,
+                r#"{"userId":1,"events":[]}"#,
+                &[("userId", s), ("events", "must not be empty")],
+            ),
+            (
+                Track,
+                r#"{"userId":"u","events":{}}"#,
+                &[("events", "must be an array")],
+            ),
+            (Track, r#"{"userId":"u","events":[1]}"#, &[("events[0]", o)]),
+            (
+                Track,
+                r#"{"userId":"u","events":[{}]}"#,
+                &[("events[0].eventName", m)],
+            ),
+            (
+                Track,
+                r#"{"userId":"u","events":[{"eventName":"a"},{"eventName":2,"timestampUTC":"1","metadata":[],"x":1}],"extra":true}"#,
+                &[
+                    ("extra", u),
+                    ("events[1].x", u),
+                    ("events[1].eventName", s),
+                    ("events[1].metadata", o),
+                    ("events[1].timestampUTC", i),
+                ],
+            ),
+            (
+                Track,
+                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1.0}]}"#,
+                &[("events[0].timestampUTC", i)],
+            ),
+            (
+                Track,
+                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":true}]}"#,
+                &[("events[0].timestampUTC", i)],
+            ),
+            (
+                Track,
+                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1e3}]}"#,
+                &[("events[0].timestampUTC", i)],
+            ),
+            (
+                Track,
+                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":99999999999999999999}]}"#,
+                &[("events[0].timestampUTC", i)],
+            ),
+            (
+                Track,
+                r#"{"userId":null,"events":[{"eventName":"a"}]}"#,
+                &[("userId", s)],
+            ),
+            (Alias, r#"{}"#, &[("newUserId", m), ("originalUserId", m)]),
+            (
+                Alias,
+                r#"{"newUserId":"n","originalUserId":["o"],"timestampUTC":"x","userId":"u"}"#,
+                &[("userId", u), ("originalUserId", s), ("timestampUTC", i)],
+            ),
+            (
+                Profile,
+                r#"{"attributes":"x"}"#,
+                &[("userId", m), ("attributes", o)],
+            ),
+            (
+                Profile,
+                r#"{"userId":"u","attributes":[1],"events":[]}"#,
+                &[("events", u), ("attributes", o)],
+            ),
+        ];
+        for (endpoint, body, expected) in cases {
+            let got = errors(*endpoint, body);
+            let want: Vec<(String, String)> = expected
+                .iter()
+                .map(|(p, r)| (p.to_string(), r.to_string()))
+                .collect();
+            assert_eq!(got, want, "{endpoint:?} {body}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_refused_for_every_endpoint() {
+        for endpoint in Endpoint::ALL {
+            for body in [
+                "",
+                "  \n",
+                "not json",
+                "[]",
+                "\"s\"",
+                "1",
+                "null",
+                "{\"userId\":",
+                "{} {}",
+            ] {
+                let errs = errors(endpoint, body);
+                assert_eq!(errs.len(), 1, "{body:?}: {errs:?}");
+                assert_eq!(errs[0].0, "$", "{body:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn track_flattens_one_record_per_event_with_user_id() {
+        let body = br#"{"userId":"u1","events":[{"eventName":"a","metadata":{"k":1},"timestampUTC":5},{"eventName":"b"}]}"#;
+        let records = encode(Endpoint::Track, body, now()).unwrap();
+        let got = lines(&records);
+        assert_eq!(got.len(), 2);
+        for line in &got {
+            let keys: Vec<&str> = line
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                [
+                    "eventName",
+                    "messageId",
+                    "metadata",
+                    "receivedAt",
+                    "timestampUTC",
+                    "userId"
+                ]
+            );
+            assert_eq!(line["userId"], "u1");
+        }
+        assert_eq!(got[0]["eventName"], "a");
+        assert_eq!(got[0]["metadata"], json!({"k": 1}));
+        assert_eq!(got[0]["timestampUTC"], 5);
+        assert_eq!(got[1]["eventName"], "b");
+        assert_eq!(got[1]["metadata"], Value::Null);
+        assert_eq!(got[1]["timestampUTC"], Value::Null);
+    }
+
+    #[test]
+    fn alias_and_profile_fill_omitted_fields_with_null() {
+        let alias = lines(
+            &encode(
+                Endpoint::Alias,
+                br#"{"newUserId":"n","originalUserId":"o"}"#,
+                now(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(alias.len(), 1);
+        assert_eq!(alias[0]["newUserId"], "n");
+        assert_eq!(alias[0]["originalUserId"], "o");
+        assert!(alias[0].as_object().unwrap().contains_key("timestampUTC"));
+        assert_eq!(alias[0]["timestampUTC"], Value::Null);
+
+        let profile = lines(&encode(Endpoint::Profile, br#"{"userId":"u"}"#, now()).unwrap());
+        assert_eq!(profile[0]["attributes"], Value::Null);
+        assert_eq!(profile[0]["timestampUTC"], Value::Null);
+        assert_eq!(profile[0].as_object().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn message_ids_are_unique_uuid_v7_and_received_at_is_rfc3339_millis() {
+        let events: Vec<String> = (0..500)
+            .map(|i| format!(r#"{{"eventName":"e{i}"}}"#))
+            .collect();
+        let body = format!(r#"{{"userId":"u","events":[{}]}}"#, events.join(","));
+        let got = lines(&encode(Endpoint::Track, body.as_bytes(), now()).unwrap());
+        let mut ids = std::collections::HashSet::new();
+        for line in &got {
+            let id: uuid::Uuid = line["messageId"].as_str().unwrap().parse().unwrap();
+            assert_eq!(id.get_version_num(), 7);
+            assert!(ids.insert(id));
+            assert_eq!(line["receivedAt"], "2023-11-14T22:13:20.123Z");
+        }
+        assert_eq!(ids.len(), 500);
+    }
+
+    #[test]
+    fn strings_keep_their_escapes_and_objects_lose_line_breaks() {
+        let body = "{\"userId\":\"a\\nb\\u00e9\",\"events\":[{\"eventName\":\"x\",\"metadata\":{\r\n  \"s\": \"l1\\nl2\"\n}}]}";
+        let records = encode(Endpoint::Track, body.as_bytes(), now()).unwrap();
+        let text = std::str::from_utf8(&records.ndjson).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let line: Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(line["userId"], "a\nbé");
+        assert_eq!(line["metadata"]["s"], "l1\nl2");
+    }
+
+    #[test]
+    fn an_event_over_the_firehose_record_limit_is_too_large() {
+        let big = "x".repeat(FIREHOSE_MAX_RECORD_BYTES);
+        let body =
+            format!(r#"{{"userId":"u","events":[{{"eventName":"a"}},{{"eventName":"{big}"}}]}}"#);
+        match encode(Endpoint::Track, body.as_bytes(), now()) {
+            Err(EncodeError::RecordTooLarge { index, bytes }) => {
+                assert_eq!(index, 1);
+                assert!(bytes > FIREHOSE_MAX_RECORD_BYTES);
+            }
+            other => panic!("expected RecordTooLarge, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The flusher: one task per delivery stream that drains the queue head into the sink.
+//!
+//! Each round reads the oldest entries not already in flight, packs their lines into sink
+//! records, and sends the batch once it is full or its oldest entry has lingered long enough.
+//! Several batches may be in flight. When a call returns, exactly the lines of accepted
+//! records leave the queue; lines of failed records stay at the head and are sent again after
+//! an exponential, fully jittered back-off that never gives up. A call refused for its content
+//! is split until the offending record is alone, and that record goes to the dead-letter tree.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FlusherConfig;
+use crate::metrics;
+use crate::queue::{Entry, Queue};
+use crate::sink::{RecordOutcome, Sink, SinkError};
+
+/// Firehose's limit of records per call and its multi-record de-aggregation limit.
+pub const MAX_LINES_PER_RECORD: usize = 500;
+
+/// How lines become sink records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packing {
+    /// Pack consecutive lines into one record (`false`: one line per record).
+    pub enabled: bool,
+    /// Largest packed record in bytes.
+    pub max_bytes: usize,
+    /// Most lines in one packed record.
+    pub max_lines: usize,
+}
+
+/// Drains one stream of the queue into a sink.
+pub struct Flusher {
+    stream: String,
+    queue: Queue,
+    sink: Arc<dyn Sink>,
+    config: FlusherConfig,
+    packing: Packing,
+}
+
+/// A batch in flight: the entries it holds and how their lines map to records.
+struct Batch {
+    entries: Vec<Entry>,
+    records: Vec<Bytes>,
+    /// `ends[i]`: one past the last line (counted across `entries` in order) of record `i`.
+    ends: Vec<usize>,
+    /// Whether another line would have overflowed a limit.
+    full: bool,
+}
+
+impl Batch {
+    /// Packs lines of `entries` (in order) into records within the call and record limits.
+    /// Lines that do not fit stay out; their entry keeps them.
+    fn build(entries: Vec<Entry>, config: &FlusherConfig, packing: Packing) -> Batch {
+        let mut records = Vec::new();
+        let mut ends = Vec::new();
+        let mut current: Vec<u8> = Vec::new();
+        let (mut current_lines, mut total_bytes, mut lines) = (0usize, 0usize, 0usize);
+        let mut full = false;
+        'entries: for entry in &entries {
+            for line in entry.iter_lines() {
+                if total_bytes + line.len() > config.max_batch_bytes {
+                    full = true;
+                    break 'entries;
+                }
+                let joins_current = packing.enabled
+                    && current_lines > 0
+                    && current.len() + line.len() <= packing.max_bytes
+                    && current_lines < packing.max_lines;
+                if !joins_current {
+                    if current_lines > 0 {
+                        records.push(Bytes::from(std::mem::take(&mut current)));
+                        ends.push(lines);
+                        current_lines = 0;
+                    }
+                    if records.len() == config.max_batch_records {
+                        full = true;
+                        break 'entries;
+                    }
+                }
+                current.extend_from_slice(line);
+                current_lines += 1;
+                total_bytes += line.len();
+                lines += 1;
+            }
+        }
+        if current_lines > 0 {
+            records.push(Bytes::from(current));
+            ends.push(lines);
+        }
+        Batch {
+            entries,
+            records,
+            ends,
+            full,
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().map(|e| e.key)
+    }
+
+    fn oldest_ms(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| e.enqueued_ms)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// What one batch's delivery came to.
+struct Delivered {
+    outcomes: Vec<RecordOutcome>,
+    /// The first call-level error, which decides the back-off.
+    error: Option<SinkError>,
+}
+
+impl Flusher {
+    /// A flusher of `stream`.
+    pub fn new(
+        stream: String,
+        queue: Queue,
+        sink: Arc<dyn Sink>,
+        config: FlusherConfig,
+        packing: Packing,
+    ) -> Flusher {
+        Flusher {
+            stream,
+            queue,
+            sink,
+            config,
+            packing,
+        }
+    }
+
+    /// Drains until `shutdown` fires, then waits for the calls in flight and returns;
+    /// everything not yet delivered stays in the queue for the next start. Callers bound the
+    /// wait with their grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut in_flight: JoinSet<Delivered> = JoinSet::new();
+        let mut batches: HashMap<Id, Batch> = HashMap::new();
+        let mut held: HashSet<u64> = HashSet::new();
+        let mut failures: u32 = 0;
+        let mut retry_at: Option<Instant> = None;
+        let mut stopping = false;
+        loop {
+            let mut linger_until = None;
+            let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
+            while !stopping && !backing_off && in_flight.len() < self.config.max_in_flight {
+                match self.next_batch(&held) {
+                    Ok(Some(batch)) => {
+                        let wait = self.linger_left(&batch);
+                        if !batch.full && !wait.is_zero() {
+                            linger_until = Some(Instant::now() + wait);
+                            break;
+                        }
+                        held.extend(batch.keys());
+                        let (sink, stream, records) = (
+                            self.sink.clone(),
+                            self.stream.clone(),
+                            batch.records.clone(),
+                        );
+                        let id = in_flight
+                            .spawn(async move { deliver(&*sink, &stream, records).await })
+                            .id();
+                        batches.insert(id, batch);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(stream = %self.stream, error = %e, "cannot read the queue");
+                        failures += 1;
+                        retry_at = Some(Instant::now() + self.backoff(failures, false));
+                        break;
+                    }
+                }
+            }
+            if stopping && in_flight.is_empty() {
+                return;
+            }
+            let wake_at = match (linger_until, retry_at.filter(|t| *t > Instant::now())) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    let (id, delivered) = match done {
+                        Ok((id, d)) => (id, d),
+                        Err(e) => {
+                            let n = batches.get(&e.id()).map_or(0, |b| b.records.len());
+                            (e.id(), Delivered {
+                                outcomes: vec![RecordOutcome::Retry { code: "panic".to_owned() }; n],
+                                error: Some(SinkError::Retriable { code: "panic".to_owned(), message: e.to_string() }),
+                            })
+                        }
+                    };
+                    let batch = batches.remove(&id).expect("every task has its batch");
+                    for key in batch.keys() {
+                        held.remove(&key);
+                    }
+                    let retry = self.settle(&batch, &delivered);
+                    if retry {
+                        failures += 1;
+                        let config_error = matches!(delivered.error, Some(SinkError::Config { .. }));
+                        retry_at = Some(Instant::now() + self.backoff(failures, config_error));
+                    } else {
+                        failures = 0;
+                        retry_at = None;
+                    }
+                }
+                _ = self.queue.appended(&self.stream), if !stopping => {}
+                _ = sleep_until(wake_at), if wake_at.is_some() && !stopping => {}
+                _ = shutdown.cancelled(), if !stopping => stopping = true,
+            }
+        }
+    }
+
+    /// The next batch from the head, skipping entries in flight; `None` when nothing waits.
+    fn next_batch(&self, held: &HashSet<u64>) -> Result<Option<Batch>, crate::queue::QueueError> {
+        let max_lines = if self.packing.enabled {
+            self.packing.max_lines
+        } else {
+            1
+        };
+        let entries = self.queue.read_head(
+            &self.stream,
+            held,
+            self.config.max_batch_records * max_lines,
+            self.config.max_batch_bytes,
+        )?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Batch::build(entries, &self.config, self.packing)))
+    }
+
+    /// How much longer the batch should wait for company.
+    fn linger_left(&self, batch: &Batch) -> Duration {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age = Duration::from_millis(now_ms.saturating_sub(batch.oldest_ms()));
+        self.config.linger().saturating_sub(age)
+    }
+
+    /// Applies a batch's outcomes to the queue; returns whether anything needs a retry.
+    fn settle(&self, batch: &Batch, delivered: &Delivered) -> bool {
+        let stream = &self.stream;
+        let mut line = 0usize;
+        let mut record = 0usize;
+        let mut accepted_events = 0u64;
+        let mut retry = delivered.error.is_some();
+        for entry in &batch.entries {
+            let mut remaining: Vec<&[u8]> = Vec::new();
+            let mut dead: Vec<&[u8]> = Vec::new();
+            for text in entry.iter_lines() {
+                while record < batch.ends.len() && line >= batch.ends[record] {
+                    record += 1;
+                }
+                match delivered
+                    .outcomes
+                    .get(record)
+                    .filter(|_| record < batch.ends.len())
+                {
+                    Some(RecordOutcome::Accepted) => accepted_events += 1,
+                    Some(RecordOutcome::Reject { .. }) => dead.push(text),
+                    Some(RecordOutcome::Retry { .. }) => {
+                        retry = true;
+                        remaining.push(text);
+                    }
+                    // Not in this batch (it was full): stays for the next one.
+                    None => remaining.push(text),
+                }
+                line += 1;
+            }
+            let result = if dead.is_empty() {
+                self.queue.settle(stream, entry, &remaining)
+            } else {
+                tracing::error!(
+                    stream = %stream,
+                    records = dead.len(),
+                    "sink refused records for good; moved to the dead-letter tree"
+                );
+                self.queue.dead_letter(stream, entry, &dead, &remaining)
+            };
+            if let Err(e) = result {
+                // The entry stays as it was: its delivered lines will be sent again
+                // (a duplicate, which `messageId` lets the lake remove), never lost.
+                tracing::error!(stream = %stream, key = entry.key, error = %e, "cannot settle a queue entry");
+            }
+        }
+        let accepted_sizes = batch
+            .records
+            .iter()
+            .zip(&delivered.outcomes)
+            .filter(|(_, o)| **o == RecordOutcome::Accepted)
+            .map(|(r, _)| r.len());
+        metrics::delivered(stream, accepted_events, accepted_sizes);
+        for outcome in &delivered.outcomes {
+            if let RecordOutcome::Retry { code } | RecordOutcome::Reject { code } = outcome {
+                metrics::failures(stream, code, 1);
+            }
+        }
+        retry
+    }
+
+    /// Delay before the next attempt after `failures` consecutive failed rounds: full jitter
+    /// over an exponentially growing window, capped; configuration errors wait the cap.
+    fn backoff(&self, failures: u32, config_error: bool) -> Duration {
+        let cap = self.config.retry_max_ms;
+        if config_error {
+            return Duration::from_millis(cap);
+        }
+        let window = self
+            .config
+            .retry_base_ms
+            .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
+            .min(cap);
+        Duration::from_millis(fastrand::u64(0..=window))
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `records`, splitting a batch refused for its content until each offending record is
+/// alone (then it is rejected for good). Always answers one outcome per record.
+fn deliver<'a>(
+    sink: &'a dyn Sink,
+    stream: &'a str,
+    records: Vec<Bytes>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivered> + Send + 'a>> {
+    Box::pin(async move {
+        let n = records.len();
+        let started = std::time::Instant::now();
+        let result = sink.put_batch(stream, records.clone()).await;
+        metrics::put_batch(stream, started.elapsed());
+        match result {
+            Ok(outcomes) if outcomes.len() == n => Delivered {
+                outcomes,
+                error: None,
+            },
+            Ok(outcomes) => {
+                let message = format!("{} outcomes for {n} records", outcomes.len());
+                failed_call(
+                    stream,
+                    n,
+                    SinkError::Retriable {
+                        code: "bad_response".to_owned(),
+                        message,
+                    },
+                )
+            }
+            Err(SinkError::InvalidBatch { code, message }) if n > 1 => {
+                tracing::warn!(stream, records = n, %code, %message, "batch refused for its content; splitting it to isolate the record");
+                let mut right = records;
+                let left = right.drain(..n / 2).collect();
+                let mut first = deliver(sink, stream, left).await;
+                let second = deliver(sink, stream, right).await;
+                first.outcomes.extend(second.outcomes);
+                Delivered {
+                    outcomes: first.outcomes,
+                    error: first.error.or(second.error),
+                }
+            }
+            Err(SinkError::InvalidBatch { code, .. }) => Delivered {
+                outcomes: vec![RecordOutcome::Reject { code }],
+                error: None,
+            },
+            Err(e) => failed_call(stream, n, e),
+        }
+    })
+}
+
+fn failed_call(stream: &str, n: usize, error: SinkError) -> Delivered {
+    match &error {
+        SinkError::Config { code, message } => tracing::error!(
+            stream,
+            %code,
+            %message,
+            "sink configuration error: check that the delivery stream exists and this service may write to it; records are kept"
+        ),
+        e => tracing::warn!(stream, error = %e, records = n, "sink call failed; will retry"),
+    }
+    Delivered {
+        outcomes: vec![
+            RecordOutcome::Retry {
+                code: error.code().to_owned()
+            };
+            n
+        ],
+        error: Some(error),
+    }
+}

@@ -1,0 +1,33 @@
+//! firehose-edge: analytics events over HTTP into a durable local queue, drained into
+//! Amazon Kinesis Data Firehose (or a local directory).
+//!
+//! The data path, module by module:
+//!
+//! 1. [`server`] accepts HTTP/1.1 connections; [`ingest`] routes `POST /track`, `/alias`,
+//!    `/profile`, enforces the request limits and maps every refusal to a status code.
+//! 2. [`event`] validates a body against the original service's schemas and encodes it, once,
+//!    into the NDJSON lines that will land in the lake.
+//! 3. [`queue`] appends a request's lines to sled as one entry and answers when they are on
+//!    disk (group commit: concurrent requests share one flush).
+//! 4. [`flusher`] drains each stream's queue head in batches into a [`sink`], removes exactly
+//!    what the sink accepted and retries the rest with back-off, forever.
+//! 5. [`sink`] delivers batches: [`sink::FileSink`] writes a local lake laid out like
+//!    Firehose's S3 prefixes.
+//!
+//! Around it: [`config`] (typed TOML + environment overrides), [`admin`] (health and
+//! Prometheus on a side port), [`metrics`] (every metric name) and [`app`] (wiring and the
+//! ordered shutdown).
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod event;
+pub mod flusher;
+pub mod ingest;
+pub mod metrics;
+pub mod queue;
+pub mod server;
+pub mod sink;
+
+pub use app::{Listeners, run};
+pub use config::Config;

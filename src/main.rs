@@ -1,0 +1,105 @@
+//! The `firehose-edge` binary: parse the command line, load config, start logging and the
+//! metrics recorder, bind the listeners, and run until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use firehose_edge::config::{Config, LogFormat};
+use firehose_edge::{Listeners, run};
+use tokio::net::TcpListener;
+
+/// EX_USAGE from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+/// Batching edge proxy: analytics events over HTTP into a durable queue, drained into
+/// Amazon Kinesis Data Firehose.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file (TOML). Without it the embedded defaults apply: a local file sink
+    /// under ./data, no AWS needed. `FIREHOSE_EDGE__SECTION__KEY` variables override it.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration (file and environment) and exit: 0 if valid, 64 if not.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("firehose-edge: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "firehose-edge failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let ingest = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("server.listen {}: {e}", config.server.listen))?;
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", config.admin.listen))?;
+    tracing::info!(
+        ingest = %ingest.local_addr()?,
+        admin = %admin.local_addr()?,
+        queue = %config.queue.path.display(),
+        durability = ?config.queue.durability,
+        sink = ?config.sink.kind,
+        "firehose-edge listening"
+    );
+    run(
+        config,
+        Listeners { ingest, admin },
+        Some(prometheus),
+        stop_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

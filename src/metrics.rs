@@ -1,0 +1,121 @@
+//! Every metric name, in one place. Each function records one fact; the recorder (the
+//! Prometheus exporter) is installed by `main`, so library code and tests never fight over a
+//! global. Label values are bounded: endpoint and stream names come from config, reasons and
+//! error codes from fixed sets, never from user input.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge, histogram};
+
+use crate::queue::Queue;
+
+/// HTTP requests answered, by endpoint (`track`, `alias`, `profile`, `other`) and status.
+pub const REQUESTS: &str = "firehose_edge_requests_total";
+/// Time to answer, durability wait included.
+pub const REQUEST_DURATION: &str = "firehose_edge_request_duration_seconds";
+/// Records made durable.
+pub const EVENTS_ACCEPTED: &str = "firehose_edge_events_accepted_total";
+/// Records (or, when a body cannot be parsed, requests) refused, by reason.
+pub const EVENTS_REJECTED: &str = "firehose_edge_events_rejected_total";
+/// Records waiting in the queue.
+pub const QUEUE_DEPTH: &str = "firehose_edge_queue_depth_events";
+/// Size of the queue's files on disk.
+pub const QUEUE_DISK_BYTES: &str = "firehose_edge_queue_disk_bytes";
+/// Bytes counted against `queue.max_bytes`.
+pub const QUEUE_BUDGET_BYTES: &str = "firehose_edge_queue_budget_used_bytes";
+/// Age of the oldest queued record: the outage alarm.
+pub const QUEUE_OLDEST_AGE: &str = "firehose_edge_queue_oldest_event_age_seconds";
+/// Events the sink accepted (events, not packed records).
+pub const RECORDS_DELIVERED: &str = "firehose_edge_records_delivered_total";
+/// Per-record and per-call failures, by error code.
+pub const RECORD_FAILURES: &str = "firehose_edge_record_failures_total";
+/// Latency of one sink call.
+pub const PUT_BATCH_DURATION: &str = "firehose_edge_put_batch_duration_seconds";
+/// Bytes Firehose bills: each record rounded up to 5 KB.
+pub const BILLED_BYTES: &str = "firehose_edge_billed_bytes_total";
+/// Records in the dead-letter tree.
+pub const DEAD_LETTER_EVENTS: &str = "firehose_edge_dead_letter_events";
+/// Group flushes of the queue.
+pub const QUEUE_FLUSHES: &str = "firehose_edge_queue_flushes_total";
+
+/// Firehose bills each record rounded up to the next 5 KB.
+/// <https://aws.amazon.com/firehose/pricing/>
+pub const BILLING_INCREMENT: u64 = 5 * 1024;
+
+/// One answered request.
+pub fn request(endpoint: &'static str, status: u16, elapsed: Duration) {
+    counter!(REQUESTS, "endpoint" => endpoint, "status" => status.to_string()).increment(1);
+    histogram!(REQUEST_DURATION, "endpoint" => endpoint).record(elapsed.as_secs_f64());
+}
+
+/// `n` records of `stream` made durable.
+pub fn events_accepted(stream: &str, n: u64) {
+    counter!(EVENTS_ACCEPTED, "stream" => stream.to_owned()).increment(n);
+}
+
+/// `n` records refused at ingest for `reason` (a fixed word: `invalid`, `too_large`, `full`, ...).
+pub fn events_rejected(endpoint: &'static str, reason: &'static str, n: u64) {
+    counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(n);
+}
+
+/// One sink call of `records` Firehose records holding `events` events, and its outcome.
+pub fn put_batch(stream: &str, elapsed: Duration) {
+    histogram!(PUT_BATCH_DURATION, "stream" => stream.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// `events` events in records of the given sizes were accepted by the sink.
+pub fn delivered(stream: &str, events: u64, record_sizes: impl Iterator<Item = usize>) {
+    counter!(RECORDS_DELIVERED, "stream" => stream.to_owned()).increment(events);
+    let billed: u64 = record_sizes.map(|n| billed_bytes(n as u64)).sum();
+    counter!(BILLED_BYTES, "stream" => stream.to_owned()).increment(billed);
+}
+
+/// Bytes Firehose bills for one record of `n` bytes.
+pub fn billed_bytes(n: u64) -> u64 {
+    n.div_ceil(BILLING_INCREMENT).max(1) * BILLING_INCREMENT
+}
+
+/// `n` failures (records or calls) of `stream` with `code`.
+pub fn failures(stream: &str, code: &str, n: u64) {
+    counter!(RECORD_FAILURES, "stream" => stream.to_owned(), "error_code" => code.to_owned())
+        .increment(n);
+}
+
+/// One group flush of the queue.
+pub fn queue_flush() {
+    counter!(QUEUE_FLUSHES).increment(1);
+}
+
+/// Sets the queue gauges from the queue's own counters; called on every scrape, so they are
+/// current without a timer.
+pub fn refresh_queue(queue: &Queue, streams: &[String]) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for stream in streams {
+        let labels = [("stream", stream.clone())];
+        gauge!(QUEUE_DEPTH, &labels).set(queue.queued_events(stream) as f64);
+        let age = match queue.oldest_ms(stream) {
+            Ok(Some(t)) => now_ms.saturating_sub(t) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        gauge!(QUEUE_OLDEST_AGE, &labels).set(age);
+        let dead = queue.dead_letter_events(stream);
+        gauge!(DEAD_LETTER_EVENTS, &labels).set(dead as f64);
+    }
+    gauge!(QUEUE_DISK_BYTES).set(queue.size_on_disk() as f64);
+    gauge!(QUEUE_BUDGET_BYTES).set(queue.queued_bytes() as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_rounds_up_to_5kb() {
+        assert_eq!(billed_bytes(1), 5120);
+        assert_eq!(billed_bytes(200), 5120);
+        assert_eq!(billed_bytes(5120), 5120);
+        assert_eq!(billed_bytes(5121), 10240);
+    }
+}

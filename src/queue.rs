@@ -1,0 +1,838 @@
+//! The durable queue: one sled tree per delivery stream, group-committed appends, reads from
+//! the head, per-record acknowledgement and a dead-letter tree.
+//!
+//! # Why sled 0.34.7
+//! It is sled's only stable release and on-disk format. The 1.0 alphas are faster and give
+//! space back, but their format still changes between alphas and their author lists open
+//! blockers; a queue that must reopen its own files after an upgrade cannot sit on that.
+//! 0.34.7's known traps shape this file:
+//! - `flush_async` deadlocks under concurrency (sled #1241, #1357), so appends are made
+//!   durable by a **group commit**: one committer thread flushes for every append since its
+//!   last flush and publishes the covered generation on a `watch` channel.
+//! - `apply_batch` and transactions take a process-wide write lock that stalls every other
+//!   writer, so a request's records are made **one value** (one entry): a single `insert` is
+//!   atomic, so a request is queued whole or not at all.
+//! - `flush()` ends in `sync_file_range`, which survives a process crash but not a power
+//!   loss, and values stored as separate blob files are never synced at all. After each group
+//!   flush the committer therefore `fdatasync`s the data file and any new blob file, and the
+//!   segment size is raised so that entries up to 2 MiB stay in the (synced) log.
+//! - The files never shrink, so the budget is enforced on bytes counted here, not on
+//!   `size_on_disk()`.
+//!
+//! # Layout
+//! Tree `q/<stream>`: key = big-endian `u64` sequence number (so iteration order is age
+//! order), value = [`Entry`]: a small header and the request's NDJSON lines. A partially
+//! delivered entry is rewritten in place with only its undelivered lines. Tree
+//! `dead/<stream>`: the same layout, for records the sink refused for good.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Durability, QueueConfig};
+
+/// sled's segment size. A value is written as a separate, never-synced blob file when its log
+/// item exceeds a quarter of a segment; 8 MiB keeps items up to 2 MiB in the synced log.
+const SEGMENT_SIZE: usize = 8 << 20;
+
+/// Bytes of an entry's header: version (1), enqueue time in ms (8), line count (4).
+const HEADER_LEN: usize = 13;
+const ENTRY_VERSION: u8 = 1;
+
+/// Why the queue could not take or give records.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The budget of queued bytes is spent; the caller should back off (503).
+    #[error("queue is full: {queued} of {max} bytes queued")]
+    Full {
+        /// Bytes queued now.
+        queued: u64,
+        /// `queue.max_bytes`.
+        max: u64,
+    },
+    /// The stream is not configured.
+    #[error("unknown stream {0}")]
+    UnknownStream(String),
+    /// The queue is closed (shutting down).
+    #[error("queue is closed")]
+    Closed,
+    /// sled or the file system failed (disk full, I/O error, corruption).
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for QueueError {
+    fn from(e: sled::Error) -> Self {
+        QueueError::Storage(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for QueueError {
+    fn from(e: std::io::Error) -> Self {
+        QueueError::Storage(e.to_string())
+    }
+}
+
+/// One queued request (or what is left of it): its key and its NDJSON lines.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Sequence number; the head of a stream is its smallest key.
+    pub key: u64,
+    /// When the entry was first appended, in ms since the Unix epoch.
+    pub enqueued_ms: u64,
+    /// Number of lines in `lines`.
+    pub count: u32,
+    /// NDJSON lines, each ending in `\n`.
+    pub lines: sled::IVec,
+}
+
+impl Entry {
+    fn encode(enqueued_ms: u64, count: u32, lines: &[u8]) -> Vec<u8> {
+        let mut value = Vec::with_capacity(HEADER_LEN + lines.len());
+        value.push(ENTRY_VERSION);
+        value.extend_from_slice(&enqueued_ms.to_be_bytes());
+        value.extend_from_slice(&count.to_be_bytes());
+        value.extend_from_slice(lines);
+        value
+    }
+
+    fn decode(key: &[u8], value: sled::IVec) -> Result<Entry, QueueError> {
+        let key = <[u8; 8]>::try_from(key)
+            .map(u64::from_be_bytes)
+            .map_err(|_| QueueError::Storage(format!("bad key length {}", key.len())))?;
+        if value.len() < HEADER_LEN || value[0] != ENTRY_VERSION {
+            return Err(QueueError::Storage(format!("entry {key} has a bad header")));
+        }
+        let enqueued_ms = u64::from_be_bytes(value[1..9].try_into().expect("8 bytes"));
+        let count = u32::from_be_bytes(value[9..13].try_into().expect("4 bytes"));
+        Ok(Entry {
+            key,
+            enqueued_ms,
+            count,
+            lines: value.subslice(HEADER_LEN, value.len() - HEADER_LEN),
+        })
+    }
+
+    /// The lines one by one, each with its `\n`.
+    pub fn iter_lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.lines.split_inclusive(|&b| b == b'\n')
+    }
+
+    /// Bytes this entry counts against the budget.
+    fn budget_bytes(&self) -> u64 {
+        (HEADER_LEN + self.lines.len()) as u64
+    }
+}
+
+/// Per-stream trees and counters.
+struct Stream {
+    tree: sled::Tree,
+    dead: sled::Tree,
+    /// Records (lines) queued.
+    events: AtomicU64,
+    /// Records (lines) in the dead-letter tree.
+    dead_events: AtomicU64,
+    /// Woken after every append, so an idle flusher starts at once.
+    appended: Notify,
+}
+
+/// The queue, shared by the server (appends) and the flushers (reads, acks).
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    path: PathBuf,
+    streams: HashMap<String, Stream>,
+    next_key: AtomicU64,
+    queued_bytes: AtomicU64,
+    max_bytes: u64,
+    durability: Durability,
+    commit: Option<GroupCommit>,
+    closed: AtomicBool,
+}
+
+impl Queue {
+    /// Opens (or creates) the queue at `config.path` with a tree pair per stream, and counts
+    /// what is already queued.
+    pub fn open(config: &QueueConfig, streams: &[String]) -> Result<Queue, QueueError> {
+        std::fs::create_dir_all(&config.path)?;
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .segment_size(SEGMENT_SIZE)
+            .flush_every_ms(Some(config.flush_interval_ms))
+            .open()?;
+        let mut map = HashMap::new();
+        let mut next_key = 0;
+        let mut queued_bytes = 0;
+        for name in streams {
+            let tree = db.open_tree(format!("q/{name}"))?;
+            let dead = db.open_tree(format!("dead/{name}"))?;
+            if let Some((k, _)) = tree.last()? {
+                next_key = next_key.max(key_of(&k)? + 1);
+            }
+            // Counting walks the values once at start; entries are a few hundred bytes to a
+            // few MiB, so this is a sequential read of the queue.
+            let mut events = 0;
+            for item in tree.iter() {
+                let (k, v) = item?;
+                let entry = Entry::decode(&k, v)?;
+                events += u64::from(entry.count);
+                queued_bytes += entry.budget_bytes();
+            }
+            let mut dead_events = 0;
+            for item in dead.iter() {
+                let (k, v) = item?;
+                let entry = Entry::decode(&k, v)?;
+                dead_events += u64::from(entry.count);
+                next_key = next_key.max(entry.key + 1);
+            }
+            map.insert(
+                name.clone(),
+                Stream {
+                    tree,
+                    dead,
+                    events: AtomicU64::new(events),
+                    dead_events: AtomicU64::new(dead_events),
+                    appended: Notify::new(),
+                },
+            );
+        }
+        let commit = match config.durability {
+            Durability::Fsync => Some(GroupCommit::start(db.clone(), config.path.clone())?),
+            Durability::Interval => None,
+        };
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                db,
+                path: config.path.clone(),
+                streams: map,
+                next_key: AtomicU64::new(next_key),
+                queued_bytes: AtomicU64::new(queued_bytes),
+                max_bytes: config.max_bytes,
+                durability: config.durability,
+                commit,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn stream(&self, name: &str) -> Result<&Stream, QueueError> {
+        self.inner
+            .streams
+            .get(name)
+            .ok_or_else(|| QueueError::UnknownStream(name.to_owned()))
+    }
+
+    /// Appends one request's `count` NDJSON lines to `stream` as a single entry, and returns
+    /// once it is durable as `queue.durability` defines. Either the whole entry is queued or,
+    /// on error, nothing is.
+    pub async fn append(&self, stream: &str, lines: &[u8], count: u32) -> Result<(), QueueError> {
+        let s = self.stream(stream)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let value = Entry::encode(now_ms(), count, lines);
+        let size = value.len() as u64;
+        self.reserve(size)?;
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = s.tree.insert(key.to_be_bytes(), value) {
+            self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return Err(e.into());
+        }
+        if let Some(commit) = &self.inner.commit {
+            if let Err(e) = commit.wait_durable().await {
+                // Not acknowledged, so take it back (best effort: if the disk is failing the
+                // remove may fail too, and the entry is then delivered although the client
+                // was told 503: a duplicate, never a loss).
+                if s.tree
+                    .remove(key.to_be_bytes())
+                    .is_ok_and(|old| old.is_some())
+                {
+                    self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                } else {
+                    s.events.fetch_add(u64::from(count), Ordering::AcqRel);
+                }
+                return Err(e);
+            }
+        }
+        s.events.fetch_add(u64::from(count), Ordering::AcqRel);
+        s.appended.notify_one();
+        Ok(())
+    }
+
+    /// Takes `size` bytes of budget, or refuses without taking any.
+    fn reserve(&self, size: u64) -> Result<(), QueueError> {
+        let max = self.inner.max_bytes;
+        self.inner
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + size <= max).then_some(q + size)
+            })
+            .map(drop)
+            .map_err(|queued| QueueError::Full { queued, max })
+    }
+
+    /// Up to `max_entries` entries from the head of `stream` (oldest first), skipping keys in
+    /// `skip` (entries already in flight). Read from the head each time, never from a saved
+    /// cursor: concurrent appends can commit key k+1 before k, and a cursor would pass k by.
+    pub fn read_head(
+        &self,
+        stream: &str,
+        skip: &HashSet<u64>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, QueueError> {
+        let s = self.stream(stream)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in s.tree.iter() {
+            if out.len() >= max_entries || bytes >= max_bytes {
+                break;
+            }
+            let (k, v) = item?;
+            let key = key_of(&k)?;
+            if skip.contains(&key) {
+                continue;
+            }
+            let entry = Entry::decode(&k, v)?;
+            bytes += entry.lines.len();
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Settles `entry` after a delivery attempt: `remaining` holds the lines the sink did not
+    /// accept (empty when it took them all). Accepted lines leave the queue; the rest stay
+    /// under the same key, so they keep their place at the head.
+    pub fn settle(
+        &self,
+        stream: &str,
+        entry: &Entry,
+        remaining: &[&[u8]],
+    ) -> Result<(), QueueError> {
+        let s = self.stream(stream)?;
+        let key = entry.key.to_be_bytes();
+        let delivered = u64::from(entry.count) - remaining.len() as u64;
+        if delivered == 0 {
+            return Ok(());
+        }
+        if remaining.is_empty() {
+            s.tree.remove(key)?;
+            self.release(entry.budget_bytes());
+        } else {
+            let lines = remaining.concat();
+            let value = Entry::encode(entry.enqueued_ms, remaining.len() as u32, &lines);
+            let shrink = entry.budget_bytes() - value.len() as u64;
+            s.tree.insert(key, value)?;
+            self.release(shrink);
+        }
+        s.events.fetch_sub(delivered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Moves `lines` of `entry` (which the sink refused for good) to the dead-letter tree, and
+    /// settles the entry as if they had been delivered. Records are never dropped silently.
+    pub fn dead_letter(
+        &self,
+        stream: &str,
+        entry: &Entry,
+        lines: &[&[u8]],
+        remaining: &[&[u8]],
+    ) -> Result<(), QueueError> {
+        let s = self.stream(stream)?;
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let value = Entry::encode(entry.enqueued_ms, lines.len() as u32, &lines.concat());
+        s.dead.insert(key.to_be_bytes(), value)?;
+        // The dead letter must be on disk before the original goes.
+        self.inner.db.flush()?;
+        s.dead_events
+            .fetch_add(lines.len() as u64, Ordering::AcqRel);
+        self.settle(stream, entry, remaining)
+    }
+
+    /// Every dead-lettered entry of `stream`, oldest first.
+    pub fn dead_letters(&self, stream: &str) -> Result<Vec<Entry>, QueueError> {
+        let s = self.stream(stream)?;
+        s.dead
+            .iter()
+            .map(|item| {
+                item.map_err(QueueError::from)
+                    .and_then(|(k, v)| Entry::decode(&k, v))
+            })
+            .collect()
+    }
+
+    /// Records in the dead-letter tree of `stream`.
+    pub fn dead_letter_events(&self, stream: &str) -> u64 {
+        self.stream(stream)
+            .map_or(0, |s| s.dead_events.load(Ordering::Acquire))
+    }
+
+    fn release(&self, bytes: u64) {
+        self.inner.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Resolves after the next append to `stream` (or at once if one happened since the last
+    /// call), so an idle flusher wakes without polling.
+    pub async fn appended(&self, stream: &str) {
+        if let Ok(s) = self.stream(stream) {
+            s.appended.notified().await;
+        }
+    }
+
+    /// Records (lines) queued in `stream`.
+    pub fn queued_events(&self, stream: &str) -> u64 {
+        self.stream(stream)
+            .map_or(0, |s| s.events.load(Ordering::Acquire))
+    }
+
+    /// Bytes queued across all streams (what `queue.max_bytes` limits).
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// `queue.max_bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
+    /// Enqueue time (ms since the epoch) of the oldest entry of `stream`.
+    pub fn oldest_ms(&self, stream: &str) -> Result<Option<u64>, QueueError> {
+        let s = self.stream(stream)?;
+        s.tree
+            .first()?
+            .map(|(k, v)| Entry::decode(&k, v).map(|e| e.enqueued_ms))
+            .transpose()
+    }
+
+    /// Size of the sled files on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Group flushes performed so far (0 in `interval` mode).
+    pub fn flush_count(&self) -> u64 {
+        self.inner
+            .commit
+            .as_ref()
+            .map_or(0, |c| c.shared.flushes.load(Ordering::Acquire))
+    }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// Refuses further appends, stops the committer and flushes everything to disk.
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.inner.closed.store(true, Ordering::Release);
+        if let Some(commit) = &self.inner.commit {
+            commit.stop();
+        }
+        self.inner.db.flush()?;
+        sync_data_file(&self.inner.path)?;
+        Ok(())
+    }
+}
+
+fn key_of(k: &[u8]) -> Result<u64, QueueError> {
+    <[u8; 8]>::try_from(k)
+        .map(u64::from_be_bytes)
+        .map_err(|_| QueueError::Storage(format!("bad key length {}", k.len())))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `fdatasync`s sled's data file: `flush()` only went as far as `sync_file_range`.
+fn sync_data_file(path: &Path) -> std::io::Result<()> {
+    File::open(path.join("db"))?.sync_data()
+}
+
+/// The group committer: one thread that flushes on behalf of every append since its last
+/// flush, so N concurrent requests cost one flush, not N.
+struct GroupCommit {
+    shared: Arc<CommitShared>,
+    published: watch::Receiver<Committed>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The state a waiter needs: how far durability reached, and the last failure.
+#[derive(Clone, Copy, Default, Debug)]
+struct Committed {
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// Every ticket up to this one (and above `durable`) failed to flush.
+    failed: u64,
+}
+
+struct CommitShared {
+    /// Tickets handed out: an append takes one after its insert returned.
+    tickets: AtomicU64,
+    /// Set by appenders, cleared by the committer, under the mutex of the condvar.
+    pending: Mutex<bool>,
+    wake: Condvar,
+    stop: AtomicBool,
+    flushes: AtomicU64,
+}
+
+impl GroupCommit {
+    fn start(db: sled::Db, path: PathBuf) -> Result<GroupCommit, QueueError> {
+        let shared = Arc::new(CommitShared {
+            tickets: AtomicU64::new(0),
+            pending: Mutex::new(false),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+        });
+        let (tx, rx) = watch::channel(Committed::default());
+        let data_file = File::open(path.join("db"))?;
+        let thread = std::thread::Builder::new()
+            .name("queue-committer".to_owned())
+            .spawn({
+                let shared = shared.clone();
+                move || committer_loop(&db, &path, &data_file, &shared, &tx)
+            })?;
+        Ok(GroupCommit {
+            shared,
+            published: rx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Waits until a flush that started after this call's insert has finished.
+    async fn wait_durable(&self) -> Result<(), QueueError> {
+        // The ticket is taken after the insert returned, and the committer reads the ticket
+        // count before it flushes: a flush that publishes >= ticket covers this insert.
+        let ticket = self.shared.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut pending = self.shared.pending.lock().expect("committer mutex");
+            *pending = true;
+        }
+        self.shared.wake.notify_one();
+        let mut rx = self.published.clone();
+        let state = rx
+            .wait_for(|c| c.durable >= ticket || c.failed >= ticket)
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        if state.durable >= ticket {
+            Ok(())
+        } else {
+            Err(QueueError::Storage("group flush failed".to_owned()))
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _pending = self.shared.pending.lock().expect("committer mutex");
+        }
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.lock().expect("committer handle").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn committer_loop(
+    db: &sled::Db,
+    path: &Path,
+    data_file: &File,
+    shared: &CommitShared,
+    tx: &watch::Sender<Committed>,
+) {
+    let mut synced_blobs = HashSet::new();
+    let mut state = Committed::default();
+    loop {
+        {
+            let mut pending = shared.pending.lock().expect("committer mutex");
+            while !*pending && !shared.stop.load(Ordering::Acquire) {
+                pending = shared.wake.wait(pending).expect("committer mutex");
+            }
+            *pending = false;
+        }
+        // Read before flushing: every ticket up to here belongs to an insert that returned.
+        let target = shared.tickets.load(Ordering::Acquire);
+        if target > state.durable.max(state.failed) {
+            let result = db
+                .flush()
+                .map_err(|e| e.to_string())
+                .and_then(|_| data_file.sync_data().map_err(|e| e.to_string()))
+                .and_then(|()| sync_new_blobs(path, &mut synced_blobs).map_err(|e| e.to_string()));
+            shared.flushes.fetch_add(1, Ordering::AcqRel);
+            crate::metrics::queue_flush();
+            match result {
+                Ok(()) => state.durable = target,
+                Err(e) => {
+                    tracing::error!(error = %e, "queue flush failed; answering 503 to the requests it covered");
+                    state.failed = target;
+                }
+            }
+            tx.send_replace(state);
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// `fsync`s blob files written since the last call (sled writes them without syncing).
+fn sync_new_blobs(path: &Path, synced: &mut HashSet<std::ffi::OsString>) -> std::io::Result<()> {
+    let dir = path.join("blobs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut any = false;
+    let mut present = HashSet::new();
+    for item in entries {
+        let name = item?.file_name();
+        if !synced.contains(&name) {
+            File::open(dir.join(&name))?.sync_data()?;
+            any = true;
+        }
+        present.insert(name);
+    }
+    if any {
+        File::open(&dir)?.sync_all()?;
+    }
+    // Forget blobs sled has collected, so the set does not grow forever.
+    *synced = present;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A generous bound for tests awaiting queue signals.
+    const TEST_WAIT: Duration = Duration::from_secs(10);
+
+    fn config(dir: &Path, durability: Durability) -> QueueConfig {
+        QueueConfig {
+            path: dir.join("q"),
+            max_bytes: 1 << 30,
+            durability,
+            flush_interval_ms: 500,
+            cache_capacity: 8 << 20,
+        }
+    }
+
+    fn streams() -> Vec<String> {
+        vec!["a".to_owned(), "b".to_owned()]
+    }
+
+    fn lines(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .flat_map(|e| {
+                e.iter_lines()
+                    .map(|l| String::from_utf8(l.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn append_is_one_entry_read_from_the_head_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+        q.append("a", b"1\n2\n3\n", 3).await.unwrap();
+        q.append("b", b"x\n", 1).await.unwrap();
+        q.append("a", b"4\n", 1).await.unwrap();
+        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        assert_eq!(head.len(), 2, "one entry per append");
+        assert_eq!(head[0].count, 3);
+        assert!(head[0].key < head[1].key);
+        assert_eq!(lines(&head), ["1\n", "2\n", "3\n", "4\n"]);
+        assert_eq!(q.queued_events("a"), 4);
+        assert_eq!(q.queued_events("b"), 1);
+        let skip: HashSet<u64> = [head[0].key].into();
+        let rest = q.read_head("a", &skip, 10, usize::MAX).unwrap();
+        assert_eq!(lines(&rest), ["4\n"]);
+        assert!(matches!(
+            q.append("zzz", b"1\n", 1).await,
+            Err(QueueError::UnknownStream(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn settle_removes_exactly_the_accepted_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+        q.append("a", b"1\n2\n3\n", 3).await.unwrap();
+        q.append("a", b"4\n", 1).await.unwrap();
+        let before = q.queued_bytes();
+        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        // Lines 1 and 3 accepted, 2 failed; the second entry fully accepted.
+        q.settle("a", &head[0], &[b"2\n"]).unwrap();
+        q.settle("a", &head[1], &[]).unwrap();
+        let left = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        assert_eq!(lines(&left), ["2\n"]);
+        assert_eq!(
+            left[0].key, head[0].key,
+            "the remainder keeps its place at the head"
+        );
+        assert_eq!(left[0].enqueued_ms, head[0].enqueued_ms);
+        assert_eq!(q.queued_events("a"), 1);
+        assert_eq!(q.queued_bytes(), before - 4 - 2 - HEADER_LEN as u64);
+        // Settling with nothing delivered changes nothing.
+        q.settle("a", &left[0], &[b"2\n"]).unwrap();
+        assert_eq!(q.queued_events("a"), 1);
+        q.settle("a", &left[0], &[]).unwrap();
+        assert!(
+            q.read_head("a", &HashSet::new(), 10, usize::MAX)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(q.queued_events("a"), 0);
+    }
+
+    #[tokio::test]
+    async fn restart_keeps_order_counts_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), Durability::Fsync);
+        let (last_key, bytes_before);
+        {
+            let q = Queue::open(&cfg, &streams()).unwrap();
+            for i in 0..20u32 {
+                q.append("a", format!("{i}\n").as_bytes(), 1).await.unwrap();
+            }
+            let head = q.read_head("a", &HashSet::new(), 5, usize::MAX).unwrap();
+            for e in &head {
+                q.settle("a", e, &[]).unwrap();
+            }
+            last_key = q
+                .read_head("a", &HashSet::new(), 100, usize::MAX)
+                .unwrap()
+                .last()
+                .unwrap()
+                .key;
+            bytes_before = q.queued_bytes();
+            q.close().unwrap();
+        }
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        assert_eq!(q.queued_events("a"), 15);
+        assert_eq!(
+            q.queued_bytes(),
+            bytes_before,
+            "the budget is recounted at start"
+        );
+        q.append("a", b"new\n", 1).await.unwrap();
+        let all = q.read_head("a", &HashSet::new(), 100, usize::MAX).unwrap();
+        let got = lines(&all);
+        let want: Vec<String> = (5..20)
+            .map(|i| format!("{i}\n"))
+            .chain(["new\n".to_owned()])
+            .collect();
+        assert_eq!(got, want);
+        assert!(
+            all.last().unwrap().key > last_key,
+            "sequence resumes after the highest key"
+        );
+    }
+
+    #[tokio::test]
+    async fn budget_refuses_without_evicting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Durability::Fsync);
+        cfg.max_bytes = 2 * (HEADER_LEN as u64 + 10);
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.append("a", b"123456789\n", 1).await.unwrap();
+        q.append("b", b"123456789\n", 1).await.unwrap();
+        let err = q.append("a", b"x\n", 1).await.unwrap_err();
+        assert!(matches!(err, QueueError::Full { .. }), "{err}");
+        assert_eq!(q.queued_events("a"), 1);
+        assert_eq!(q.queued_events("b"), 1);
+        // Draining gives the budget back.
+        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        q.settle("a", &head[0], &[]).unwrap();
+        q.append("a", b"x\n", 1).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+        let tasks: Vec<_> = (0..1000)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move { q.append("a", format!("{i}\n").as_bytes(), 1).await })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(TEST_WAIT, t)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+        let flushes = q.flush_count();
+        assert_eq!(q.queued_events("a"), 1000);
+        assert!(flushes >= 1);
+        assert!(
+            flushes < 500,
+            "1000 concurrent appends took {flushes} flushes: not shared"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_fsync_append_waits_for_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+        for i in 1..=3u64 {
+            q.append("a", b"x\n", 1).await.unwrap();
+            assert_eq!(
+                q.flush_count(),
+                i,
+                "a lone append is answered only after its own flush"
+            );
+        }
+        let interval = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(interval.path(), Durability::Interval), &streams()).unwrap();
+        q.append("a", b"x\n", 1).await.unwrap();
+        assert_eq!(q.flush_count(), 0);
+        assert_eq!(q.queued_events("a"), 1);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_the_refused_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+        q.append("a", b"good\nbad\n", 2).await.unwrap();
+        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        q.dead_letter("a", &head[0], &[b"bad\n"], &[b"good\n"])
+            .unwrap();
+        assert_eq!(lines(&q.dead_letters("a").unwrap()), ["bad\n"]);
+        assert_eq!(
+            lines(&q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap()),
+            ["good\n"]
+        );
+        assert_eq!(q.queued_events("a"), 1);
+    }
+
+    #[tokio::test]
+    async fn closed_queue_refuses_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+        q.close().unwrap();
+        assert!(matches!(
+            q.append("a", b"x\n", 1).await,
+            Err(QueueError::Closed)
+        ));
+    }
+}

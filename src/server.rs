@@ -1,0 +1,82 @@
+//! The HTTP/1.1 accept loop shared by the ingest and admin listeners: one task per
+//! connection, tracked so that shutdown can stop accepting, let requests in flight finish,
+//! and give up on idle connections after a grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Serves `handler` on `listener` until `shutdown` fires, then stops accepting and waits up
+/// to `grace` for open connections to finish their requests. Returns whether they all did.
+pub async fn serve<H, F>(
+    name: &'static str,
+    listener: TcpListener,
+    handler: H,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> bool
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Usually EMFILE: back off briefly instead of spinning on the error.
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let span = tracing::debug_span!("connection", listener = name, %peer);
+                // Owned by `graceful`, which waits for it at shutdown.
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                listener = name,
+                grace_secs = grace.as_secs_f64(),
+                "connections still open after the grace period; closing them"
+            );
+            false
+        }
+    }
+}
