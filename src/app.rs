@@ -62,13 +62,25 @@ pub async fn run(
     prometheus: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let sink = build_sink(&config).await?;
+    run_with_sink(config, listeners, sink, prometheus, shutdown).await
+}
+
+/// [`run`] with a given sink instead of the one `config` names (tests wrap a sink to observe
+/// deliveries).
+pub async fn run_with_sink(
+    config: Config,
+    listeners: Listeners,
+    sink: Arc<dyn Sink>,
+    prometheus: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let streams = config.stream_names();
     let queue_error = |source| AppError::Queue {
         path: config.queue.path.display().to_string(),
         source,
     };
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
-    let sink = build_sink(&config).await?;
     let grace = config.shutdown.grace();
 
     let flush_stop = CancellationToken::new();

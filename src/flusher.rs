@@ -402,3 +402,311 @@ fn failed_call(stream: &str, n: usize, error: SinkError) -> Delivered {
         error: Some(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Durability, FIREHOSE_MAX_RECORD_BYTES, QueueConfig};
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+    use tokio::sync::watch;
+
+    type Script = dyn Fn(usize, &[Bytes]) -> Result<Vec<RecordOutcome>, SinkError> + Send + Sync;
+
+    /// A sink answering from a script (call number, records), recording every call and
+    /// publishing the number of lines it accepted.
+    struct Scripted {
+        script: Box<Script>,
+        calls: Mutex<Vec<Vec<Bytes>>>,
+        accepted: watch::Sender<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(
+            script: impl Fn(usize, &[Bytes]) -> Result<Vec<RecordOutcome>, SinkError>
+            + Send
+            + Sync
+            + 'static,
+        ) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                script: Box::new(script),
+                calls: Mutex::default(),
+                accepted: watch::channel(Vec::new()).0,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Sink for Scripted {
+        async fn put_batch(
+            &self,
+            _: &str,
+            records: Vec<Bytes>,
+        ) -> Result<Vec<RecordOutcome>, SinkError> {
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(records.clone());
+                calls.len() - 1
+            };
+            let outcomes = (self.script)(n, &records)?;
+            let lines: Vec<String> = records
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| **o == RecordOutcome::Accepted)
+                .flat_map(|(r, _)| {
+                    String::from_utf8(r.to_vec())
+                        .unwrap()
+                        .lines()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            self.accepted.send_modify(|a| a.extend(lines));
+            Ok(outcomes)
+        }
+    }
+
+    fn all_ok(_: usize, records: &[Bytes]) -> Result<Vec<RecordOutcome>, SinkError> {
+        Ok(vec![RecordOutcome::Accepted; records.len()])
+    }
+
+    fn retry(code: &str) -> RecordOutcome {
+        RecordOutcome::Retry {
+            code: code.to_owned(),
+        }
+    }
+
+    fn config() -> FlusherConfig {
+        FlusherConfig {
+            linger_ms: 0,
+            retry_base_ms: 1,
+            retry_max_ms: 20,
+            ..FlusherConfig::default()
+        }
+    }
+
+    const PACKED: Packing = Packing {
+        enabled: true,
+        max_bytes: 1000,
+        max_lines: 7,
+    };
+    const UNPACKED: Packing = Packing {
+        enabled: false,
+        max_bytes: 1000,
+        max_lines: 7,
+    };
+
+    struct Harness {
+        queue: Queue,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        async fn with_lines(n: usize, per_request: usize) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let qc = QueueConfig {
+                path: dir.path().join("q"),
+                durability: Durability::Interval,
+                ..QueueConfig::default()
+            };
+            let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
+            for start in (0..n).step_by(per_request) {
+                let end = (start + per_request).min(n);
+                let lines: String = (start..end).map(|i| format!("line-{i:05}\n")).collect();
+                queue
+                    .append("s", lines.as_bytes(), (end - start) as u32)
+                    .await
+                    .unwrap();
+            }
+            Harness { queue, _dir: dir }
+        }
+
+        /// Runs a flusher until the sink accepted `n` lines, then stops it (which settles
+        /// every call in flight) and returns the accepted lines.
+        async fn drain(
+            &self,
+            sink: Arc<Scripted>,
+            config: FlusherConfig,
+            packing: Packing,
+            n: usize,
+        ) -> Vec<String> {
+            let stop = CancellationToken::new();
+            let flusher = Flusher::new(
+                "s".to_owned(),
+                self.queue.clone(),
+                sink.clone(),
+                config,
+                packing,
+            );
+            let task = tokio::spawn(flusher.run(stop.clone()));
+            let mut rx = sink.accepted.subscribe();
+            tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|a| a.len() >= n))
+                .await
+                .unwrap()
+                .unwrap();
+            stop.cancel();
+            task.await.unwrap();
+            sink.accepted.borrow().clone()
+        }
+    }
+
+    fn expected(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("line-{i:05}")).collect()
+    }
+
+    #[tokio::test]
+    async fn packing_respects_line_byte_and_call_caps() {
+        let h = Harness::with_lines(5000, 13).await;
+        let sink = Scripted::new(all_ok);
+        let cfg = FlusherConfig {
+            max_batch_records: 20,
+            max_batch_bytes: FIREHOSE_MAX_RECORD_BYTES,
+            ..config()
+        };
+        let mut got = h.drain(sink.clone(), cfg, PACKED, 5000).await;
+        got.sort();
+        assert_eq!(got, expected(5000));
+        for call in sink.calls.lock().unwrap().iter() {
+            assert!(call.len() <= 20);
+            for record in call {
+                assert!(record.len() <= PACKED.max_bytes);
+                assert!(record.ends_with(b"\n"));
+                assert!(record.iter().filter(|&&b| b == b'\n').count() <= PACKED.max_lines);
+            }
+        }
+        assert_eq!(h.queue.queued_events("s"), 0);
+        assert_eq!(h.queue.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn unpacked_sends_one_line_per_record() {
+        let h = Harness::with_lines(1200, 100).await;
+        let sink = Scripted::new(all_ok);
+        let got = h.drain(sink.clone(), config(), UNPACKED, 1200).await;
+        assert_eq!(got.len(), 1200);
+        let calls = sink.calls.lock().unwrap();
+        assert!(calls.iter().all(|c| c.len() <= 500));
+        assert!(
+            calls
+                .iter()
+                .flatten()
+                .all(|r| r.iter().filter(|&&b| b == b'\n').count() == 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn only_failed_records_are_sent_again() {
+        let h = Harness::with_lines(300, 10).await;
+        // The first call fails its records 0 and 2; later calls succeed.
+        let sink = Scripted::new(|n, records| {
+            Ok((0..records.len())
+                .map(|i| {
+                    if n == 0 && (i == 0 || i == 2) {
+                        retry("ServiceUnavailableException")
+                    } else {
+                        RecordOutcome::Accepted
+                    }
+                })
+                .collect())
+        });
+        let mut got = h.drain(sink.clone(), config(), UNPACKED, 300).await;
+        let calls = sink.calls.lock().unwrap();
+        let failed: Vec<Bytes> = vec![calls[0][0].clone(), calls[0][2].clone()];
+        let resent: Vec<&Bytes> = calls[1..]
+            .iter()
+            .flatten()
+            .filter(|r| failed.contains(r))
+            .collect();
+        assert_eq!(
+            resent.len(),
+            2,
+            "each failed record is sent exactly once more"
+        );
+        let sent: usize = calls.iter().map(Vec::len).sum();
+        assert_eq!(sent, 302, "nothing else is sent twice");
+        got.sort();
+        assert_eq!(got, expected(300), "every line delivered exactly once");
+        assert_eq!(h.queue.queued_events("s"), 0);
+    }
+
+    #[tokio::test]
+    async fn an_outage_loses_nothing() {
+        let h = Harness::with_lines(100, 1).await;
+        let sink = Scripted::new(|n, records| {
+            if n < 8 {
+                Err(SinkError::Retriable {
+                    code: "http_503".to_owned(),
+                    message: "down".to_owned(),
+                })
+            } else {
+                all_ok(n, records)
+            }
+        });
+        let mut got = h.drain(sink.clone(), config(), PACKED, 100).await;
+        got.sort();
+        assert_eq!(got, expected(100));
+        assert!(sink.calls.lock().unwrap().len() > 8);
+    }
+
+    #[tokio::test]
+    async fn a_poison_record_is_isolated_into_the_dead_letter_tree() {
+        let h = Harness::with_lines(64, 8).await;
+        let poison = b"line-00037\n";
+        let sink = Scripted::new(move |n, records: &[Bytes]| {
+            if records
+                .iter()
+                .any(|r| r.windows(poison.len()).any(|w| w == poison))
+            {
+                Err(SinkError::InvalidBatch {
+                    code: "InvalidArgumentException".to_owned(),
+                    message: "bad".to_owned(),
+                })
+            } else {
+                all_ok(n, records)
+            }
+        });
+        let got = h.drain(sink, config(), UNPACKED, 63).await;
+        assert_eq!(got.len(), 63);
+        assert!(!got.contains(&"line-00037".to_owned()));
+        let dead = h.queue.dead_letters("s").unwrap();
+        let dead_lines: Vec<&[u8]> = dead.iter().flat_map(Entry::iter_lines).collect();
+        assert_eq!(dead_lines, vec![&poison[..]]);
+        assert_eq!(h.queue.dead_letter_events("s"), 1);
+        assert_eq!(h.queue.queued_events("s"), 0);
+    }
+
+    #[test]
+    fn backoff_window_doubles_up_to_the_cap_with_full_jitter() {
+        let dir = tempfile::tempdir().unwrap();
+        let qc = QueueConfig {
+            path: dir.path().join("q"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
+        let cfg = FlusherConfig {
+            retry_base_ms: 100,
+            retry_max_ms: 1600,
+            ..FlusherConfig::default()
+        };
+        let f = Flusher::new("s".to_owned(), queue, Scripted::new(all_ok), cfg, PACKED);
+        fastrand::seed(7);
+        for (failures, window) in [(1, 100), (2, 200), (3, 400), (5, 1600), (40, 1600)] {
+            let samples: Vec<u64> = (0..400)
+                .map(|_| f.backoff(failures, false).as_millis() as u64)
+                .collect();
+            let max = *samples.iter().max().unwrap();
+            let min = *samples.iter().min().unwrap();
+            assert!(max <= window, "failures {failures}: {max} > {window}");
+            assert!(
+                max > window * 9 / 10,
+                "failures {failures}: window not used ({max})"
+            );
+            assert!(min < window / 10, "failures {failures}: no jitter ({min})");
+        }
+        assert_eq!(
+            f.backoff(1, true),
+            Duration::from_millis(1600),
+            "configuration errors wait the cap"
+        );
+    }
+}

@@ -29,5 +29,5 @@ pub mod queue;
 pub mod server;
 pub mod sink;
 
-pub use app::{Listeners, run};
+pub use app::{Listeners, run, run_with_sink};
 pub use config::Config;

@@ -1,0 +1,181 @@
+//! Shared support for the integration tests: a server started in-process on 127.0.0.1:0 over
+//! a temporary directory, stopped when dropped, and a sink wrapper that signals deliveries.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use firehose_edge::config::{Config, Durability};
+use firehose_edge::sink::{FileSink, RecordOutcome, Sink, SinkError};
+use firehose_edge::{Listeners, run_with_sink};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for anything a test awaits; generous because CI machines are slow.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A config for tests: everything under `dir`, loopback only, fast batching.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.queue.path = dir.join("queue");
+    config.queue.durability = Durability::Fsync;
+    config.sink.directory = dir.join("lake");
+    config.flusher.linger_ms = 10;
+    config.flusher.retry_base_ms = 10;
+    config.flusher.retry_max_ms = 200;
+    config.shutdown.grace_period = 10;
+    config
+}
+
+/// Wraps a sink and publishes how many lines (events) it has accepted so far.
+pub struct Observed {
+    inner: Arc<dyn Sink>,
+    accepted: watch::Sender<usize>,
+}
+
+impl Observed {
+    pub fn new(inner: Arc<dyn Sink>) -> Arc<Observed> {
+        Arc::new(Observed {
+            inner,
+            accepted: watch::channel(0).0,
+        })
+    }
+
+    /// Resolves once at least `n` events were accepted (panics after [`WAIT`]).
+    pub async fn wait_for_events(&self, n: usize) {
+        let mut rx = self.accepted.subscribe();
+        tokio::time::timeout(WAIT, rx.wait_for(|&got| got >= n))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} events delivered", *self.accepted.borrow()))
+            .unwrap();
+    }
+
+    pub fn accepted(&self) -> usize {
+        *self.accepted.borrow()
+    }
+}
+
+#[async_trait]
+impl Sink for Observed {
+    async fn put_batch(
+        &self,
+        stream: &str,
+        records: Vec<Bytes>,
+    ) -> Result<Vec<RecordOutcome>, SinkError> {
+        let lines: Vec<usize> = records
+            .iter()
+            .map(|r| r.iter().filter(|&&b| b == b'\n').count())
+            .collect();
+        let outcomes = self.inner.put_batch(stream, records).await?;
+        let n: usize = lines
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == RecordOutcome::Accepted)
+            .map(|(n, _)| n)
+            .sum();
+        self.accepted.send_modify(|a| *a += n);
+        Ok(outcomes)
+    }
+}
+
+/// The service running in-process; stopped (gracefully) when dropped or by [`stop`].
+pub struct TestServer {
+    pub ingest: String,
+    pub admin: String,
+    pub config: Config,
+    pub sink: Arc<Observed>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), firehose_edge::app::AppError>>>,
+}
+
+impl TestServer {
+    /// Starts the service with `config` over a file sink at `config.sink.directory`.
+    pub async fn start(config: Config) -> TestServer {
+        let sink = Observed::new(Arc::new(FileSink::new(&config.sink.directory)));
+        TestServer::start_with_sink(config, sink).await
+    }
+
+    pub async fn start_with_sink(config: Config, sink: Arc<Observed>) -> TestServer {
+        let ingest = TcpListener::bind(config.server.listen).await.unwrap();
+        let admin = TcpListener::bind(config.admin.listen).await.unwrap();
+        let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_with_sink(
+            config.clone(),
+            Listeners { ingest, admin },
+            sink.clone(),
+            None,
+            stop.clone().cancelled_owned(),
+        ));
+        TestServer {
+            ingest: format!("http://{ingest_addr}"),
+            admin: format!("http://{admin_addr}"),
+            config,
+            sink,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.ingest)
+    }
+
+    /// Stops the service and waits for its ordered shutdown.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("shutdown in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Every NDJSON line under the lake directory of `stream`, in file-name order.
+pub fn lake_lines(lake: &Path, stream: &str) -> Vec<serde_json::Value> {
+    let mut files = Vec::new();
+    walk(&lake.join(stream), &mut files);
+    files.sort();
+    let mut lines = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.ends_with('\n'),
+            "{} is not newline-terminated",
+            file.display()
+        );
+        for line in text.lines() {
+            lines.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")));
+        }
+    }
+    lines
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if p.extension().is_some_and(|x| x == "ndjson") {
+            out.push(p);
+        }
+    }
+}
