@@ -12,12 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::config::{Config, FIREHOSE_MAX_RECORD_BYTES, SinkKind};
-use crate::flusher::{Flusher, MAX_LINES_PER_RECORD, Packing};
+use crate::config::{Config, SinkKind};
+use crate::flusher::{Flusher, Packing};
 use crate::ingest::Ingest;
 use crate::queue::{Queue, QueueError};
 use crate::server;
-use crate::sink::{FileSink, Sink};
+use crate::sink::{FileSink, FirehoseSink, Sink};
 
 /// The listeners, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -47,9 +47,7 @@ pub enum AppError {
 pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, AppError> {
     match config.sink.kind {
         SinkKind::File => Ok(Arc::new(FileSink::new(&config.sink.directory))),
-        SinkKind::Firehose => Err(AppError::Sink(
-            "the firehose sink is not built yet".to_owned(),
-        )),
+        SinkKind::Firehose => Ok(Arc::new(FirehoseSink::connect(&config.sink, None).await)),
     }
 }
 
@@ -87,9 +85,9 @@ pub async fn run_with_sink(
     let mut flushers = JoinSet::new();
     for stream in &streams {
         let packing = Packing {
-            enabled: true,
-            max_bytes: FIREHOSE_MAX_RECORD_BYTES,
-            max_lines: MAX_LINES_PER_RECORD,
+            enabled: config.flusher.packing_for(stream),
+            max_bytes: config.flusher.pack_max_bytes,
+            max_lines: config.flusher.pack_max_lines,
         };
         let flusher = Flusher::new(
             stream.clone(),

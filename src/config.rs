@@ -5,6 +5,7 @@
 //! setting. Errors name the key (`queue.durability: unknown variant ...`), and `main` exits
 //! with status 64 (EX_USAGE) on any of them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -227,6 +228,10 @@ pub struct SinkConfig {
     pub region: String,
     /// Firehose sink: a local Firehose API (moto, LocalStack) instead of AWS's.
     pub endpoint_url: Option<String>,
+    /// Firehose sink: longest wait for a TCP/TLS connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Firehose sink: longest wait for one `PutRecordBatch` attempt, in milliseconds.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for SinkConfig {
@@ -236,6 +241,8 @@ impl Default for SinkConfig {
             directory: PathBuf::from("data/lake"),
             region: "us-east-1".to_owned(),
             endpoint_url: None,
+            connect_timeout_ms: 3_000,
+            request_timeout_ms: 15_000,
         }
     }
 }
@@ -278,6 +285,25 @@ pub struct FlusherConfig {
     pub retry_base_ms: u64,
     /// Largest retry delay in milliseconds.
     pub retry_max_ms: u64,
+    /// Pack consecutive NDJSON lines into one Firehose record (billing rounds every record up
+    /// to 5 KB, so packing small events cuts the bill up to ~25x; invisible in S3).
+    pub packing: bool,
+    /// Largest packed record in bytes (Firehose: at most 1,024,000).
+    pub pack_max_bytes: usize,
+    /// Most lines in one packed record (Firehose's de-aggregation limit: at most 500).
+    pub pack_max_lines: usize,
+    /// Per-stream overrides, keyed by delivery stream name:
+    /// `[flusher.per_stream.log_user_events] packing = false`.
+    pub per_stream: BTreeMap<String, StreamOverrides>,
+}
+
+/// `[flusher.per_stream.<stream>]`: settings that differ for one delivery stream.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamOverrides {
+    /// Overrides `flusher.packing` (e.g. `false` for a Lambda transform that expects one event
+    /// per record).
+    pub packing: Option<bool>,
 }
 
 impl Default for FlusherConfig {
@@ -289,6 +315,10 @@ impl Default for FlusherConfig {
             max_in_flight: 4,
             retry_base_ms: 100,
             retry_max_ms: 30_000,
+            packing: true,
+            pack_max_bytes: FIREHOSE_MAX_RECORD_BYTES,
+            pack_max_lines: 500,
+            per_stream: BTreeMap::new(),
         }
     }
 }
@@ -297,6 +327,14 @@ impl FlusherConfig {
     /// How long a record may wait for a fuller batch.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    /// Whether `stream`'s lines are packed.
+    pub fn packing_for(&self, stream: &str) -> bool {
+        self.per_stream
+            .get(stream)
+            .and_then(|o| o.packing)
+            .unwrap_or(self.packing)
     }
 }
 
@@ -364,6 +402,37 @@ impl Config {
                     "{} is outside {FIREHOSE_MAX_RECORD_BYTES}..=4194304 (one record .. Firehose's 4 MiB per call)",
                     f.max_batch_bytes
                 ),
+            ));
+        }
+        if !(1..=FIREHOSE_MAX_RECORD_BYTES).contains(&f.pack_max_bytes) {
+            return Err(ConfigError::invalid(
+                "flusher.pack_max_bytes",
+                format!(
+                    "{} is outside 1..={FIREHOSE_MAX_RECORD_BYTES} (Firehose's record limit)",
+                    f.pack_max_bytes
+                ),
+            ));
+        }
+        if !(1..=500).contains(&f.pack_max_lines) {
+            return Err(ConfigError::invalid(
+                "flusher.pack_max_lines",
+                format!(
+                    "{} is outside 1..=500 (Firehose's de-aggregation limit)",
+                    f.pack_max_lines
+                ),
+            ));
+        }
+        let streams = self.stream_names();
+        if let Some(name) = f.per_stream.keys().find(|n| !streams.contains(n)) {
+            return Err(ConfigError::invalid(
+                &format!("flusher.per_stream.{name}"),
+                format!("not a configured stream (streams: {})", streams.join(", ")),
+            ));
+        }
+        if self.sink.connect_timeout_ms == 0 || self.sink.request_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "sink.request_timeout_ms",
+                "timeouts must be at least 1 ms",
             ));
         }
         if f.max_in_flight == 0 {
@@ -528,6 +597,19 @@ mod tests {
             ),
             ("[flusher]\nmax_in_flight = 0", "flusher.max_in_flight"),
             ("[streams]\ntrack = \"a/b\"", "streams.track"),
+            (
+                "[flusher]\npack_max_bytes = 1024001",
+                "flusher.pack_max_bytes",
+            ),
+            ("[flusher]\npack_max_lines = 501", "flusher.pack_max_lines"),
+            (
+                "[flusher.per_stream.nope]\npacking = false",
+                "flusher.per_stream.nope",
+            ),
+            (
+                "[flusher.per_stream.link_users]\npack = false",
+                "flusher.per_stream.link_users.pack",
+            ),
         ];
         for (text, key) in cases {
             let got = err_key(text);
@@ -581,6 +663,13 @@ mod tests {
         )];
         let e = Config::from_toml("", "t", env).unwrap_err();
         assert!(e.to_string().starts_with("queue.durability"), "{e}");
+    }
+
+    #[test]
+    fn packing_can_be_turned_off_per_stream() {
+        let c = parse("[flusher.per_stream.link_users]\npacking = false").unwrap();
+        assert!(!c.flusher.packing_for("link_users"));
+        assert!(c.flusher.packing_for("log_user_events"));
     }
 
     #[test]

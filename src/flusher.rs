@@ -21,9 +21,6 @@ use crate::metrics;
 use crate::queue::{Entry, Queue};
 use crate::sink::{RecordOutcome, Sink, SinkError};
 
-/// Firehose's limit of records per call and its multi-record de-aggregation limit.
-pub const MAX_LINES_PER_RECORD: usize = 500;
-
 /// How lines become sink records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packing {
@@ -168,7 +165,7 @@ impl Flusher {
                             batch.records.clone(),
                         );
                         let id = in_flight
-                            .spawn(async move { deliver(&*sink, &stream, records).await })
+                            .spawn(async move { deliver_batch(&*sink, &stream, records).await })
                             .id();
                         batches.insert(id, batch);
                     }
@@ -331,6 +328,30 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Delivers one batch. If splitting found *every* record invalid, the cause is not a poison
+/// record but the stream's setup (e.g. a wrong record format for a transform): nothing is
+/// dead-lettered, and the batch is retried after the configuration-error back-off.
+async fn deliver_batch(sink: &dyn Sink, stream: &str, records: Vec<Bytes>) -> Delivered {
+    let n = records.len();
+    let delivered = deliver(sink, stream, records).await;
+    let all_rejected = delivered
+        .outcomes
+        .iter()
+        .all(|o| matches!(o, RecordOutcome::Reject { .. }));
+    if n > 1 && all_rejected {
+        let message = format!("all {n} records of a batch were refused as invalid");
+        return failed_call(
+            stream,
+            n,
+            SinkError::Config {
+                code: "InvalidArgumentException".to_owned(),
+                message,
+            },
+        );
+    }
+    delivered
 }
 
 /// Sends `records`, splitting a batch refused for its content until each offending record is
@@ -666,6 +687,8 @@ mod tests {
             }
         });
         let got = h.drain(sink, config(), UNPACKED, 63).await;
+        // (The batch holding the poison also held good records, so this is a poison record,
+        // not a misconfigured stream.)
         assert_eq!(got.len(), 63);
         assert!(!got.contains(&"line-00037".to_owned()));
         let dead = h.queue.dead_letters("s").unwrap();
@@ -673,6 +696,31 @@ mod tests {
         assert_eq!(dead_lines, vec![&poison[..]]);
         assert_eq!(h.queue.dead_letter_events("s"), 1);
         assert_eq!(h.queue.queued_events("s"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_whole_is_a_configuration_error_not_dead_letters() {
+        let h = Harness::with_lines(10, 1).await;
+        let refuse_all = |_: usize, _: &[Bytes]| -> Result<Vec<RecordOutcome>, SinkError> {
+            Err(SinkError::InvalidBatch {
+                code: "InvalidArgumentException".to_owned(),
+                message: "bad".to_owned(),
+            })
+        };
+        let delivered = deliver_batch(
+            &*Scripted::new(refuse_all),
+            "s",
+            vec![Bytes::from_static(b"a\n"), Bytes::from_static(b"b\n")],
+        )
+        .await;
+        assert!(matches!(delivered.error, Some(SinkError::Config { .. })));
+        assert!(
+            delivered
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, RecordOutcome::Retry { .. }))
+        );
+        assert_eq!(h.queue.dead_letter_events("s"), 0);
     }
 
     #[test]

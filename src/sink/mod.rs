@@ -5,8 +5,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod file;
+pub mod firehose;
 
 pub use file::FileSink;
+pub use firehose::FirehoseSink;
 
 /// What became of one record of a batch, by position.
 #[derive(Debug, Clone, PartialEq, Eq)]

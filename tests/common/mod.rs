@@ -2,6 +2,9 @@
 //! a temporary directory, stopped when dropped, and a sink wrapper that signals deliveries.
 #![allow(dead_code)]
 
+pub mod fake_firehose;
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,8 @@ pub fn test_config(dir: &Path) -> Config {
 pub struct Observed {
     inner: Arc<dyn Sink>,
     accepted: watch::Sender<usize>,
+    /// Every record the inner sink accepted, exactly as sent.
+    records: std::sync::Mutex<Vec<(String, Bytes)>>,
 }
 
 impl Observed {
@@ -45,6 +50,7 @@ impl Observed {
         Arc::new(Observed {
             inner,
             accepted: watch::channel(0).0,
+            records: std::sync::Mutex::default(),
         })
     }
 
@@ -60,6 +66,22 @@ impl Observed {
     pub fn accepted(&self) -> usize {
         *self.accepted.borrow()
     }
+
+    /// The NDJSON lines of every accepted record of `stream`, as sent.
+    pub fn lines(&self, stream: &str) -> Vec<String> {
+        let records = self.records.lock().unwrap();
+        records
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .flat_map(|(_, r)| {
+                String::from_utf8(r.to_vec())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -73,7 +95,16 @@ impl Sink for Observed {
             .iter()
             .map(|r| r.iter().filter(|&&b| b == b'\n').count())
             .collect();
+        let sent = records.clone();
         let outcomes = self.inner.put_batch(stream, records).await?;
+        {
+            let mut kept = self.records.lock().unwrap();
+            for (record, outcome) in sent.into_iter().zip(&outcomes) {
+                if *outcome == RecordOutcome::Accepted {
+                    kept.push((stream.to_owned(), record));
+                }
+            }
+        }
         let n: usize = lines
             .iter()
             .zip(&outcomes)
@@ -100,6 +131,19 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let sink = Observed::new(Arc::new(FileSink::new(&config.sink.directory)));
         TestServer::start_with_sink(config, sink).await
+    }
+
+    /// Starts the service with a Firehose sink pointed at `endpoint` (moto or the fake),
+    /// with static test credentials.
+    pub async fn start_firehose(mut config: Config, endpoint: &str) -> TestServer {
+        use aws_sdk_firehose::config::{Credentials, SharedCredentialsProvider};
+        config.sink.kind = firehose_edge::config::SinkKind::Firehose;
+        config.sink.endpoint_url = Some(endpoint.to_owned());
+        let credentials =
+            SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "tests"));
+        let sink =
+            firehose_edge::sink::FirehoseSink::connect(&config.sink, Some(credentials)).await;
+        TestServer::start_with_sink(config, Observed::new(Arc::new(sink))).await
     }
 
     pub async fn start_with_sink(config: Config, sink: Arc<Observed>) -> TestServer {
@@ -144,6 +188,36 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// POSTs `body` to `path` and returns the status code.
+pub async fn post(server: &TestServer, path: &str, body: &str) -> u16 {
+    reqwest::Client::new()
+        .post(server.url(path))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A one-event `/track` body with this event name.
+pub fn track_body(name: &str) -> String {
+    format!(r#"{{"userId":"u","events":[{{"eventName":"{name}"}}]}}"#)
+}
+
+/// The `eventName` of every NDJSON line.
+pub fn event_names(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["eventName"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
 
 /// Every NDJSON line under the lake directory of `stream`, in file-name order.
