@@ -376,7 +376,14 @@ impl Config {
                 let key = e.path().to_string();
                 ConfigError::Invalid {
                     key: if key == "." { "config".to_owned() } else { key },
-                    message: e.into_inner().to_string(),
+                    // toml appends "in `key`" on a second line; the key is already named.
+                    message: e
+                        .into_inner()
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
                 }
             })?;
         config.validate()?;

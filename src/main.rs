@@ -25,6 +25,29 @@ struct Cli {
     /// Validate the configuration (file and environment) and exit: 0 if valid, 64 if not.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Inspect or replay records the sink refused for good. Stop the service first: the
+    /// queue's database is locked while it runs.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        /// Only this delivery stream (default: all).
+        #[arg(long, global = true)]
+        stream: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DeadLetterAction {
+    /// Print the dead-lettered records (NDJSON) to stdout, counts to stderr.
+    List,
+    /// Move the dead-lettered records back into the queue, to be delivered at the next start.
+    Replay,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +62,15 @@ fn main() -> ExitCode {
     if cli.check_config {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::DeadLetters { action, stream }) = cli.command {
+        return match dead_letters(&config, &action, stream.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("firehose-edge: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -79,6 +111,51 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stop_signal(),
     )
     .await?;
+    Ok(())
+}
+
+fn dead_letters(
+    config: &Config,
+    action: &DeadLetterAction,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let streams = config.stream_names();
+    if let Some(name) = only.filter(|n| !streams.iter().any(|s| s == n)) {
+        anyhow::bail!(
+            "{name} is not a configured stream (streams: {})",
+            streams.join(", ")
+        );
+    }
+    let queue = firehose_edge::queue::Queue::open(&config.queue, &streams).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the queue at {} (is the service still running?): {e}",
+            config.queue.path.display()
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    for stream in streams
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.as_str()))
+    {
+        match action {
+            DeadLetterAction::List => {
+                let entries = queue.dead_letters(stream)?;
+                for entry in &entries {
+                    for line in entry.iter_lines() {
+                        out.write_all(line)?;
+                    }
+                }
+                let n: u64 = entries.iter().map(|e| u64::from(e.count)).sum();
+                eprintln!("{stream}: {n} dead-lettered records");
+            }
+            DeadLetterAction::Replay => {
+                let n = queue.replay_dead_letters(stream)?;
+                eprintln!("{stream}: {n} records moved back to the queue");
+            }
+        }
+    }
+    queue.close()?;
     Ok(())
 }
 

@@ -371,6 +371,28 @@ impl Queue {
             .collect()
     }
 
+    /// Moves every dead letter of `stream` back to the tail of its queue (after the operator
+    /// fixed what made the sink refuse them), flushes, and returns how many records moved.
+    pub fn replay_dead_letters(&self, stream: &str) -> Result<u64, QueueError> {
+        let s = self.stream(stream)?;
+        let mut moved = 0;
+        for entry in self.dead_letters(stream)? {
+            let value = Entry::encode(entry.enqueued_ms, entry.count, &entry.lines);
+            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .queued_bytes
+                .fetch_add(value.len() as u64, Ordering::AcqRel);
+            s.tree.insert(key.to_be_bytes(), value)?;
+            s.dead.remove(entry.key.to_be_bytes())?;
+            s.events.fetch_add(u64::from(entry.count), Ordering::AcqRel);
+            s.dead_events
+                .fetch_sub(u64::from(entry.count), Ordering::AcqRel);
+            moved += u64::from(entry.count);
+        }
+        self.inner.db.flush()?;
+        Ok(moved)
+    }
+
     /// Records in the dead-letter tree of `stream`.
     pub fn dead_letter_events(&self, stream: &str) -> u64 {
         self.stream(stream)

@@ -8,15 +8,17 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use common::{WAIT, lake_lines};
+use common::fake_firehose::FakeFirehose;
+use common::{WAIT, lake_lines, track_body};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Starts the binary over `dir` and returns it with its ingest address, read from its
 /// "listening" log line (so the test needs no fixed port).
-async fn spawn(dir: &Path) -> (Child, String) {
+async fn spawn(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
         .env_clear()
+        .envs(extra_env.iter().map(|(k, v)| (*k, v)))
         .env("FIREHOSE_EDGE__SERVER__LISTEN", "127.0.0.1:0")
         .env("FIREHOSE_EDGE__ADMIN__LISTEN", "127.0.0.1:0")
         .env("FIREHOSE_EDGE__QUEUE__PATH", dir.join("queue"))
@@ -46,7 +48,7 @@ async fn spawn(dir: &Path) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn(dir.path()).await;
+    let (mut child, addr) = spawn(dir.path(), &[]).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let client = reqwest::Client::new();
     let mut senders = Vec::new();
@@ -86,7 +88,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_event() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let (mut child, admin_less) = spawn(dir.path()).await;
+    let (mut child, admin_less) = spawn(dir.path(), &[]).await;
     drop(admin_less);
     let lake = dir.path().join("lake");
     let missing = tokio::time::timeout(WAIT, async {
@@ -121,4 +123,67 @@ async fn sigkill_mid_load_loses_no_acknowledged_event() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "SIGTERM exit: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firehose_outage_then_sigkill_then_recovery_delivers_everything() {
+    let fake = FakeFirehose::start().await;
+    fake.set_down(true).await;
+    let env = [
+        ("FIREHOSE_EDGE__SINK__KIND", "firehose".to_owned()),
+        ("FIREHOSE_EDGE__SINK__ENDPOINT_URL", fake.endpoint_url()),
+        ("FIREHOSE_EDGE__SINK__CONNECT_TIMEOUT_MS", "300".to_owned()),
+        ("FIREHOSE_EDGE__FLUSHER__RETRY_MAX_MS", "300".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        let name = format!("outage-{i}");
+        let status = client
+            .post(format!("http://{addr}/track"))
+            .body(track_body(&name))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        acked.push(name);
+    }
+    assert_eq!(fake.accepted_count(), 0, "Firehose is down");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    let (_child, _) = spawn(dir.path(), &env).await;
+    fake.set_down(false).await;
+    let delivered = tokio::time::timeout(WAIT, async {
+        loop {
+            let lines: Vec<String> = fake
+                .accepted()
+                .into_iter()
+                .flat_map(|(_, data)| {
+                    String::from_utf8(data)
+                        .unwrap()
+                        .lines()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let names: HashSet<String> = common::event_names(&lines).into_iter().collect();
+            if acked.iter().all(|n| names.contains(n)) {
+                return names.len();
+            }
+            // Wait for the fake's next accepted record rather than polling on a timer.
+            fake.wait_for_accepted_records(fake.accepted_count() + 1)
+                .await;
+        }
+    })
+    .await
+    .expect("every acknowledged event reaches Firehose after the restart");
+    assert_eq!(delivered, 300);
+    assert!(fake.limit_violations().is_empty());
 }

@@ -27,18 +27,6 @@ fn fake_lines(fake: &FakeFirehose, stream: &str) -> Vec<String> {
         .collect()
 }
 
-async fn wait_fake(fake: &FakeFirehose, n: usize) {
-    tokio::time::timeout(WAIT, fake.wait_for_accepted_records(n))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "fake accepted {} of {n} records; calls: {}",
-                fake.accepted_count(),
-                fake.call_count()
-            )
-        });
-}
-
 fn fast(config: &mut Config) {
     config.flusher.linger_ms = 50;
     config.sink.request_timeout_ms = 500;

@@ -1,0 +1,108 @@
+//! The binary's command line: configuration checks and the dead-letter tools.
+
+use std::collections::HashSet;
+use std::process::{Command, Output};
+
+use firehose_edge::config::Config;
+use firehose_edge::queue::Queue;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[queue]\ndurability = \"sometimes\"\n", "queue.durability"),
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ("[server]\nlisen = \"127.0.0.1:1\"\n", "server.lisen"),
+        (
+            "[flusher]\nmax_batch_records = 1000\n",
+            "flusher.max_batch_records",
+        ),
+        ("[sink]\nkind = 3\n", "sink.kind"),
+        ("[queue\n", "config.toml"),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        for extra in [&["--check-config"][..], &[]] {
+            let mut args = vec!["--config", path.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let out = run(&args, &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{text:?} {extra:?}: {stderr}");
+            assert!(
+                stderr.contains(key),
+                "{text:?}: {stderr} does not name {key}"
+            );
+            assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        }
+    }
+    let env_error = run(
+        &["--check-config"],
+        &[("FIREHOSE_EDGE__QUEUE__MAX_BYTES", "lots")],
+    );
+    assert_eq!(env_error.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&env_error.stderr).contains("queue.max_bytes"));
+    let ok = run(&["--check-config", "--config", "config/default.toml"], &[]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue_path = dir.path().join("queue");
+    let mut config = Config::default();
+    config.queue.path = queue_path.clone();
+    let streams = config.stream_names();
+    {
+        let queue = Queue::open(&config.queue, &streams).unwrap();
+        queue
+            .append("link_users", b"{\"a\":1}\n{\"b\":2}\n", 2)
+            .await
+            .unwrap();
+        let head = queue
+            .read_head("link_users", &HashSet::new(), 1, usize::MAX)
+            .unwrap();
+        queue
+            .dead_letter("link_users", &head[0], &[b"{\"b\":2}\n"], &[])
+            .unwrap();
+        queue.close().unwrap();
+    }
+    let env = [("FIREHOSE_EDGE__QUEUE__PATH", queue_path.to_str().unwrap())];
+    let list = run(&["dead-letters", "list"], &env);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "{\"b\":2}\n");
+    assert!(String::from_utf8_lossy(&list.stderr).contains("link_users: 1 dead-lettered records"));
+
+    let replay = run(&["dead-letters", "replay", "--stream", "link_users"], &env);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("1 records moved back"));
+    assert_eq!(run(&["dead-letters", "list"], &env).stdout, b"");
+
+    let queue = Queue::open(&config.queue, &streams).unwrap();
+    assert_eq!(queue.queued_events("link_users"), 1);
+    assert_eq!(queue.dead_letter_events("link_users"), 0);
+    let unknown = run(&["dead-letters", "list", "--stream", "nope"], &env);
+    assert!(!unknown.status.success());
+}
