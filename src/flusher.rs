@@ -600,6 +600,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn packing_cuts_the_firehose_bill_for_small_events() {
+        // 200-byte events: alone, each is billed as 5 KB (25.6x); packed, ~1x.
+        let line = format!("{}\n", "x".repeat(199));
+        let billed_ratio = |calls: &[Vec<Bytes>]| {
+            let records = calls.iter().flatten();
+            let billed: u64 = records
+                .clone()
+                .map(|r| metrics::billed_bytes(r.len() as u64))
+                .sum();
+            let payload: u64 = records.map(|r| r.len() as u64).sum();
+            billed as f64 / payload as f64
+        };
+        for (packing, lo, hi) in [(true, 1.0, 1.05), (false, 25.59, 25.61)] {
+            let dir = tempfile::tempdir().unwrap();
+            let qc = QueueConfig {
+                path: dir.path().join("q"),
+                durability: Durability::Interval,
+                ..QueueConfig::default()
+            };
+            let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
+            for _ in 0..50 {
+                queue
+                    .append("s", line.repeat(100).as_bytes(), 100)
+                    .await
+                    .unwrap();
+            }
+            let h = Harness { queue, _dir: dir };
+            let sink = Scripted::new(all_ok);
+            let p = Packing {
+                enabled: packing,
+                max_bytes: FIREHOSE_MAX_RECORD_BYTES,
+                max_lines: 500,
+            };
+            h.drain(sink.clone(), config(), p, 5000).await;
+            let ratio = billed_ratio(&sink.calls.lock().unwrap());
+            assert!(
+                (lo..=hi).contains(&ratio),
+                "packing={packing}: billed/payload {ratio}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn unpacked_sends_one_line_per_record() {
         let h = Harness::with_lines(1200, 100).await;
         let sink = Scripted::new(all_ok);
