@@ -45,7 +45,7 @@ impl Admin {
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.shutting_down.load(Ordering::Acquire) {
             Err("shutting down")
-        } else if self.queue.queued_bytes() >= self.queue.max_bytes() {
+        } else if self.queue.is_full() {
             Err("queue at its byte budget")
         } else {
             Ok(())

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Prefix of environment overrides: `FIREHOSE_EDGE__QUEUE__PATH=/var/lib/q` sets `queue.path`.
 pub const ENV_PREFIX: &str = "FIREHOSE_EDGE__";
@@ -59,7 +59,7 @@ impl ConfigError {
 
 /// The whole configuration. Every section has defaults, so an empty file is a valid config
 /// (the embedded default: file sink under `data/`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The ingest listener and its request limits.
@@ -81,7 +81,7 @@ pub struct Config {
 }
 
 /// `[shutdown]`: the bounded, ordered stop on SIGTERM/SIGINT.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Longest the stop may take, in seconds: drain connections, finish sink calls in
@@ -103,7 +103,7 @@ impl ShutdownConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable key=value lines.
@@ -113,7 +113,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`: what is logged and how.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` or `json`.
@@ -132,7 +132,7 @@ impl Default for LogConfig {
 }
 
 /// `[server]`: the public ingest listener.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address the ingest API listens on (the old service's port 5000).
@@ -151,7 +151,7 @@ impl Default for ServerConfig {
 }
 
 /// `[admin]`: health and metrics, kept off the public port.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of `/healthz` (and later `/metrics`, `/readyz`).
@@ -167,7 +167,7 @@ impl Default for AdminConfig {
 }
 
 /// When a 200 is sent relative to the disk.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Answer after a (shared) flush that covers the request's records.
@@ -178,7 +178,7 @@ pub enum Durability {
 }
 
 /// `[queue]`: the sled database that buffers records until the sink takes them.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// Directory of the sled database.
@@ -207,7 +207,7 @@ impl Default for QueueConfig {
 }
 
 /// Which sink the flusher delivers to.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     /// Amazon Kinesis Data Firehose.
@@ -217,7 +217,7 @@ pub enum SinkKind {
 }
 
 /// `[sink]`: where delivered records land.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SinkConfig {
     /// `file` (default, no AWS needed) or `firehose`.
@@ -248,7 +248,7 @@ impl Default for SinkConfig {
 }
 
 /// `[streams]`: the delivery stream each endpoint writes to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamsConfig {
     /// Stream of `POST /track`.
@@ -270,7 +270,7 @@ impl Default for StreamsConfig {
 }
 
 /// `[flusher]`: batching and retry of the drain into the sink.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FlusherConfig {
     /// Most sink records per call (Firehose: at most 500).
@@ -298,7 +298,7 @@ pub struct FlusherConfig {
 }
 
 /// `[flusher.per_stream.<stream>]`: settings that differ for one delivery stream.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamOverrides {
     /// Overrides `flusher.packing` (e.g. `false` for a Lambda transform that expects one event
@@ -493,6 +493,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The effective configuration as one line of JSON, for the start-up log. Nothing here is
+    /// secret today; fields that become so are skipped when serializing.
+    pub fn summary(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
     }
 
     /// The distinct delivery streams, in endpoint order.

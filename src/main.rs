@@ -31,6 +31,9 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Exit 0 if the service on this host answers `GET /healthz` on its admin port, 1 if not
+    /// (the container image's HEALTHCHECK; the slim base has no curl).
+    Healthcheck,
     /// Inspect or replay records the sink refused for good. Stop the service first: the
     /// queue's database is locked while it runs.
     DeadLetters {
@@ -63,8 +66,15 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::DeadLetters { action, stream }) = cli.command {
-        return match dead_letters(&config, &action, stream.as_deref()) {
+    let result = match cli.command {
+        Some(Command::DeadLetters { action, stream }) => {
+            Some(dead_letters(&config, &action, stream.as_deref()))
+        }
+        Some(Command::Healthcheck) => Some(healthcheck(&config)),
+        None => None,
+    };
+    if let Some(result) = result {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("firehose-edge: {e:#}");
@@ -96,6 +106,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", config.admin.listen))?;
+    tracing::info!(config = %config.summary(), "effective configuration");
     tracing::info!(
         ingest = %ingest.local_addr()?,
         admin = %admin.local_addr()?,
@@ -157,6 +168,39 @@ fn dead_letters(
     }
     queue.close()?;
     Ok(())
+}
+
+/// `GET /healthz` on the admin port of this host, with a short timeout.
+fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let check = async {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            let connection = tokio::spawn(connection);
+            let request = http::Request::get("/healthz")
+                .header(http::header::HOST, addr.to_string())
+                .body(Empty::<bytes::Bytes>::new())?;
+            let status = sender.send_request(request).await?.status();
+            connection.abort();
+            anyhow::ensure!(
+                status == http::StatusCode::OK,
+                "{addr}/healthz answered {status}"
+            );
+            Ok(())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(3), check)
+            .await
+            .map_err(|_| anyhow::anyhow!("{addr}/healthz did not answer within 3 s"))?
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

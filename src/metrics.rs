@@ -38,6 +38,9 @@ pub const DEAD_LETTER_EVENTS: &str = "firehose_edge_dead_letter_events";
 /// Group flushes of the queue.
 pub const QUEUE_FLUSHES: &str = "firehose_edge_queue_flushes_total";
 
+/// Queue directories that would not open and were moved aside at start.
+pub const QUEUE_MOVED_ASIDE: &str = "firehose_edge_queue_moved_aside_total";
+
 /// Firehose bills each record rounded up to the next 5 KB.
 /// <https://aws.amazon.com/firehose/pricing/>
 pub const BILLING_INCREMENT: u64 = 5 * 1024;
@@ -79,6 +82,11 @@ pub fn billed_bytes(n: u64) -> u64 {
 pub fn failures(stream: &str, code: &str, n: u64) {
     counter!(RECORD_FAILURES, "stream" => stream.to_owned(), "error_code" => code.to_owned())
         .increment(n);
+}
+
+/// The queue would not open and was moved aside.
+pub fn queue_moved_aside() {
+    counter!(QUEUE_MOVED_ASIDE).increment(1);
 }
 
 /// One group flush of the queue.

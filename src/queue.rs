@@ -40,6 +40,9 @@ use crate::config::{Durability, QueueConfig};
 /// item exceeds a quarter of a segment; 8 MiB keeps items up to 2 MiB in the synced log.
 const SEGMENT_SIZE: usize = 8 << 20;
 
+/// After hitting the budget, appends resume once the queue is below this share of it.
+pub const RESUME_PERCENT: u64 = 90;
+
 /// Bytes of an entry's header: version (1), enqueue time in ms (8), line count (4).
 const HEADER_LEN: usize = 13;
 const ENTRY_VERSION: u8 = 1;
@@ -154,6 +157,10 @@ struct Inner {
     next_key: AtomicU64,
     queued_bytes: AtomicU64,
     max_bytes: u64,
+    /// Set when an append is refused for the budget; cleared once the queue drains below
+    /// [`RESUME_PERCENT`] of it. While set, every append is refused, so clients back off
+    /// for a while instead of squeezing small requests into the last bytes.
+    full: AtomicBool,
     durability: Durability,
     commit: Option<GroupCommit>,
     closed: AtomicBool,
@@ -218,6 +225,7 @@ impl Queue {
                 next_key: AtomicU64::new(next_key),
                 queued_bytes: AtomicU64::new(queued_bytes),
                 max_bytes: config.max_bytes,
+                full: AtomicBool::new(false),
                 durability: config.durability,
                 commit,
                 closed: AtomicBool::new(false),
@@ -272,13 +280,37 @@ impl Queue {
     /// Takes `size` bytes of budget, or refuses without taking any.
     fn reserve(&self, size: u64) -> Result<(), QueueError> {
         let max = self.inner.max_bytes;
+        if self.is_full() {
+            return Err(QueueError::Full {
+                queued: self.queued_bytes(),
+                max,
+            });
+        }
         self.inner
             .queued_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q + size <= max).then_some(q + size)
             })
             .map(drop)
-            .map_err(|queued| QueueError::Full { queued, max })
+            .map_err(|queued| {
+                self.inner.full.store(true, Ordering::Release);
+                QueueError::Full { queued, max }
+            })
+    }
+
+    /// Whether appends are refused for the budget: from the first refusal until the queue
+    /// drained below [`RESUME_PERCENT`] of `queue.max_bytes`.
+    pub fn is_full(&self) -> bool {
+        if !self.inner.full.load(Ordering::Acquire) {
+            return false;
+        }
+        let resume_below =
+            (u128::from(self.inner.max_bytes) * u128::from(RESUME_PERCENT) / 100) as u64;
+        if self.queued_bytes() < resume_below {
+            self.inner.full.store(false, Ordering::Release);
+            return false;
+        }
+        true
     }
 
     /// Up to `max_entries` entries from the head of `stream` (oldest first), skipping keys in
@@ -772,17 +804,24 @@ mod tests {
     async fn budget_refuses_without_evicting() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path(), Durability::Fsync);
-        cfg.max_bytes = 2 * (HEADER_LEN as u64 + 10);
+        cfg.max_bytes = 2 * (HEADER_LEN as u64 + 10) + 5;
         let q = Queue::open(&cfg, &streams()).unwrap();
         q.append("a", b"123456789\n", 1).await.unwrap();
         q.append("b", b"123456789\n", 1).await.unwrap();
-        let err = q.append("a", b"x\n", 1).await.unwrap_err();
+        let err = q.append("a", b"1234567\n", 1).await.unwrap_err();
         assert!(matches!(err, QueueError::Full { .. }), "{err}");
+        let err = q.append("a", b"x\n", 1).await.unwrap_err();
+        assert!(
+            matches!(err, QueueError::Full { .. }),
+            "fits, but the queue is full: {err}"
+        );
         assert_eq!(q.queued_events("a"), 1);
         assert_eq!(q.queued_events("b"), 1);
-        // Draining gives the budget back.
-        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
-        q.settle("a", &head[0], &[]).unwrap();
+        assert!(q.is_full());
+        // Full stays full, even for what would fit, until the queue drains below 90%.
+        let head = q.read_head("b", &HashSet::new(), 10, usize::MAX).unwrap();
+        q.settle("b", &head[0], &[]).unwrap();
+        assert!(!q.is_full(), "half the budget is free");
         q.append("a", b"x\n", 1).await.unwrap();
     }
 

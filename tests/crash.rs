@@ -16,6 +16,12 @@ use tokio::process::{Child, Command};
 /// Starts the binary over `dir` and returns it with its ingest address, read from its
 /// "listening" log line (so the test needs no fixed port).
 async fn spawn(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String) {
+    let (child, ingest, _) = spawn_with_admin(dir, extra_env).await;
+    (child, ingest)
+}
+
+/// [`spawn`], also returning the admin address.
+async fn spawn_with_admin(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
         .env_clear()
         .envs(extra_env.iter().map(|(k, v)| (*k, v)))
@@ -30,10 +36,15 @@ async fn spawn(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String) {
         .spawn()
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
+    let field = |line: &str, key: &str| {
+        line.split(&format!("{key}="))
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+    };
+    let (addr, admin) = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("ingest=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
+            if let (Some(ingest), Some(admin)) = (field(&line, "ingest"), field(&line, "admin")) {
+                return (ingest, admin);
             }
         }
         panic!("the binary exited before listening");
@@ -42,7 +53,39 @@ async fn spawn(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String) {
     .expect("the binary listens in time");
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, admin)
+}
+
+/// Sends SIGTERM to `child`.
+async fn terminate(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits until every name in `acked` is in the lake of `log_user_events`.
+async fn wait_for_lake(lake: &Path, acked: &HashSet<String>) {
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            let delivered: HashSet<String> = lake_lines(lake, "log_user_events")
+                .iter()
+                .map(|l| l["eventName"].as_str().unwrap().to_owned())
+                .collect();
+            if acked.iter().all(|n| delivered.contains(n)) {
+                return;
+            }
+            // Another process writes the lake: there is nothing to await but its files.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "acknowledged events missing from the lake");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,29 +131,8 @@ async fn sigkill_mid_load_loses_no_acknowledged_event() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let (mut child, admin_less) = spawn(dir.path(), &[]).await;
-    drop(admin_less);
-    let lake = dir.path().join("lake");
-    let missing = tokio::time::timeout(WAIT, async {
-        loop {
-            let delivered: HashSet<String> = lake_lines(&lake, "log_user_events")
-                .iter()
-                .map(|l| l["eventName"].as_str().unwrap().to_owned())
-                .collect();
-            let missing: Vec<&String> = acked.iter().filter(|n| !delivered.contains(*n)).collect();
-            if missing.is_empty() {
-                return 0;
-            }
-            // Another process writes the lake: there is nothing to await but its files.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert_eq!(
-        missing,
-        Ok(0),
-        "acknowledged events missing from the lake after the restart"
-    );
+    let (mut child, _) = spawn(dir.path(), &[]).await;
+    wait_for_lake(&dir.path().join("lake"), &acked).await;
     // A clean stop on SIGTERM.
     let pid = child.id().unwrap();
     Command::new("kill")
@@ -186,4 +208,158 @@ async fn firehose_outage_then_sigkill_then_recovery_delivers_everything() {
     .expect("every acknowledged event reaches Firehose after the restart");
     assert_eq!(delivered, 300);
     assert!(fake.limit_violations().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    // Firehose-like sink that is down, so the backlog is still queued at the stop.
+    let fake = FakeFirehose::start().await;
+    fake.set_down(true).await;
+    let env = [
+        ("FIREHOSE_EDGE__SINK__KIND", "firehose".to_owned()),
+        ("FIREHOSE_EDGE__SINK__ENDPOINT_URL", fake.endpoint_url()),
+        ("FIREHOSE_EDGE__SINK__CONNECT_TIMEOUT_MS", "300".to_owned()),
+        ("FIREHOSE_EDGE__FLUSHER__RETRY_MAX_MS", "300".to_owned()),
+        ("FIREHOSE_EDGE__SHUTDOWN__GRACE_PERIOD", "10".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    let (mut child, addr) = spawn(dir.path(), &env).await;
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let client = reqwest::Client::new();
+    let mut senders = Vec::new();
+    for t in 0..8 {
+        let (acked, client, url) = (
+            acked.clone(),
+            client.clone(),
+            format!("http://{addr}/track"),
+        );
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let name = format!("term-{t}-{i}");
+                match client.post(&url).body(track_body(&name)).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        acked.lock().unwrap().insert(name);
+                    }
+                    Ok(_) | Err(_) => return, // stopping: refused or closed
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(WAIT, async {
+        while acked.lock().unwrap().len() < 500 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("load is acknowledged in time");
+    let stopped_at = std::time::Instant::now();
+    terminate(&child).await;
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "SIGTERM under load exits 0, got {status}");
+    assert!(
+        stopped_at.elapsed() < std::time::Duration::from_secs(10),
+        "within the grace period"
+    );
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    // Restart with Firehose back: every acknowledged event arrives.
+    fake.set_down(false).await;
+    let (_child, _) = spawn(dir.path(), &env).await;
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            let lines: Vec<String> = fake
+                .accepted()
+                .into_iter()
+                .flat_map(|(_, d)| {
+                    String::from_utf8(d)
+                        .unwrap()
+                        .lines()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let names: HashSet<String> = common::event_names(&lines).into_iter().collect();
+            if acked.iter().all(|n| names.contains(n)) {
+                return;
+            }
+            fake.wait_for_accepted_records(fake.accepted_count() + 1)
+                .await;
+        }
+    })
+    .await;
+    assert!(
+        result.is_ok(),
+        "every event acknowledged before SIGTERM is delivered after the restart"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_subcommand_and_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("FIREHOSE_EDGE__LOG__FORMAT", "json".to_owned())];
+    // JSON logs: every line is an object; one carries the effective configuration.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .env("FIREHOSE_EDGE__SERVER__LISTEN", "127.0.0.1:0")
+        .env("FIREHOSE_EDGE__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("FIREHOSE_EDGE__QUEUE__PATH", dir.path().join("queue"))
+        .env("FIREHOSE_EDGE__SINK__DIRECTORY", dir.path().join("lake"))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut saw_config, mut admin) = (false, None);
+    while admin.is_none() {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("log line");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if v["fields"]["message"] == "effective configuration" {
+            let config: serde_json::Value =
+                serde_json::from_str(v["fields"]["config"].as_str().unwrap()).unwrap();
+            assert_eq!(config["queue"]["durability"], "fsync");
+            saw_config = true;
+        }
+        if let Some(a) = v["fields"]["admin"].as_str() {
+            admin = Some(a.to_owned());
+        }
+    }
+    assert!(saw_config);
+    let admin = admin.unwrap();
+    let check = |admin: String| async move {
+        Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+            .arg("healthcheck")
+            .env_clear()
+            .env("FIREHOSE_EDGE__ADMIN__LISTEN", admin)
+            .status()
+            .await
+            .unwrap()
+    };
+    assert!(
+        check(admin.clone()).await.success(),
+        "healthy while running"
+    );
+    terminate(&child).await;
+    assert!(
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(check(admin).await.code(), Some(1), "unhealthy once stopped");
 }

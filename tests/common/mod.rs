@@ -147,6 +147,15 @@ impl TestServer {
     }
 
     pub async fn start_with_sink(config: Config, sink: Arc<Observed>) -> TestServer {
+        TestServer::start_observed(config, sink, None).await
+    }
+
+    /// Starts the service with `sink`, rendering `/metrics` from `prometheus` when given.
+    pub async fn start_observed(
+        config: Config,
+        sink: Arc<Observed>,
+        prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> TestServer {
         let ingest = TcpListener::bind(config.server.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin.listen).await.unwrap();
         let (ingest_addr, admin_addr) = (ingest.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -155,7 +164,7 @@ impl TestServer {
             config.clone(),
             Listeners { ingest, admin },
             sink.clone(),
-            None,
+            prometheus,
             stop.clone().cancelled_owned(),
         ));
         TestServer {
@@ -166,6 +175,17 @@ impl TestServer {
             stop,
             task: Some(task),
         }
+    }
+
+    /// Starts stopping the service without waiting for it.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// GETs an admin path and returns the status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("{}{path}", self.admin)).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     pub fn url(&self, path: &str) -> String {
