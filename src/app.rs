@@ -38,9 +38,9 @@ pub enum AppError {
         /// What failed.
         source: QueueError,
     },
-    /// The sink could not be set up.
-    #[error("sink: {0}")]
-    Sink(String),
+    /// The configuration could not be applied (e.g. the API keys file vanished).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Opens the queue. If an existing database will not open (sled has open reports of
@@ -126,7 +126,7 @@ pub async fn run_with_sink(
     }
 
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let ingest = Arc::new(Ingest::new(queue.clone(), &config));
+    let ingest = Arc::new(Ingest::new(queue.clone(), &config)?);
     let admin = Arc::new(Admin::new(
         queue.clone(),
         streams.clone(),
@@ -142,6 +142,7 @@ pub async fn run_with_sink(
             let ingest = ingest.clone();
             async move { ingest.handle(request).await }
         },
+        config.server.connection_limits(),
         ingest_stop.clone(),
         grace,
     ));
@@ -151,6 +152,11 @@ pub async fn run_with_sink(
         move |request| {
             let admin = admin.clone();
             async move { admin.handle(request).await }
+        },
+        // Scrapers and probes: a few connections, the same header timeout.
+        crate::server::ConnectionLimits {
+            max_connections: 64,
+            ..config.server.connection_limits()
         },
         admin_stop.clone(),
         grace,

@@ -78,6 +78,61 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// API keys for the ingest endpoints.
+    pub auth: AuthConfig,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsConfig,
+}
+
+/// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted keys. Never logged: the effective-config log line omits them.
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// A file with more keys, one per line (blank lines and `#` comments ignored), for keys
+    /// kept out of the config (e.g. a mounted secret).
+    pub api_keys_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// Every configured key: `api_keys` plus the lines of `api_keys_file`.
+    pub fn keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut keys = self.api_keys.clone();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid("auth.api_keys_file", format!("{}: {e}", path.display()))
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+/// `[cors]`: which web origins may call the ingest API from a browser.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins, exactly as browsers send them (`https://shop.example`), or `"*"`.
+    /// Empty: no CORS headers, and preflights are refused.
+    pub allowed_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: Vec::new(),
+            max_age_secs: 86_400,
+        }
+    }
 }
 
 /// `[shutdown]`: the bounded, ordered stop on SIGTERM/SIGINT.
@@ -137,8 +192,32 @@ impl Default for LogConfig {
 pub struct ServerConfig {
     /// Address the ingest API listens on (the old service's port 5000).
     pub listen: SocketAddr,
-    /// Largest request body accepted, in bytes; larger bodies get 413.
+    /// Largest request body accepted, in bytes, after decompression; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Most events in one `/track` request; more get 413. Also bounds how much one request
+    /// can grow when encoded (each record adds ~110 bytes of id, time and keys).
+    pub max_events_per_request: usize,
+    /// Longest `userId`, `newUserId`, `originalUserId` and `eventName`, in bytes as sent
+    /// (escapes included); longer gets 400.
+    pub max_string_bytes: usize,
+    /// Longest wait for a request's headers, in ms, after which the connection is closed
+    /// (slowloris). hyper starts this timer whenever a connection waits for its next request,
+    /// so it is also the idle timeout of keep-alive connections.
+    pub header_read_timeout_ms: u64,
+    /// Longest wait for a request's whole body, in ms; 408 after it.
+    pub body_read_timeout_ms: u64,
+    /// Most open client connections; further ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// How the accept loop treats connections.
+    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
+        crate::server::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -146,6 +225,11 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             max_body_bytes: 1 << 20,
+            max_events_per_request: 2_000,
+            max_string_bytes: 1_024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 10_000,
         }
     }
 }

@@ -64,6 +64,13 @@ pub struct FieldError {
 pub enum EncodeError {
     /// The body breaks the schema; every offending field is listed.
     Invalid(Vec<FieldError>),
+    /// More events than `server.max_events_per_request`.
+    TooManyEvents {
+        /// Events in the request.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
     /// One event's record would exceed Firehose's 1,000 KiB record limit.
     RecordTooLarge {
         /// Position of the event in the request.
@@ -82,13 +89,45 @@ pub struct Records {
     pub count: u32,
 }
 
-/// Validates `body` for `endpoint` and encodes its records, stamped with `received_at`.
+/// Caps on what one request may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most events in one `/track` request.
+    pub max_events: usize,
+    /// Longest id or event name, in bytes as sent (escapes included).
+    pub max_string_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_events: 2_000,
+            max_string_bytes: 1_024,
+        }
+    }
+}
+
+/// Validates `body` for `endpoint` and encodes its records, stamped with `received_at`,
+/// under the default [`Limits`].
 pub fn encode(
     endpoint: Endpoint,
     body: &[u8],
     received_at: SystemTime,
 ) -> Result<Records, EncodeError> {
-    let mut v = Validator::default();
+    encode_with_limits(endpoint, body, received_at, Limits::default())
+}
+
+/// [`encode`] under the given limits.
+pub fn encode_with_limits(
+    endpoint: Endpoint,
+    body: &[u8],
+    received_at: SystemTime,
+    limits: Limits,
+) -> Result<Records, EncodeError> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        limits,
+    };
     let Some(top) = v.object("$", body_object(body)) else {
         return Err(EncodeError::Invalid(v.errors));
     };
@@ -97,7 +136,7 @@ pub fn encode(
         Endpoint::Track => {
             v.unknown_fields("", &top, &["userId", "events"]);
             let user_id = v.string(&top, "", "userId");
-            let events = v.events(&top);
+            let events = v.events(&top)?;
             if !v.errors.is_empty() {
                 return Err(EncodeError::Invalid(v.errors));
             }
@@ -156,9 +195,9 @@ fn body_object(body: &[u8]) -> Result<&RawValue, String> {
 
 /// Collects every schema violation instead of stopping at the first, so a client learns all
 /// of them from one 400.
-#[derive(Default)]
 struct Validator {
     errors: Vec<FieldError>,
+    limits: Limits,
 }
 
 impl Validator {
@@ -201,7 +240,15 @@ impl Validator {
     fn string<'a>(&mut self, obj: &Object<'a>, prefix: &str, name: &str) -> Option<&'a RawValue> {
         match obj.get(name) {
             None => self.fail(join(prefix, name), "missing"),
-            Some(raw) if raw.get().starts_with('"') => return Some(raw),
+            Some(raw) if raw.get().starts_with('"') => {
+                // The raw text includes the quotes.
+                if raw.get().len() - 2 > self.limits.max_string_bytes {
+                    let max = self.limits.max_string_bytes;
+                    self.fail(join(prefix, name), format!("longer than {max} bytes"));
+                    return None;
+                }
+                return Some(raw);
+            }
             Some(_) => self.fail(join(prefix, name), "must be a string"),
         }
         None
@@ -229,26 +276,33 @@ impl Validator {
         }
     }
 
-    /// `events`: a non-empty array of `{eventName, metadata?, timestampUTC?}`.
-    fn events<'a>(&mut self, top: &Object<'a>) -> Option<Vec<Object<'a>>> {
+    /// `events`: a non-empty array of `{eventName, metadata?, timestampUTC?}`. `Ok(None)`
+    /// when invalid (the reasons are recorded); `Err` when over the event cap.
+    fn events<'a>(&mut self, top: &Object<'a>) -> Result<Option<Vec<Object<'a>>>, EncodeError> {
         let Some(raw) = top.get("events") else {
             self.fail("events", "missing");
-            return None;
+            return Ok(None);
         };
         if !raw.get().starts_with('[') {
             self.fail("events", "must be an array");
-            return None;
+            return Ok(None);
         }
         let items: Vec<&'a RawValue> = match serde_json::from_str(raw.get()) {
             Ok(items) => items,
             Err(e) => {
                 self.fail("events", format!("invalid array: {e}"));
-                return None;
+                return Ok(None);
             }
         };
         if items.is_empty() {
             self.fail("events", "must not be empty");
-            return None;
+            return Ok(None);
+        }
+        if items.len() > self.limits.max_events {
+            return Err(EncodeError::TooManyEvents {
+                count: items.len(),
+                max: self.limits.max_events,
+            });
         }
         let before = self.errors.len();
         let mut events = Vec::with_capacity(items.len());
@@ -262,7 +316,7 @@ impl Validator {
                 events.push(event);
             }
         }
-        (self.errors.len() == before).then_some(events)
+        Ok((self.errors.len() == before).then_some(events))
     }
 }
 
@@ -622,10 +676,42 @@ mod tests {
     }
 
     #[test]
+    fn caps_on_events_and_string_lengths() {
+        let limits = Limits {
+            max_events: 3,
+            max_string_bytes: 5,
+        };
+        let four = r#"{"userId":"u","events":[{"eventName":"a"},{"eventName":"a"},{"eventName":"a"},{"eventName":"a"}]}"#;
+        assert_eq!(
+            encode_with_limits(Endpoint::Track, four.as_bytes(), now(), limits),
+            Err(EncodeError::TooManyEvents { count: 4, max: 3 })
+        );
+        let three = r#"{"userId":"12345","events":[{"eventName":"a"},{"eventName":"a"},{"eventName":"123456"}]}"#;
+        match encode_with_limits(Endpoint::Track, three.as_bytes(), now(), limits) {
+            Err(EncodeError::Invalid(e)) => {
+                assert_eq!(
+                    e,
+                    vec![FieldError {
+                        path: "events[2].eventName".to_owned(),
+                        reason: "longer than 5 bytes".to_owned()
+                    }]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let alias = r#"{"newUserId":"123456","originalUserId":"1"}"#;
+        assert!(matches!(
+            encode_with_limits(Endpoint::Alias, alias.as_bytes(), now(), limits),
+            Err(EncodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn an_event_over_the_firehose_record_limit_is_too_large() {
         let big = "x".repeat(FIREHOSE_MAX_RECORD_BYTES);
-        let body =
-            format!(r#"{{"userId":"u","events":[{{"eventName":"a"}},{{"eventName":"{big}"}}]}}"#);
+        let body = format!(
+            r#"{{"userId":"u","events":[{{"eventName":"a"}},{{"eventName":"b","metadata":{{"pad":"{big}"}}}}]}}"#
+        );
         match encode(Endpoint::Track, body.as_bytes(), now()) {
             Err(EncodeError::RecordTooLarge { index, bytes }) => {
                 assert_eq!(index, 1);

@@ -1,20 +1,24 @@
 //! The public API: routing, request limits, and the path from body to durable queue entry.
 //!
-//! `POST /track|/alias|/profile` → content type and size checks → body read under a cap →
-//! [`event::encode`] → [`Queue::append`] (which returns once the records are durable) → 200.
-//! Every refusal is an [`IngestError`], mapped to its status in one `match`.
+//! `POST /track|/alias|/profile` → CORS preflight → API key → content type, encoding and
+//! size checks → body read under a deadline and a (decompressed) cap → [`event::encode`] →
+//! [`Queue::append`] (which returns once the records are durable) → 200. Every refusal is an
+//! [`IngestError`], mapped to its status in one `match`.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::config::Config;
-use crate::event::{self, EncodeError, Endpoint, FieldError};
+use crate::auth::ApiKeys;
+use crate::body::{self, BodyError};
+use crate::config::{Config, ConfigError};
+use crate::cors::Cors;
+use crate::event::{self, EncodeError, Endpoint, FieldError, Limits};
 use crate::metrics;
 use crate::queue::{Queue, QueueError};
 
@@ -30,9 +34,29 @@ pub enum IngestError {
     /// An ingest path with a method other than POST.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// A content type other than JSON or text/plain.
-    #[error("unsupported content type")]
+    /// A content type other than JSON or text/plain, or an unknown content encoding.
+    #[error("unsupported content type or encoding")]
     UnsupportedMediaType,
+    /// No valid API key.
+    #[error("a valid API key is required")]
+    Unauthorized,
+    /// A CORS preflight from an origin that is not allowed.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    /// The body did not arrive within `server.body_read_timeout_ms`.
+    #[error("body not received in time")]
+    BodyTimeout,
+    /// More events than `server.max_events_per_request`.
+    #[error("{count} events, over the limit of {max} per request")]
+    TooManyEvents {
+        /// Events sent.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The compressed body is corrupt.
+    #[error("body could not be decompressed")]
+    Corrupt,
     /// The body is over `server.max_body_bytes`.
     #[error("body over {limit} bytes")]
     BodyTooLarge {
@@ -70,9 +94,13 @@ impl IngestError {
             IngestError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type")
             }
-            IngestError::BodyTooLarge { .. } | IngestError::EventTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-            }
+            IngestError::BodyTooLarge { .. }
+            | IngestError::EventTooLarge { .. }
+            | IngestError::TooManyEvents { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            IngestError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            IngestError::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin"),
+            IngestError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            IngestError::Corrupt => (StatusCode::BAD_REQUEST, "corrupt_body"),
             IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             IngestError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read"),
             IngestError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
@@ -94,6 +122,9 @@ impl IngestError {
             IngestError::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("POST"));
             }
+            IngestError::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             IngestError::QueueFull | IngestError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
@@ -107,21 +138,39 @@ impl IngestError {
 pub struct Ingest {
     queue: Queue,
     max_body_bytes: usize,
+    body_timeout: Duration,
+    limits: Limits,
+    keys: ApiKeys,
+    cors: Cors,
     streams: [String; 3],
 }
 
 impl Ingest {
-    /// An ingest handler writing to `queue` with the limits and stream names of `config`.
-    pub fn new(queue: Queue, config: &Config) -> Ingest {
-        Ingest {
+    /// An ingest handler writing to `queue` with the limits, keys, CORS and stream names of
+    /// `config`.
+    pub fn new(queue: Queue, config: &Config) -> Result<Ingest, ConfigError> {
+        let keys = ApiKeys::new(&config.auth.keys()?);
+        if keys.enabled() {
+            tracing::info!("ingest requires an API key");
+        } else {
+            tracing::warn!("no API keys configured: ingest is open to anyone who can reach it");
+        }
+        Ok(Ingest {
             queue,
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+            limits: Limits {
+                max_events: config.server.max_events_per_request,
+                max_string_bytes: config.server.max_string_bytes,
+            },
+            keys,
+            cors: Cors::new(&config.cors),
             streams: [
                 config.streams.track.clone(),
                 config.streams.alias.clone(),
                 config.streams.profile.clone(),
             ],
-        }
+        })
     }
 
     fn stream(&self, endpoint: Endpoint) -> &str {
@@ -137,8 +186,17 @@ impl Ingest {
         let started = Instant::now();
         let endpoint = Endpoint::from_path(request.uri().path());
         let label = endpoint.map_or("other", Endpoint::name);
-        let response = match self.accept(endpoint, request).await {
-            Ok(n) => json_response(StatusCode::OK, &json!({"status": "ok", "accepted": n})),
+        let request_headers = request.headers().clone();
+        let mut response = match self.accept(endpoint, request).await {
+            Ok(Accepted::Records(n)) => {
+                json_response(StatusCode::OK, &json!({"status": "ok", "accepted": n}))
+            }
+            Ok(Accepted::Preflight(origin)) => {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                self.cors.preflight(&origin, response.headers_mut());
+                response
+            }
             Err(e) => {
                 let (status, reason) = e.status_and_reason();
                 metrics::events_rejected(label, reason, 1);
@@ -146,6 +204,9 @@ impl Ingest {
                 e.into_response()
             }
         };
+        if endpoint.is_some() && response.status() != StatusCode::NO_CONTENT {
+            self.cors.decorate(&request_headers, response.headers_mut());
+        }
         metrics::request(label, response.status().as_u16(), started.elapsed());
         response
     }
@@ -154,12 +215,24 @@ impl Ingest {
         &self,
         endpoint: Option<Endpoint>,
         request: Request<Incoming>,
-    ) -> Result<u32, IngestError> {
+    ) -> Result<Accepted, IngestError> {
         let endpoint = endpoint.ok_or(IngestError::NotFound)?;
+        if request.method() == Method::OPTIONS && self.cors.enabled() {
+            // Preflights carry no credentials, so they are answered before the key check.
+            return match self.cors.allowed_origin(request.headers()) {
+                Some(origin) => Ok(Accepted::Preflight(origin.clone())),
+                None => Err(IngestError::OriginNotAllowed),
+            };
+        }
         if request.method() != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
+        if !self.keys.allows(request.headers(), request.uri().query()) {
+            return Err(IngestError::Unauthorized);
+        }
         check_content_type(request.headers().get(CONTENT_TYPE))?;
+        let encoding =
+            body::encoding(request.headers()).map_err(|_| IngestError::UnsupportedMediaType)?;
         let limit = self.max_body_bytes;
         let declared = request
             .headers()
@@ -169,23 +242,25 @@ impl Ingest {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(IngestError::BodyTooLarge { limit });
         }
-        let body = Limited::new(request.into_body(), limit)
-            .collect()
+        let body = body::read(request.into_body(), encoding, limit, self.body_timeout)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    IngestError::BodyTooLarge { limit }
-                } else {
-                    IngestError::BodyRead(e.to_string())
+            .map_err(|e| match e {
+                BodyError::TooLarge { limit } => IngestError::BodyTooLarge { limit },
+                BodyError::Timeout(_) => IngestError::BodyTimeout,
+                BodyError::UnsupportedEncoding(_) => IngestError::UnsupportedMediaType,
+                BodyError::Corrupt(_) => IngestError::Corrupt,
+                BodyError::Read(e) => IngestError::BodyRead(e),
+            })?;
+        let records = event::encode_with_limits(endpoint, &body, SystemTime::now(), self.limits)
+            .map_err(|e| match e {
+                EncodeError::Invalid(details) => IngestError::Invalid(details),
+                EncodeError::TooManyEvents { count, max } => {
+                    IngestError::TooManyEvents { count, max }
                 }
-            })?
-            .to_bytes();
-        let records = event::encode(endpoint, &body, SystemTime::now()).map_err(|e| match e {
-            EncodeError::Invalid(details) => IngestError::Invalid(details),
-            EncodeError::RecordTooLarge { index, bytes } => {
-                IngestError::EventTooLarge { index, bytes }
-            }
-        })?;
+                EncodeError::RecordTooLarge { index, bytes } => {
+                    IngestError::EventTooLarge { index, bytes }
+                }
+            })?;
         let stream = self.stream(endpoint);
         self.queue
             .append(stream, &records.ndjson, records.count)
@@ -198,8 +273,16 @@ impl Ingest {
                 }
             })?;
         metrics::events_accepted(stream, u64::from(records.count));
-        Ok(records.count)
+        Ok(Accepted::Records(records.count))
     }
+}
+
+/// What a successful request was.
+enum Accepted {
+    /// This many records are durable.
+    Records(u32),
+    /// A CORS preflight from this allowed origin.
+    Preflight(HeaderValue),
 }
 
 /// JSON (the default when absent) or `text/plain` (what `navigator.sendBeacon` sends).

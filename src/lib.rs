@@ -3,8 +3,10 @@
 //!
 //! The data path, module by module:
 //!
-//! 1. [`server`] accepts HTTP/1.1 connections; [`ingest`] routes `POST /track`, `/alias`,
-//!    `/profile`, enforces the request limits and maps every refusal to a status code.
+//! 1. [`server`] accepts HTTP/1.1 connections under timeouts and a connection cap;
+//!    [`ingest`] routes `POST /track`, `/alias`, `/profile`, checks API keys ([`auth`]) and
+//!    CORS ([`cors`]), reads the body under a deadline and a decompressed-size cap
+//!    ([`body`]), and maps every refusal to a status code.
 //! 2. [`event`] validates a body against the original service's schemas and encodes it, once,
 //!    into the NDJSON lines that will land in the lake.
 //! 3. [`queue`] appends a request's lines to sled as one entry and answers when they are on
@@ -20,7 +22,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
+pub mod body;
 pub mod config;
+pub mod cors;
 pub mod event;
 pub mod flusher;
 pub mod ingest;

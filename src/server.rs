@@ -1,9 +1,11 @@
 //! The HTTP/1.1 accept loop shared by the ingest and admin listeners: one task per
 //! connection, tracked so that shutdown can stop accepting, let requests in flight finish,
-//! and give up on idle connections after a grace period.
+//! and give up on idle connections after a grace period. Slow clients are bounded by a
+//! header read timeout (which is also the keep-alive idle timeout) and a connection cap.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +17,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Limits on the connections of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Longest wait for a request's headers (and for the next request on an idle connection).
+    pub header_read_timeout: Duration,
+    /// Most open connections; when reached, the loop stops accepting until one closes, and
+    /// new clients wait in the kernel's listen backlog.
+    pub max_connections: usize,
+}
 
 /// Serves `handler` on `listener` until `shutdown` fires, then stops accepting and waits up
 /// to `grace` for open connections to finish their requests. Returns whether they all did.
@@ -24,6 +37,7 @@ pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> bool
@@ -32,9 +46,17 @@ where
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = shutdown.cancelled() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -60,6 +82,7 @@ where
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     }
                     .instrument(span),
                 );
