@@ -177,6 +177,9 @@ pub async fn run_with_sink(
     .is_err()
     {
         flushers.abort_all();
+        // Aborted tasks stop at their next await; wait so no settle races the counters
+        // that `close` saves.
+        while flushers.join_next().await.is_some() {}
         tracing::warn!(
             queued_events = streams.iter().map(|s| queue.queued_events(s)).sum::<u64>(),
             "grace period over with sink calls in flight; abandoned them (their records stay queued)"

@@ -33,22 +33,26 @@ impl Cors {
         !self.origins.is_empty()
     }
 
-    /// The request's origin, if it is allowed.
+    /// The request's origin, if CORS is on and the origin is allowed.
     pub fn allowed_origin<'a>(&self, request: &'a HeaderMap) -> Option<&'a HeaderValue> {
+        if !self.enabled() {
+            return None;
+        }
         let origin = request.get(ORIGIN)?;
         let text = origin.to_str().ok()?;
         (self.any || self.origins.iter().any(|o| o == text)).then_some(origin)
     }
 
-    /// Adds the headers of an actual (non-preflight) response for an allowed origin.
-    pub fn decorate(&self, request: &HeaderMap, response: &mut HeaderMap) {
+    /// Adds the headers of an actual (non-preflight) response; `origin` is the request's
+    /// origin if it is allowed (see [`Cors::allowed_origin`]).
+    pub fn decorate(&self, origin: Option<HeaderValue>, response: &mut HeaderMap) {
         if !self.enabled() {
             return;
         }
         // Caches must keep answers for different origins apart.
         response.append(VARY, HeaderValue::from_static("origin"));
-        if let Some(origin) = self.allowed_origin(request) {
-            response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if let Some(origin) = origin {
+            response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         }
     }
 

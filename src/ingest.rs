@@ -186,7 +186,8 @@ impl Ingest {
         let started = Instant::now();
         let endpoint = Endpoint::from_path(request.uri().path());
         let label = endpoint.map_or("other", Endpoint::name);
-        let request_headers = request.headers().clone();
+        // Only the origin is needed after the request is consumed, and only with CORS on.
+        let origin = self.cors.allowed_origin(request.headers()).cloned();
         let mut response = match self.accept(endpoint, request).await {
             Ok(Accepted::Records(n)) => {
                 json_response(StatusCode::OK, &json!({"status": "ok", "accepted": n}))
@@ -205,7 +206,7 @@ impl Ingest {
             }
         };
         if endpoint.is_some() && response.status() != StatusCode::NO_CONTENT {
-            self.cors.decorate(&request_headers, response.headers_mut());
+            self.cors.decorate(origin, response.headers_mut());
         }
         metrics::request(label, response.status().as_u16(), started.elapsed());
         response

@@ -138,6 +138,8 @@ struct Stream {
     dead: sled::Tree,
     /// Records (lines) queued.
     events: AtomicU64,
+    /// Budget bytes of this stream's entries (the sum over streams is `queued_bytes`).
+    bytes: AtomicU64,
     /// Records (lines) in the dead-letter tree.
     dead_events: AtomicU64,
     /// Woken after every append, so an idle flusher starts at once.
@@ -164,6 +166,8 @@ struct Inner {
     durability: Durability,
     commit: Option<GroupCommit>,
     closed: AtomicBool,
+    /// Counters saved at a clean close, and the clean mark.
+    meta: sled::Tree,
 }
 
 impl Queue {
@@ -177,42 +181,40 @@ impl Queue {
             .segment_size(SEGMENT_SIZE)
             .flush_every_ms(Some(config.flush_interval_ms))
             .open()?;
+        // After a clean close the counters were saved; trust them, and clear the mark at
+        // once so that a crash from here on forces a recount. Walking a large queue takes
+        // ~1 µs an entry and pulls it all into memory, so only a crash pays for it.
+        let meta = db.open_tree("meta")?;
+        let saved = Saved::load(&meta)?;
+        if saved.is_some() {
+            meta.remove(CLEAN_KEY)?;
+            db.flush()?;
+        }
         let mut map = HashMap::new();
-        let mut next_key = 0;
+        let mut next_key = saved.as_ref().map_or(0, |s| s.next_key);
         let mut queued_bytes = 0;
         for name in streams {
             let tree = db.open_tree(format!("q/{name}"))?;
             let dead = db.open_tree(format!("dead/{name}"))?;
-            if let Some((k, _)) = tree.last()? {
-                next_key = next_key.max(key_of(&k)? + 1);
-            }
-            // Counting walks the values once at start; entries are a few hundred bytes to a
-            // few MiB, so this is a sequential read of the queue.
-            let mut events = 0;
-            for item in tree.iter() {
-                let (k, v) = item?;
-                let entry = Entry::decode(&k, v)?;
-                events += u64::from(entry.count);
-                queued_bytes += entry.budget_bytes();
-            }
-            let mut dead_events = 0;
-            for item in dead.iter() {
-                let (k, v) = item?;
-                let entry = Entry::decode(&k, v)?;
-                dead_events += u64::from(entry.count);
-                next_key = next_key.max(entry.key + 1);
-            }
+            let counts = match saved.as_ref().and_then(|s| s.streams.get(name)) {
+                Some(counts) => *counts,
+                None => Counts::walk(&tree, &dead)?,
+            };
+            next_key = next_key.max(counts.next_key);
+            queued_bytes += counts.bytes;
             map.insert(
                 name.clone(),
                 Stream {
                     tree,
                     dead,
-                    events: AtomicU64::new(events),
-                    dead_events: AtomicU64::new(dead_events),
+                    events: AtomicU64::new(counts.events),
+                    bytes: AtomicU64::new(counts.bytes),
+                    dead_events: AtomicU64::new(counts.dead_events),
                     appended: Notify::new(),
                 },
             );
         }
+        warn_about_unconfigured_streams(&db, streams);
         let commit = match config.durability {
             Durability::Fsync => Some(GroupCommit::start(db.clone(), config.path.clone())?),
             Durability::Interval => None,
@@ -229,6 +231,7 @@ impl Queue {
                 durability: config.durability,
                 commit,
                 closed: AtomicBool::new(false),
+                meta,
             }),
         })
     }
@@ -256,6 +259,7 @@ impl Queue {
             self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             return Err(e.into());
         }
+        s.bytes.fetch_add(size, Ordering::AcqRel);
         if let Some(commit) = &self.inner.commit {
             if let Err(e) = commit.wait_durable().await {
                 // Not acknowledged, so take it back (best effort: if the disk is failing the
@@ -359,13 +363,13 @@ impl Queue {
         }
         if remaining.is_empty() {
             s.tree.remove(key)?;
-            self.release(entry.budget_bytes());
+            self.release(s, entry.budget_bytes());
         } else {
             let lines = remaining.concat();
             let value = Entry::encode(entry.enqueued_ms, remaining.len() as u32, &lines);
             let shrink = entry.budget_bytes() - value.len() as u64;
             s.tree.insert(key, value)?;
-            self.release(shrink);
+            self.release(s, shrink);
         }
         s.events.fetch_sub(delivered, Ordering::AcqRel);
         Ok(())
@@ -431,7 +435,8 @@ impl Queue {
             .map_or(0, |s| s.dead_events.load(Ordering::Acquire))
     }
 
-    fn release(&self, bytes: u64) {
+    fn release(&self, s: &Stream, bytes: u64) {
+        s.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.inner.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
@@ -486,15 +491,141 @@ impl Queue {
         self.inner.durability
     }
 
-    /// Refuses further appends, stops the committer and flushes everything to disk.
+    /// Refuses further appends, stops the committer, saves the counters with the clean
+    /// mark (so the next open need not walk the queue) and flushes everything to disk.
+    /// Callers stop the flushers first, so the counters no longer move.
     pub fn close(&self) -> Result<(), QueueError> {
         self.inner.closed.store(true, Ordering::Release);
         if let Some(commit) = &self.inner.commit {
             commit.stop();
         }
+        let inner = &self.inner;
+        let saved = Saved {
+            next_key: inner.next_key.load(Ordering::Acquire),
+            streams: inner
+                .streams
+                .iter()
+                .map(|(name, s)| {
+                    let counts = Counts {
+                        events: s.events.load(Ordering::Acquire),
+                        bytes: s.bytes.load(Ordering::Acquire),
+                        dead_events: s.dead_events.load(Ordering::Acquire),
+                        next_key: 0,
+                    };
+                    (name.clone(), counts)
+                })
+                .collect(),
+        };
+        // Everything else reaches the disk before the mark that vouches for it.
+        inner.db.flush()?;
+        saved.store(&inner.meta)?;
         self.inner.db.flush()?;
         sync_data_file(&self.inner.path)?;
         Ok(())
+    }
+}
+
+/// Key of the clean-close mark in the `meta` tree.
+const CLEAN_KEY: &[u8] = b"clean";
+
+/// What a stream holds, as counted at open or saved at a clean close.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    events: u64,
+    bytes: u64,
+    dead_events: u64,
+    /// One past the highest key seen (walks only; saved counts carry it in [`Saved`]).
+    next_key: u64,
+}
+
+impl Counts {
+    /// Counts a stream by walking its trees (after a crash, or a stream new to the meta).
+    fn walk(tree: &sled::Tree, dead: &sled::Tree) -> Result<Counts, QueueError> {
+        let mut counts = Counts::default();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let entry = Entry::decode(&k, v)?;
+            counts.events += u64::from(entry.count);
+            counts.bytes += entry.budget_bytes();
+            counts.next_key = entry.key + 1;
+        }
+        for item in dead.iter() {
+            let (k, v) = item?;
+            let entry = Entry::decode(&k, v)?;
+            counts.dead_events += u64::from(entry.count);
+            counts.next_key = counts.next_key.max(entry.key + 1);
+        }
+        Ok(counts)
+    }
+
+    fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0; 24];
+        out[..8].copy_from_slice(&self.events.to_be_bytes());
+        out[8..16].copy_from_slice(&self.bytes.to_be_bytes());
+        out[16..].copy_from_slice(&self.dead_events.to_be_bytes());
+        out
+    }
+
+    fn from_bytes(raw: &[u8]) -> Option<Counts> {
+        let field = |i: usize| raw.get(i..i + 8)?.try_into().ok().map(u64::from_be_bytes);
+        Some(Counts {
+            events: field(0)?,
+            bytes: field(8)?,
+            dead_events: field(16)?,
+            next_key: 0,
+        })
+    }
+}
+
+/// The counters saved at a clean close: valid only while the clean mark is present.
+struct Saved {
+    next_key: u64,
+    streams: HashMap<String, Counts>,
+}
+
+impl Saved {
+    /// The saved counters, if the last close was clean.
+    fn load(meta: &sled::Tree) -> Result<Option<Saved>, QueueError> {
+        let Some(mark) = meta.get(CLEAN_KEY)? else {
+            return Ok(None);
+        };
+        let Ok(next_key) = <[u8; 8]>::try_from(&mark[..]).map(u64::from_be_bytes) else {
+            return Ok(None);
+        };
+        let mut streams = HashMap::new();
+        for item in meta.scan_prefix(b"counts/") {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[b"counts/".len()..]).into_owned();
+            if let Some(counts) = Counts::from_bytes(&v) {
+                streams.insert(name, counts);
+            }
+        }
+        Ok(Some(Saved { next_key, streams }))
+    }
+
+    /// Saves the counters, then the mark (holding `next_key`), and flushes.
+    fn store(&self, meta: &sled::Tree) -> Result<(), QueueError> {
+        for (name, counts) in &self.streams {
+            meta.insert(format!("counts/{name}"), &counts.to_bytes()[..])?;
+        }
+        meta.flush()?;
+        meta.insert(CLEAN_KEY, &self.next_key.to_be_bytes()[..])?;
+        meta.flush()?;
+        Ok(())
+    }
+}
+
+/// Queue trees of streams no longer configured are not drained: say so loudly.
+fn warn_about_unconfigured_streams(db: &sled::Db, streams: &[String]) {
+    for name in db.tree_names() {
+        let Some(stream) = name.strip_prefix(b"q/") else {
+            continue;
+        };
+        let stream = String::from_utf8_lossy(stream);
+        let has_records = db.open_tree(&name).is_ok_and(|t| !t.is_empty());
+        if has_records && !streams.iter().any(|s| *s == stream) {
+            tracing::warn!(%stream, "the queue holds records of a stream that is not configured; they are kept but not delivered");
+        }
     }
 }
 
@@ -597,6 +728,12 @@ impl GroupCommit {
         if let Some(t) = self.thread.lock().expect("committer handle").take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -798,6 +935,54 @@ mod tests {
             all.last().unwrap().key > last_key,
             "sequence resumes after the highest key"
         );
+    }
+
+    #[tokio::test]
+    async fn counters_survive_a_clean_close_and_are_recounted_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), Durability::Interval);
+        {
+            let q = Queue::open(&cfg, &streams()).unwrap();
+            q.append("a", b"1\n2\n", 2).await.unwrap();
+            q.append("b", b"3\n", 1).await.unwrap();
+            let head = q.read_head("a", &HashSet::new(), 1, usize::MAX).unwrap();
+            q.dead_letter("a", &head[0], &[b"2\n"], &[]).unwrap();
+            q.append("a", b"4\n", 1).await.unwrap();
+            q.close().unwrap();
+        }
+        let (events, bytes);
+        {
+            // Clean: the saved counters are used, and the mark is cleared at once.
+            let q = Queue::open(&cfg, &streams()).unwrap();
+            assert_eq!(
+                (
+                    q.queued_events("a"),
+                    q.queued_events("b"),
+                    q.dead_letter_events("a")
+                ),
+                (1, 1, 1)
+            );
+            q.append("a", b"5\n6\n", 2).await.unwrap();
+            (events, bytes) = (q.queued_events("a"), q.queued_bytes());
+            // Dropped without close: a crash.
+        }
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        assert_eq!(
+            q.queued_events("a"),
+            events,
+            "a crash after a clean open forces a recount"
+        );
+        assert_eq!(q.queued_events("a"), 3);
+        assert_eq!(q.queued_bytes(), bytes);
+        assert_eq!(q.dead_letter_events("a"), 1);
+        q.append("a", b"7\n", 1).await.unwrap();
+        let keys: Vec<u64> = q
+            .read_head("a", &HashSet::new(), 10, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.key)
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     }
 
     #[tokio::test]
