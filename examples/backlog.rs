@@ -56,9 +56,8 @@ async fn main() {
         return;
     }
     // A typical ~200-byte encoded event.
-    let line = format!(
-        "{{\"messageId\":\"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\",\"receivedAt\":\"2026-11-24T08:56:02.123Z\",\"userId\":\"user-123456\",\"eventName\":\"page_view\",\"timestampUTC\":1732435200,\"metadata\":{{\"path\":\"/p\"}}}}\n"
-    );
+    let line = r#"{"messageId":"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","receivedAt":"2026-11-24T08:56:02.123Z","userId":"user-123456","eventName":"page_view","timestampUTC":1732435200,"metadata":{"path":"/p"}}
+"#;
     let entry = line.repeat(per_entry as usize);
     let filled = Instant::now();
     {
