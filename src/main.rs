@@ -97,6 +97,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed before anything else, so a SIGTERM during start-up is a graceful stop too
+    // (the default action would kill the process).
+    let stop = stop_signal()?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
@@ -115,13 +118,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sink = ?config.sink.kind,
         "firehose-edge listening"
     );
-    run(
-        config,
-        Listeners { ingest, admin },
-        Some(prometheus),
-        stop_signal(),
-    )
-    .await?;
+    run(config, Listeners { ingest, admin }, Some(prometheus), stop).await?;
     Ok(())
 }
 
@@ -203,15 +200,18 @@ fn healthcheck(config: &Config) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, and returns a future that resolves on the
+/// first of them.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+    })
 }
 
 fn init_logging(config: &Config) {

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot};
 
 use crate::config::{Durability, QueueConfig};
 
@@ -164,7 +164,7 @@ struct Inner {
     /// for a while instead of squeezing small requests into the last bytes.
     full: AtomicBool,
     durability: Durability,
-    commit: Option<GroupCommit>,
+    commit: Option<Arc<GroupCommit>>,
     closed: AtomicBool,
     /// Counters saved at a clean close, and the clean mark.
     meta: sled::Tree,
@@ -216,24 +216,26 @@ impl Queue {
         }
         warn_about_unconfigured_streams(&db, streams);
         let commit = match config.durability {
-            Durability::Fsync => Some(GroupCommit::start(db.clone(), config.path.clone())?),
+            Durability::Fsync => Some(Arc::new(GroupCommit::new())),
             Durability::Interval => None,
         };
-        Ok(Queue {
-            inner: Arc::new(Inner {
-                db,
-                path: config.path.clone(),
-                streams: map,
-                next_key: AtomicU64::new(next_key),
-                queued_bytes: AtomicU64::new(queued_bytes),
-                max_bytes: config.max_bytes,
-                full: AtomicBool::new(false),
-                durability: config.durability,
-                commit,
-                closed: AtomicBool::new(false),
-                meta,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            db,
+            path: config.path.clone(),
+            streams: map,
+            next_key: AtomicU64::new(next_key),
+            queued_bytes: AtomicU64::new(queued_bytes),
+            max_bytes: config.max_bytes,
+            full: AtomicBool::new(false),
+            durability: config.durability,
+            commit,
+            closed: AtomicBool::new(false),
+            meta,
+        });
+        if let Some(commit) = &inner.commit {
+            commit.spawn(Arc::downgrade(&inner))?;
+        }
+        Ok(Queue { inner })
     }
 
     fn stream(&self, name: &str) -> Result<&Stream, QueueError> {
@@ -243,42 +245,140 @@ impl Queue {
             .ok_or_else(|| QueueError::UnknownStream(name.to_owned()))
     }
 
-    /// Appends one request's `count` NDJSON lines to `stream` as a single entry, and returns
-    /// once it is durable as `queue.durability` defines. Either the whole entry is queued or,
-    /// on error, nothing is.
+    /// Appends one request's `count` NDJSON lines to `stream`, and returns once they are
+    /// durable as `queue.durability` defines. The lines go into one entry (with other
+    /// requests' in fsync mode, never split), so either all are queued or, on error, none.
     pub async fn append(&self, stream: &str, lines: &[u8], count: u32) -> Result<(), QueueError> {
         let s = self.stream(stream)?;
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(QueueError::Closed);
         }
-        let value = Entry::encode(now_ms(), count, lines);
-        let size = value.len() as u64;
+        let size = (HEADER_LEN + lines.len()) as u64;
         self.reserve(size)?;
+        if let Some(commit) = &self.inner.commit {
+            // The committer writes it (with whatever else is pending) and answers after the
+            // flush that covers it.
+            let (done, answer) = oneshot::channel();
+            let pending = Pending {
+                stream: stream.to_owned(),
+                lines: lines.to_vec(),
+                count,
+                enqueued_ms: now_ms(),
+                reserved: size,
+                done,
+            };
+            if commit.submit(pending).is_err() {
+                self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                return Err(QueueError::Closed);
+            }
+            return answer.await.unwrap_or(Err(QueueError::Closed));
+        }
+        let value = Entry::encode(now_ms(), count, lines);
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = s.tree.insert(key.to_be_bytes(), value) {
             self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             return Err(e.into());
         }
         s.bytes.fetch_add(size, Ordering::AcqRel);
-        if let Some(commit) = &self.inner.commit {
-            if let Err(e) = commit.wait_durable().await {
-                // Not acknowledged, so take it back (best effort: if the disk is failing the
-                // remove may fail too, and the entry is then delivered although the client
-                // was told 503: a duplicate, never a loss).
-                if s.tree
-                    .remove(key.to_be_bytes())
-                    .is_ok_and(|old| old.is_some())
-                {
-                    self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-                } else {
-                    s.events.fetch_add(u64::from(count), Ordering::AcqRel);
-                }
-                return Err(e);
-            }
-        }
         s.events.fetch_add(u64::from(count), Ordering::AcqRel);
         s.appended.notify_one();
         Ok(())
+    }
+
+    /// Writes a group of pending appends (the committer's half of [`Queue::append`]): one
+    /// entry per stream per up to [`MAX_GROUP_ENTRY_BYTES`], one flush for all, then the
+    /// answers. A request is never split across entries, so each stays atomic.
+    fn commit_group(&self, group: Vec<Pending>, synced_blobs: &mut HashSet<std::ffi::OsString>) {
+        let inner = &self.inner;
+        // (stream, key, value length, the requests in it)
+        let mut written: Vec<(&Stream, u64, u64, Vec<Pending>)> = Vec::new();
+        let mut failed: Vec<(Pending, QueueError)> = Vec::new();
+        for (name, requests) in by_stream(group) {
+            let Some(s) = inner.streams.get(&name) else {
+                failed.extend(
+                    requests
+                        .into_iter()
+                        .map(|p| (p, QueueError::UnknownStream(name.clone()))),
+                );
+                continue;
+            };
+            for chunk in chunks(requests) {
+                let count = chunk.iter().map(|p| p.count).sum();
+                let enqueued = chunk.iter().map(|p| p.enqueued_ms).min().unwrap_or(0);
+                let mut value = Vec::with_capacity(
+                    HEADER_LEN + chunk.iter().map(|p| p.lines.len()).sum::<usize>(),
+                );
+                value.extend_from_slice(&Entry::encode(enqueued, count, &[]));
+                for p in &chunk {
+                    value.extend_from_slice(&p.lines);
+                }
+                let len = value.len() as u64;
+                let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+                match s.tree.insert(key.to_be_bytes(), value) {
+                    Ok(_) => {
+                        // One header for the group instead of one per request.
+                        let reserved: u64 = chunk.iter().map(|p| p.reserved).sum();
+                        inner
+                            .queued_bytes
+                            .fetch_sub(reserved - len, Ordering::AcqRel);
+                        s.bytes.fetch_add(len, Ordering::AcqRel);
+                        s.events.fetch_add(u64::from(count), Ordering::AcqRel);
+                        written.push((s, key, len, chunk));
+                    }
+                    Err(e) => {
+                        let e = QueueError::from(e);
+                        for p in chunk {
+                            inner.queued_bytes.fetch_sub(p.reserved, Ordering::AcqRel);
+                            failed.push((p, QueueError::Storage(e.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+        let flushed = inner
+            .db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| sync_data_file(&inner.path).map_err(|e| e.to_string()))
+            .and_then(|()| sync_new_blobs(&inner.path, synced_blobs).map_err(|e| e.to_string()));
+        if let Some(commit) = &inner.commit {
+            commit.flushes.fetch_add(1, Ordering::AcqRel);
+        }
+        crate::metrics::queue_flush();
+        match flushed {
+            Ok(()) => {
+                for (s, _, _, chunk) in written {
+                    s.appended.notify_one();
+                    for p in chunk {
+                        let _ = p.done.send(Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "queue flush failed; answering 503 to the requests it covered");
+                for (s, key, len, chunk) in written {
+                    // Not acknowledged, so take it back (best effort: if the disk is failing
+                    // the remove may fail too, and the entry is then delivered although the
+                    // client was told 503: a duplicate, never a loss).
+                    if s.tree
+                        .remove(key.to_be_bytes())
+                        .is_ok_and(|old| old.is_some())
+                    {
+                        self.release(s, len);
+                        let count: u64 = chunk.iter().map(|p| u64::from(p.count)).sum();
+                        s.events.fetch_sub(count, Ordering::AcqRel);
+                    }
+                    for p in chunk {
+                        let _ = p
+                            .done
+                            .send(Err(QueueError::Storage(format!("flush failed: {e}"))));
+                    }
+                }
+            }
+        }
+        for (p, e) in failed {
+            let _ = p.done.send(Err(e));
+        }
     }
 
     /// Takes `size` bytes of budget, or refuses without taking any.
@@ -483,7 +583,7 @@ impl Queue {
         self.inner
             .commit
             .as_ref()
-            .map_or(0, |c| c.shared.flushes.load(Ordering::Acquire))
+            .map_or(0, |c| c.flushes.load(Ordering::Acquire))
     }
 
     /// The durability mode.
@@ -646,134 +746,150 @@ fn sync_data_file(path: &Path) -> std::io::Result<()> {
     File::open(path.join("db"))?.sync_data()
 }
 
-/// The group committer: one thread that flushes on behalf of every append since its last
-/// flush, so N concurrent requests cost one flush, not N.
+/// Largest entry the committer builds from several requests: big enough that a group of
+/// small requests becomes a few values (sled's memory and work grow with the number of
+/// values), small enough to stay far below sled's blob threshold and Firehose's 4 MiB call.
+const MAX_GROUP_ENTRY_BYTES: usize = 1 << 20;
+
+/// One request waiting for the committer.
+struct Pending {
+    stream: String,
+    lines: Vec<u8>,
+    count: u32,
+    enqueued_ms: u64,
+    /// Budget bytes taken for it (its lines plus one header).
+    reserved: u64,
+    done: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// Splits `group` by stream, keeping arrival order within each.
+fn by_stream(group: Vec<Pending>) -> Vec<(String, Vec<Pending>)> {
+    let mut out: Vec<(String, Vec<Pending>)> = Vec::new();
+    for p in group {
+        match out.iter_mut().find(|(name, _)| *name == p.stream) {
+            Some((_, list)) => list.push(p),
+            None => out.push((p.stream.clone(), vec![p])),
+        }
+    }
+    out
+}
+
+/// Cuts one stream's requests into entries of at most [`MAX_GROUP_ENTRY_BYTES`] (a larger
+/// request is an entry of its own).
+fn chunks(requests: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut out: Vec<Vec<Pending>> = Vec::new();
+    let mut size = 0;
+    for p in requests {
+        match out.last_mut() {
+            Some(last) if size + p.lines.len() <= MAX_GROUP_ENTRY_BYTES => {
+                size += p.lines.len();
+                last.push(p);
+            }
+            _ => {
+                size = p.lines.len();
+                out.push(vec![p]);
+            }
+        }
+    }
+    out
+}
+
+/// The group committer: one thread that writes and flushes on behalf of every append that
+/// arrived since its last flush, so N concurrent requests cost one flush (and a few sled
+/// values), not N.
 struct GroupCommit {
-    shared: Arc<CommitShared>,
-    published: watch::Receiver<Committed>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// The state a waiter needs: how far durability reached, and the last failure.
-#[derive(Clone, Copy, Default, Debug)]
-struct Committed {
-    /// Every ticket up to this one is durable.
-    durable: u64,
-    /// Every ticket up to this one (and above `durable`) failed to flush.
-    failed: u64,
-}
-
-struct CommitShared {
-    /// Tickets handed out: an append takes one after its insert returned.
-    tickets: AtomicU64,
-    /// Set by appenders, cleared by the committer, under the mutex of the condvar.
-    pending: Mutex<bool>,
+    pending: Mutex<Vec<Pending>>,
     wake: Condvar,
     stop: AtomicBool,
     flushes: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl GroupCommit {
-    fn start(db: sled::Db, path: PathBuf) -> Result<GroupCommit, QueueError> {
-        let shared = Arc::new(CommitShared {
-            tickets: AtomicU64::new(0),
-            pending: Mutex::new(false),
+    fn new() -> GroupCommit {
+        GroupCommit {
+            pending: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
-        });
-        let (tx, rx) = watch::channel(Committed::default());
-        let data_file = File::open(path.join("db"))?;
-        let thread = std::thread::Builder::new()
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the thread. It holds the queue only weakly (and only while writing), so
+    /// dropping the queue stops it.
+    fn spawn(self: &Arc<Self>, queue: std::sync::Weak<Inner>) -> Result<(), QueueError> {
+        let commit = self.clone();
+        let handle = std::thread::Builder::new()
             .name("queue-committer".to_owned())
-            .spawn({
-                let shared = shared.clone();
-                move || committer_loop(&db, &path, &data_file, &shared, &tx)
-            })?;
-        Ok(GroupCommit {
-            shared,
-            published: rx,
-            thread: Mutex::new(Some(thread)),
-        })
+            .spawn(move || committer_loop(&commit, &queue))?;
+        *self.thread.lock().expect("committer handle") = Some(handle);
+        Ok(())
     }
 
-    /// Waits until a flush that started after this call's insert has finished.
-    async fn wait_durable(&self) -> Result<(), QueueError> {
-        // The ticket is taken after the insert returned, and the committer reads the ticket
-        // count before it flushes: a flush that publishes >= ticket covers this insert.
-        let ticket = self.shared.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+    /// Hands a request to the committer; gives it back if the committer has stopped.
+    fn submit(&self, pending: Pending) -> Result<(), Pending> {
         {
-            let mut pending = self.shared.pending.lock().expect("committer mutex");
-            *pending = true;
+            let mut queue = self.pending.lock().expect("committer mutex");
+            // Checked under the lock the committer takes its last group under: a request
+            // is either in that group or refused here, never stranded.
+            if self.stop.load(Ordering::Acquire) {
+                return Err(pending);
+            }
+            queue.push(pending);
         }
-        self.shared.wake.notify_one();
-        let mut rx = self.published.clone();
-        let state = rx
-            .wait_for(|c| c.durable >= ticket || c.failed >= ticket)
-            .await
-            .map_err(|_| QueueError::Closed)?;
-        if state.durable >= ticket {
-            Ok(())
-        } else {
-            Err(QueueError::Storage("group flush failed".to_owned()))
-        }
+        self.wake.notify_one();
+        Ok(())
     }
 
+    /// Stops the thread after it wrote what is pending.
     fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
         {
-            let _pending = self.shared.pending.lock().expect("committer mutex");
+            let _pending = self.pending.lock().expect("committer mutex");
+            self.stop.store(true, Ordering::Release);
         }
-        self.shared.wake.notify_one();
-        if let Some(t) = self.thread.lock().expect("committer handle").take() {
-            let _ = t.join();
+        self.wake.notify_one();
+        let handle = self.thread.lock().expect("committer handle").take();
+        if let Some(handle) = handle {
+            // The committer may itself drop the last handle to the queue.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
     }
 }
 
-impl Drop for GroupCommit {
+impl Drop for Inner {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(commit) = &self.commit {
+            commit.stop();
+        }
     }
 }
 
-fn committer_loop(
-    db: &sled::Db,
-    path: &Path,
-    data_file: &File,
-    shared: &CommitShared,
-    tx: &watch::Sender<Committed>,
-) {
+fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
     let mut synced_blobs = HashSet::new();
-    let mut state = Committed::default();
     loop {
-        {
-            let mut pending = shared.pending.lock().expect("committer mutex");
-            while !*pending && !shared.stop.load(Ordering::Acquire) {
-                pending = shared.wake.wait(pending).expect("committer mutex");
+        let (group, stopping) = {
+            let mut pending = commit.pending.lock().expect("committer mutex");
+            while pending.is_empty() && !commit.stop.load(Ordering::Acquire) {
+                pending = commit.wake.wait(pending).expect("committer mutex");
             }
-            *pending = false;
-        }
-        // Read before flushing: every ticket up to here belongs to an insert that returned.
-        let target = shared.tickets.load(Ordering::Acquire);
-        if target > state.durable.max(state.failed) {
-            let result = db
-                .flush()
-                .map_err(|e| e.to_string())
-                .and_then(|_| data_file.sync_data().map_err(|e| e.to_string()))
-                .and_then(|()| sync_new_blobs(path, &mut synced_blobs).map_err(|e| e.to_string()));
-            shared.flushes.fetch_add(1, Ordering::AcqRel);
-            crate::metrics::queue_flush();
-            match result {
-                Ok(()) => state.durable = target,
-                Err(e) => {
-                    tracing::error!(error = %e, "queue flush failed; answering 503 to the requests it covered");
-                    state.failed = target;
+            (
+                std::mem::take(&mut *pending),
+                commit.stop.load(Ordering::Acquire),
+            )
+        };
+        if !group.is_empty() {
+            let Some(inner) = queue.upgrade() else {
+                for p in group {
+                    let _ = p.done.send(Err(QueueError::Closed));
                 }
-            }
-            tx.send_replace(state);
+                return;
+            };
+            Queue { inner }.commit_group(group, &mut synced_blobs);
         }
-        if shared.stop.load(Ordering::Acquire) {
+        if stopping {
             return;
         }
     }
@@ -1029,6 +1145,19 @@ mod tests {
         }
         let flushes = q.flush_count();
         assert_eq!(q.queued_events("a"), 1000);
+        let entries = q
+            .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+            .unwrap();
+        assert!(
+            entries.len() < 500,
+            "requests written together share entries: {}",
+            entries.len()
+        );
+        let mut got: Vec<String> = lines(&entries);
+        got.sort();
+        let mut want: Vec<String> = (0..1000).map(|i| format!("{i}\n")).collect();
+        want.sort();
+        assert_eq!(got, want, "every request whole, once");
         assert!(flushes >= 1);
         assert!(
             flushes < 500,
