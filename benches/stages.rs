@@ -1,1 +1,272 @@
-fn main() {}
+//! One criterion group per stage of the data path (see `src/lib.rs`):
+//!
+//! - `encode`: JSON parse, schema validation and NDJSON encoding of a `/track` body
+//!   (`event::encode`), per event and per body byte. HTTP parsing is not in here; the
+//!   `throughput` bench covers the whole request.
+//! - `queue_append`: a 1-event entry made durable (`fsync`, group commit) or only appended
+//!   (`interval`), by 64 concurrent appenders, as concurrent requests would.
+//! - `packing`: the flusher draining a prepared backlog into a sink that answers at once,
+//!   with lines packed into records and without.
+//! - `drain`: the flusher, as configured by default, emptying a 200k-event backlog.
+//!
+//! `cargo bench --bench stages [-- --warm-up-time 1 --measurement-time 2]`. Queues live
+//! under Cargo's target scratch directory (see `common::scratch_dir`).
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
+use firehose_edge::config::{Durability, FlusherConfig, QueueConfig};
+use firehose_edge::event::{self, Endpoint};
+use firehose_edge::flusher::{Flusher, Packing};
+use firehose_edge::queue::Queue;
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use common::InstantSink;
+
+const STREAM: &str = "log_user_events";
+
+/// Concurrent appenders: enough that a group commit covers many appends, as under load.
+const APPENDERS: u64 = 64;
+
+/// A fresh queue after this many appends, so that a fast mode (`interval`) does not grow
+/// sled's files (which never shrink) by gigabytes over a run.
+const ROTATE_AFTER: u64 = 200_000;
+
+/// Events per entry in the flusher backlogs: a 100-event request.
+const EVENTS_PER_ENTRY: u64 = 100;
+
+fn runtime() -> Runtime {
+    // Multi-threaded like the service, so appenders and flusher calls really run in
+    // parallel (on this machine's cores).
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The NDJSON lines of a `/track` request of `events` events, as the queue would receive them.
+fn encoded(events: usize) -> Vec<u8> {
+    event::encode(
+        Endpoint::Track,
+        &common::track_body(events, 1),
+        SystemTime::now(),
+    )
+    .expect("the bench body is valid")
+    .ndjson
+}
+
+/// A queue in its own temporary directory, closed (committer thread stopped) when replaced.
+struct Scratch {
+    queue: Queue,
+    appended: u64,
+    // Dropped after `queue` is closed; keeps the directory alive until then.
+    _dir: TempDir,
+}
+
+impl Scratch {
+    fn open(durability: Durability) -> Scratch {
+        let dir = common::scratch_dir();
+        let config = QueueConfig {
+            path: dir.path().join("queue"),
+            durability,
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config, &[STREAM.to_owned()]).expect("queue opens");
+        Scratch {
+            queue,
+            appended: 0,
+            _dir: dir,
+        }
+    }
+
+    fn close(self) {
+        self.queue.close().expect("queue closes");
+    }
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode");
+    // The same work twice, once per unit: criterion reports one throughput per benchmark.
+    for events in [1usize, 100] {
+        let body = common::track_body(events, 1);
+        let received = SystemTime::now();
+        for (unit, throughput) in [
+            ("events", Throughput::Elements(events as u64)),
+            ("body_bytes", Throughput::Bytes(body.len() as u64)),
+        ] {
+            group.throughput(throughput);
+            group.bench_with_input(
+                BenchmarkId::new(format!("track/{unit}"), events),
+                &body,
+                |b, body| {
+                    b.iter(|| {
+                        event::encode(Endpoint::Track, black_box(body), received)
+                            .expect("the bench body is valid")
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn queue_append(c: &mut Criterion) {
+    let rt = runtime();
+    let lines: Arc<[u8]> = encoded(1).into();
+    let mut group = c.benchmark_group("queue_append");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    for (name, durability) in [
+        ("fsync", Durability::Fsync),
+        ("interval", Durability::Interval),
+    ] {
+        let mut scratch = Some(Scratch::open(durability));
+        group.bench_function(BenchmarkId::new(name, APPENDERS), |b| {
+            // Time `iters` appends spread over the appenders, all started together.
+            b.iter_custom(|iters| {
+                if scratch.as_ref().is_some_and(|s| s.appended > ROTATE_AFTER) {
+                    scratch.take().expect("present").close();
+                    scratch = Some(Scratch::open(durability));
+                }
+                let s = scratch.as_mut().expect("present");
+                s.appended += iters;
+                let queue = s.queue.clone();
+                let lines = lines.clone();
+                rt.block_on(async move {
+                    let tasks = APPENDERS.min(iters);
+                    let started = std::time::Instant::now();
+                    let mut set = JoinSet::new();
+                    for t in 0..tasks {
+                        let n = iters / tasks + u64::from(t < iters % tasks);
+                        let (queue, lines) = (queue.clone(), lines.clone());
+                        set.spawn(async move {
+                            for _ in 0..n {
+                                queue.append(STREAM, &lines, 1).await.expect("append");
+                            }
+                        });
+                    }
+                    while let Some(done) = set.join_next().await {
+                        done.expect("appender");
+                    }
+                    started.elapsed()
+                })
+            });
+        });
+        if let Some(s) = scratch {
+            s.close();
+        }
+    }
+    group.finish();
+}
+
+/// Appends a backlog of `events` events in 100-event entries (not timed).
+async fn prefill(queue: &Queue, entry: &[u8], events: u64) {
+    for _ in 0..events / EVENTS_PER_ENTRY {
+        queue
+            .append(STREAM, entry, EVENTS_PER_ENTRY as u32)
+            .await
+            .expect("append");
+    }
+}
+
+/// Times a flusher from its start until it has delivered and removed `events` events.
+async fn drain(queue: &Queue, config: &FlusherConfig, packing: bool, events: u64) -> Duration {
+    let sink = Arc::new(InstantSink::default());
+    let packing = Packing {
+        enabled: packing,
+        max_bytes: config.pack_max_bytes,
+        max_lines: config.pack_max_lines,
+    };
+    let stop = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let flusher = tokio::spawn(
+        Flusher::new(
+            STREAM.to_owned(),
+            queue.clone(),
+            sink.clone(),
+            config.clone(),
+            packing,
+        )
+        .run(stop.clone()),
+    );
+    sink.wait_for(events).await;
+    // A stopping flusher returns once its calls in flight are settled, so the timing ends
+    // when the backlog has left the queue, not merely reached the sink.
+    stop.cancel();
+    flusher.await.expect("flusher stops");
+    let elapsed = started.elapsed();
+    assert_eq!(queue.queued_events(STREAM), 0, "backlog fully drained");
+    elapsed
+}
+
+/// A flusher bench: each iteration prefills `events` events (untimed) and drains them.
+fn bench_drain(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    id: BenchmarkId,
+    config: &FlusherConfig,
+    packing: bool,
+    events: u64,
+) {
+    let entry = encoded(EVENTS_PER_ENTRY as usize);
+    let scratch = Scratch::open(Durability::Interval);
+    group.throughput(Throughput::Elements(events));
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    prefill(&scratch.queue, &entry, events).await;
+                    total += drain(&scratch.queue, config, packing, events).await;
+                }
+                total
+            })
+        });
+    });
+    scratch.close();
+}
+
+fn flusher_config() -> FlusherConfig {
+    FlusherConfig {
+        // A backlog needs no lingering; without this the last, partial batch would wait
+        // 200 ms for company that never comes.
+        linger_ms: 0,
+        ..FlusherConfig::default()
+    }
+}
+
+fn packing(c: &mut Criterion) {
+    const EVENTS: u64 = 50_000;
+    let rt = runtime();
+    let config = flusher_config();
+    let mut group = c.benchmark_group("packing");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    for (name, on) in [("on", true), ("off", false)] {
+        let id = BenchmarkId::new(name, EVENTS);
+        bench_drain(&mut group, &rt, id, &config, on, EVENTS);
+    }
+    group.finish();
+}
+
+fn drain_backlog(c: &mut Criterion) {
+    const EVENTS: u64 = 200_000;
+    let rt = runtime();
+    let config = flusher_config();
+    let mut group = c.benchmark_group("drain");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    let id = BenchmarkId::new("default", EVENTS);
+    bench_drain(&mut group, &rt, id, &config, config.packing, EVENTS);
+    group.finish();
+}
+
+criterion_group!(benches, encode, queue_append, packing, drain_backlog);
+criterion_main!(benches);
