@@ -128,14 +128,14 @@ pub fn encode_with_limits(
         errors: Vec::new(),
         limits,
     };
-    let Some(top) = v.object("$", body_object(body)) else {
+    let Some(top) = v.object(Scope::Top, body_object(body)) else {
         return Err(EncodeError::Invalid(v.errors));
     };
     let mut out = Writer::new(body.len(), received_at);
     match endpoint {
         Endpoint::Track => {
-            v.unknown_fields("", &top, &["userId", "events"]);
-            let user_id = v.string(&top, "", "userId");
+            v.unknown_fields(Scope::Top, &top, &["userId", "events"]);
+            let user_id = v.string(&top, Scope::Top, "userId");
             let events = v.events(&top)?;
             if !v.errors.is_empty() {
                 return Err(EncodeError::Invalid(v.errors));
@@ -151,10 +151,14 @@ pub fn encode_with_limits(
             }
         }
         Endpoint::Alias => {
-            v.unknown_fields("", &top, &["newUserId", "originalUserId", "timestampUTC"]);
-            v.string(&top, "", "newUserId");
-            v.string(&top, "", "originalUserId");
-            v.timestamp(&top, "");
+            v.unknown_fields(
+                Scope::Top,
+                &top,
+                &["newUserId", "originalUserId", "timestampUTC"],
+            );
+            v.string(&top, Scope::Top, "newUserId");
+            v.string(&top, Scope::Top, "originalUserId");
+            v.timestamp(&top, Scope::Top);
             if !v.errors.is_empty() {
                 return Err(EncodeError::Invalid(v.errors));
             }
@@ -165,10 +169,10 @@ pub fn encode_with_limits(
             out.end(0)?;
         }
         Endpoint::Profile => {
-            v.unknown_fields("", &top, &["userId", "attributes", "timestampUTC"]);
-            v.string(&top, "", "userId");
-            v.free_object(&top, "", "attributes");
-            v.timestamp(&top, "");
+            v.unknown_fields(Scope::Top, &top, &["userId", "attributes", "timestampUTC"]);
+            v.string(&top, Scope::Top, "userId");
+            v.free_object(&top, Scope::Top, "attributes");
+            v.timestamp(&top, Scope::Top);
             if !v.errors.is_empty() {
                 return Err(EncodeError::Invalid(v.errors));
             }
@@ -209,69 +213,73 @@ impl Validator {
     }
 
     /// Parses `raw` as an object of raw values, or records why it is not one.
-    fn object<'a>(&mut self, path: &str, raw: Result<&'a RawValue, String>) -> Option<Object<'a>> {
+    fn object<'a>(
+        &mut self,
+        scope: Scope,
+        raw: Result<&'a RawValue, String>,
+    ) -> Option<Object<'a>> {
         let raw = match raw {
             Ok(raw) => raw,
             Err(reason) => {
-                self.fail(path, reason);
+                self.fail(scope.itself(), reason);
                 return None;
             }
         };
         if !raw.get().starts_with('{') {
-            self.fail(path, "must be an object");
+            self.fail(scope.itself(), "must be an object");
             return None;
         }
         match serde_json::from_str::<Object<'a>>(raw.get()) {
             Ok(obj) => Some(obj),
             Err(e) => {
-                self.fail(path, format!("invalid object: {e}"));
+                self.fail(scope.itself(), format!("invalid object: {e}"));
                 None
             }
         }
     }
 
-    fn unknown_fields(&mut self, prefix: &str, obj: &Object<'_>, known: &[&str]) {
+    fn unknown_fields(&mut self, scope: Scope, obj: &Object<'_>, known: &[&str]) {
         for name in obj.keys().filter(|k| !known.contains(&k.as_str())) {
-            self.fail(join(prefix, name), "unknown field");
+            self.fail(scope.field(name), "unknown field");
         }
     }
 
     /// A required string field.
-    fn string<'a>(&mut self, obj: &Object<'a>, prefix: &str, name: &str) -> Option<&'a RawValue> {
+    fn string<'a>(&mut self, obj: &Object<'a>, scope: Scope, name: &str) -> Option<&'a RawValue> {
         match obj.get(name) {
-            None => self.fail(join(prefix, name), "missing"),
+            None => self.fail(scope.field(name), "missing"),
             Some(raw) if raw.get().starts_with('"') => {
                 // The raw text includes the quotes.
                 if raw.get().len() - 2 > self.limits.max_string_bytes {
                     let max = self.limits.max_string_bytes;
-                    self.fail(join(prefix, name), format!("longer than {max} bytes"));
+                    self.fail(scope.field(name), format!("longer than {max} bytes"));
                     return None;
                 }
                 return Some(raw);
             }
-            Some(_) => self.fail(join(prefix, name), "must be a string"),
+            Some(_) => self.fail(scope.field(name), "must be a string"),
         }
         None
     }
 
     /// Optional `timestampUTC`: a JSON integer that fits in 64 bits (a lake column of type
     /// bigint), or null.
-    fn timestamp(&mut self, obj: &Object<'_>, prefix: &str) {
+    fn timestamp(&mut self, obj: &Object<'_>, scope: Scope) {
         let Some(raw) = obj.get("timestampUTC") else {
             return;
         };
         let text = raw.get();
         let integer = text.parse::<i64>().is_ok();
         if !integer && text != "null" {
-            self.fail(join(prefix, "timestampUTC"), "must be an integer");
+            self.fail(scope.field("timestampUTC"), "must be an integer");
         }
     }
 
     /// Optional free-form object (`metadata`, `attributes`), or null.
-    fn free_object(&mut self, obj: &Object<'_>, prefix: &str, name: &str) {
+    fn free_object(&mut self, obj: &Object<'_>, scope: Scope, name: &str) {
         if let Some(raw) = obj.get(name) {
             if !raw.get().starts_with('{') && raw.get() != "null" {
-                self.fail(join(prefix, name), "must be an object");
+                self.fail(scope.field(name), "must be an object");
             }
         }
     }
@@ -307,12 +315,12 @@ impl Validator {
         let before = self.errors.len();
         let mut events = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let path = format!("events[{i}]");
-            if let Some(event) = self.object(&path, Ok(item)) {
-                self.unknown_fields(&path, &event, &["eventName", "metadata", "timestampUTC"]);
-                self.string(&event, &path, "eventName");
-                self.free_object(&event, &path, "metadata");
-                self.timestamp(&event, &path);
+            let scope = Scope::Event(i);
+            if let Some(event) = self.object(scope, Ok(item)) {
+                self.unknown_fields(scope, &event, &["eventName", "metadata", "timestampUTC"]);
+                self.string(&event, scope, "eventName");
+                self.free_object(&event, scope, "metadata");
+                self.timestamp(&event, scope);
                 events.push(event);
             }
         }
@@ -320,11 +328,30 @@ impl Validator {
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
+/// Where in the body a check applies; the path text is built only for an error.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    /// The body's top-level object.
+    Top,
+    /// `events[i]`.
+    Event(usize),
+}
+
+impl Scope {
+    /// The path of field `name` in this scope.
+    fn field(self, name: &str) -> String {
+        match self {
+            Scope::Top => name.to_owned(),
+            Scope::Event(i) => format!("events[{i}].{name}"),
+        }
+    }
+
+    /// The path of the scope itself.
+    fn itself(self) -> String {
+        match self {
+            Scope::Top => "$".to_owned(),
+            Scope::Event(i) => format!("events[{i}]"),
+        }
     }
 }
 

@@ -47,8 +47,6 @@ struct Batch {
     records: Vec<Bytes>,
     /// `ends[i]`: one past the last line (counted across `entries` in order) of record `i`.
     ends: Vec<usize>,
-    /// Whether another line would have overflowed a limit.
-    full: bool,
 }
 
 impl Batch {
@@ -59,11 +57,37 @@ impl Batch {
         let mut ends = Vec::new();
         let mut current: Vec<u8> = Vec::new();
         let (mut current_lines, mut total_bytes, mut lines) = (0usize, 0usize, 0usize);
-        let mut full = false;
         'entries: for entry in &entries {
+            let (n, len) = (entry.count as usize, entry.lines.len());
+            // Fast path: the whole entry fits one packed record, copied in one go. Entries
+            // are whole requests (or groups of them), so this is the common case.
+            let whole = packing.enabled
+                && n > 0
+                && len <= packing.max_bytes
+                && n <= packing.max_lines
+                && total_bytes + len <= config.max_batch_bytes;
+            if whole {
+                let joins_current = current_lines > 0
+                    && current.len() + len <= packing.max_bytes
+                    && current_lines + n <= packing.max_lines;
+                if !joins_current {
+                    if current_lines > 0 {
+                        records.push(Bytes::from(std::mem::take(&mut current)));
+                        ends.push(lines);
+                        current_lines = 0;
+                    }
+                    if records.len() == config.max_batch_records {
+                        break 'entries;
+                    }
+                }
+                current.extend_from_slice(&entry.lines);
+                current_lines += n;
+                total_bytes += len;
+                lines += n;
+                continue;
+            }
             for line in entry.iter_lines() {
                 if total_bytes + line.len() > config.max_batch_bytes {
-                    full = true;
                     break 'entries;
                 }
                 let joins_current = packing.enabled
@@ -77,7 +101,6 @@ impl Batch {
                         current_lines = 0;
                     }
                     if records.len() == config.max_batch_records {
-                        full = true;
                         break 'entries;
                     }
                 }
@@ -95,20 +118,11 @@ impl Batch {
             entries,
             records,
             ends,
-            full,
         }
     }
 
     fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.entries.iter().map(|e| e.key)
-    }
-
-    fn oldest_ms(&self) -> u64 {
-        self.entries
-            .iter()
-            .map(|e| e.enqueued_ms)
-            .min()
-            .unwrap_or(0)
     }
 }
 
@@ -151,13 +165,16 @@ impl Flusher {
             let mut linger_until = None;
             let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
             while !stopping && !backing_off && in_flight.len() < self.config.max_in_flight {
-                match self.next_batch(&held) {
-                    Ok(Some(batch)) => {
-                        let wait = self.linger_left(&batch);
-                        if !batch.full && !wait.is_zero() {
+                match self.next_entries(&held) {
+                    Ok(Some(entries)) => {
+                        // Decided from the entries' headers: packing a batch only to drop it
+                        // while lingering would cost a copy of up to 4 MiB per append.
+                        let wait = self.linger_left(&entries);
+                        if !wait.is_zero() && !self.surely_full(&entries) {
                             linger_until = Some(Instant::now() + wait);
                             break;
                         }
+                        let batch = Batch::build(entries, &self.config, self.packing);
                         held.extend(batch.keys());
                         let (sink, stream, records) = (
                             self.sink.clone(),
@@ -218,8 +235,12 @@ impl Flusher {
         }
     }
 
-    /// The next batch from the head, skipping entries in flight; `None` when nothing waits.
-    fn next_batch(&self, held: &HashSet<u64>) -> Result<Option<Batch>, crate::queue::QueueError> {
+    /// The entries of the next batch from the head, skipping entries in flight; `None` when
+    /// nothing waits.
+    fn next_entries(
+        &self,
+        held: &HashSet<u64>,
+    ) -> Result<Option<Vec<Entry>>, crate::queue::QueueError> {
         let max_lines = if self.packing.enabled {
             self.packing.max_lines
         } else {
@@ -231,18 +252,31 @@ impl Flusher {
             self.config.max_batch_records * max_lines,
             self.config.max_batch_bytes,
         )?;
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Batch::build(entries, &self.config, self.packing)))
+        Ok((!entries.is_empty()).then_some(entries))
     }
 
-    /// How much longer the batch should wait for company.
-    fn linger_left(&self, batch: &Batch) -> Duration {
+    /// Whether these entries fill a batch for certain: a lower bound on the records they
+    /// pack into reaches the call limit, or their bytes reach the byte limit.
+    fn surely_full(&self, entries: &[Entry]) -> bool {
+        let bytes: usize = entries.iter().map(|e| e.lines.len()).sum();
+        let lines: usize = entries.iter().map(|e| e.count as usize).sum();
+        let records = if self.packing.enabled {
+            bytes
+                .div_ceil(self.packing.max_bytes)
+                .max(lines.div_ceil(self.packing.max_lines))
+        } else {
+            lines
+        };
+        bytes >= self.config.max_batch_bytes || records >= self.config.max_batch_records
+    }
+
+    /// How much longer the oldest of these entries should wait for company.
+    fn linger_left(&self, entries: &[Entry]) -> Duration {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let age = Duration::from_millis(now_ms.saturating_sub(batch.oldest_ms()));
+        let oldest = entries.iter().map(|e| e.enqueued_ms).min().unwrap_or(0);
+        let age = Duration::from_millis(now_ms.saturating_sub(oldest));
         self.config.linger().saturating_sub(age)
     }
 
@@ -253,7 +287,30 @@ impl Flusher {
         let mut record = 0usize;
         let mut accepted_events = 0u64;
         let mut retry = delivered.error.is_some();
+        let in_batch = batch.ends.last().copied().unwrap_or(0);
         for entry in &batch.entries {
+            let n = entry.count as usize;
+            // Fast path: every record carrying this entry's lines was accepted, so the entry
+            // goes whole, without looking at its lines.
+            if n > 0 && line + n <= in_batch {
+                while batch.ends[record] <= line {
+                    record += 1;
+                }
+                let mut last = record;
+                while batch.ends[last] < line + n {
+                    last += 1;
+                }
+                let accepted = (record..=last)
+                    .all(|r| delivered.outcomes.get(r) == Some(&RecordOutcome::Accepted));
+                if accepted {
+                    if let Err(e) = self.queue.settle(stream, entry, &[]) {
+                        tracing::error!(stream = %stream, key = entry.key, error = %e, "cannot settle a queue entry");
+                    }
+                    accepted_events += n as u64;
+                    line += n;
+                    continue;
+                }
+            }
             let mut remaining: Vec<&[u8]> = Vec::new();
             let mut dead: Vec<&[u8]> = Vec::new();
             for text in entry.iter_lines() {
@@ -688,6 +745,44 @@ mod tests {
         );
         let sent: usize = calls.iter().map(Vec::len).sum();
         assert_eq!(sent, 302, "nothing else is sent twice");
+        got.sort();
+        assert_eq!(got, expected(300), "every line delivered exactly once");
+        assert_eq!(h.queue.queued_events("s"), 0);
+    }
+
+    #[tokio::test]
+    async fn packed_whole_entries_with_a_failed_record_are_resent_exactly() {
+        // 3-line entries, 7 lines a record: records hold two whole entries (the fast paths).
+        let h = Harness::with_lines(300, 3).await;
+        let sink = Scripted::new(|n, records| {
+            Ok((0..records.len())
+                .map(|i| {
+                    if n == 0 && i == 1 {
+                        retry("InternalFailure")
+                    } else {
+                        RecordOutcome::Accepted
+                    }
+                })
+                .collect())
+        });
+        let mut got = h.drain(sink.clone(), config(), PACKED, 300).await;
+        let calls = sink.calls.lock().unwrap();
+        assert!(
+            calls[0]
+                .iter()
+                .all(|r| r.iter().filter(|&&b| b == b'\n').count() == 6)
+        );
+        let failed = calls[0][1].clone();
+        let resent: usize = calls[1..]
+            .iter()
+            .flatten()
+            .map(|r| {
+                r.windows(failed.len())
+                    .filter(|w| *w == &failed[..])
+                    .count()
+            })
+            .sum();
+        assert_eq!(resent, 1, "the failed record's lines are sent once more");
         got.sort();
         assert_eq!(got, expected(300), "every line delivered exactly once");
         assert_eq!(h.queue.queued_events("s"), 0);
