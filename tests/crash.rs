@@ -56,6 +56,20 @@ async fn spawn_with_admin(dir: &Path, extra_env: &[(&str, String)]) -> (Child, S
     (child, addr, admin)
 }
 
+/// The binary's environment for a Firehose sink at the fake (quick retries, test credentials).
+fn firehose_env(fake: &FakeFirehose) -> Vec<(&'static str, String)> {
+    vec![
+        ("FIREHOSE_EDGE__SINK__KIND", "firehose".to_owned()),
+        ("FIREHOSE_EDGE__SINK__ENDPOINT_URL", fake.endpoint_url()),
+        ("FIREHOSE_EDGE__SINK__CONNECT_TIMEOUT_MS", "300".to_owned()),
+        ("FIREHOSE_EDGE__FLUSHER__RETRY_MAX_MS", "300".to_owned()),
+        ("FIREHOSE_EDGE__SHUTDOWN__GRACE_PERIOD", "10".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
 /// Sends SIGTERM to `child`.
 async fn terminate(child: &Child) {
     let pid = child.id().unwrap().to_string();
@@ -151,15 +165,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_event() {
 async fn firehose_outage_then_sigkill_then_recovery_delivers_everything() {
     let fake = FakeFirehose::start().await;
     fake.set_down(true).await;
-    let env = [
-        ("FIREHOSE_EDGE__SINK__KIND", "firehose".to_owned()),
-        ("FIREHOSE_EDGE__SINK__ENDPOINT_URL", fake.endpoint_url()),
-        ("FIREHOSE_EDGE__SINK__CONNECT_TIMEOUT_MS", "300".to_owned()),
-        ("FIREHOSE_EDGE__FLUSHER__RETRY_MAX_MS", "300".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-    ];
+    let env = firehose_env(&fake);
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn(dir.path(), &env).await;
     let client = reqwest::Client::new();
@@ -182,30 +188,8 @@ async fn firehose_outage_then_sigkill_then_recovery_delivers_everything() {
 
     let (_child, _) = spawn(dir.path(), &env).await;
     fake.set_down(false).await;
-    let delivered = tokio::time::timeout(WAIT, async {
-        loop {
-            let lines: Vec<String> = fake
-                .accepted()
-                .into_iter()
-                .flat_map(|(_, data)| {
-                    String::from_utf8(data)
-                        .unwrap()
-                        .lines()
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            let names: HashSet<String> = common::event_names(&lines).into_iter().collect();
-            if acked.iter().all(|n| names.contains(n)) {
-                return names.len();
-            }
-            // Wait for the fake's next accepted record rather than polling on a timer.
-            fake.wait_for_accepted_records(fake.accepted_count() + 1)
-                .await;
-        }
-    })
-    .await
-    .expect("every acknowledged event reaches Firehose after the restart");
+    let acked: HashSet<String> = acked.into_iter().collect();
+    let delivered = common::wait_for_fake_events(&fake, &acked).await;
     assert_eq!(delivered, 300);
     assert!(fake.limit_violations().is_empty());
 }
@@ -216,16 +200,7 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
     // Firehose-like sink that is down, so the backlog is still queued at the stop.
     let fake = FakeFirehose::start().await;
     fake.set_down(true).await;
-    let env = [
-        ("FIREHOSE_EDGE__SINK__KIND", "firehose".to_owned()),
-        ("FIREHOSE_EDGE__SINK__ENDPOINT_URL", fake.endpoint_url()),
-        ("FIREHOSE_EDGE__SINK__CONNECT_TIMEOUT_MS", "300".to_owned()),
-        ("FIREHOSE_EDGE__FLUSHER__RETRY_MAX_MS", "300".to_owned()),
-        ("FIREHOSE_EDGE__SHUTDOWN__GRACE_PERIOD", "10".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-    ];
+    let env = firehose_env(&fake);
     let (mut child, addr) = spawn(dir.path(), &env).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let client = reqwest::Client::new();
@@ -274,32 +249,7 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
     // Restart with Firehose back: every acknowledged event arrives.
     fake.set_down(false).await;
     let (_child, _) = spawn(dir.path(), &env).await;
-    let result = tokio::time::timeout(WAIT, async {
-        loop {
-            let lines: Vec<String> = fake
-                .accepted()
-                .into_iter()
-                .flat_map(|(_, d)| {
-                    String::from_utf8(d)
-                        .unwrap()
-                        .lines()
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            let names: HashSet<String> = common::event_names(&lines).into_iter().collect();
-            if acked.iter().all(|n| names.contains(n)) {
-                return;
-            }
-            fake.wait_for_accepted_records(fake.accepted_count() + 1)
-                .await;
-        }
-    })
-    .await;
-    assert!(
-        result.is_ok(),
-        "every event acknowledged before SIGTERM is delivered after the restart"
-    );
+    common::wait_for_fake_events(&fake, &acked).await;
 }
 
 #[tokio::test]

@@ -8,24 +8,11 @@ use std::time::Duration;
 
 use common::fake_firehose::{Behavior, FakeFirehose};
 use common::moto::Moto;
-use common::{TestServer, WAIT, event_names, post, test_config, track_body};
+use common::{TestServer, WAIT, event_names, fake_lines, post, test_config, track_body};
 use firehose_edge::config::Config;
 use firehose_edge::queue::Queue;
 
 const TRACK: &str = "log_user_events";
-
-/// Lines of every record the fake accepted for `stream`.
-fn fake_lines(fake: &FakeFirehose, stream: &str) -> Vec<String> {
-    fake.accepted()
-        .into_iter()
-        .filter(|(s, _)| s == stream)
-        .flat_map(|(_, data)| {
-            let text = String::from_utf8(data).unwrap();
-            assert!(text.ends_with('\n'), "every record ends with a newline");
-            text.lines().map(str::to_owned).collect::<Vec<_>>()
-        })
-        .collect()
-}
 
 fn fast(config: &mut Config) {
     config.flusher.linger_ms = 50;
@@ -57,7 +44,7 @@ async fn only_failed_records_are_sent_again() {
         vec![calls[0].records[1].clone(), calls[0].records[4].clone()],
         "exactly the failed records, once"
     );
-    let mut names = event_names(&fake_lines(&fake, TRACK));
+    let mut names = event_names(&fake_lines(&fake, Some(TRACK)));
     names.sort();
     assert_eq!(names, (0..10).map(|i| format!("e{i}")).collect::<Vec<_>>());
     assert!(fake.limit_violations().is_empty());
@@ -89,7 +76,7 @@ async fn every_retriable_failure_is_retried_until_delivered() {
         .expect("seven calls");
     // The timed-out call was answered late, so the fake may count it too: at-least-once.
     assert!(
-        event_names(&fake_lines(&fake, TRACK))
+        event_names(&fake_lines(&fake, Some(TRACK)))
             .iter()
             .all(|n| n == "only")
     );
@@ -113,7 +100,9 @@ async fn an_outage_loses_nothing_and_the_backlog_drains_when_it_ends() {
     assert_eq!(server.sink.accepted(), 0);
     fake.set_down(false).await;
     server.sink.wait_for_events(200).await;
-    let names: HashSet<String> = event_names(&fake_lines(&fake, TRACK)).into_iter().collect();
+    let names: HashSet<String> = event_names(&fake_lines(&fake, Some(TRACK)))
+        .into_iter()
+        .collect();
     assert_eq!(names.len(), 200);
     assert!(fake.limit_violations().is_empty());
 }
@@ -138,7 +127,7 @@ async fn a_poison_record_goes_to_the_dead_letter_tree_and_the_rest_is_delivered(
     }
     server.sink.wait_for_events(19).await;
     server.stop().await;
-    let delivered = event_names(&fake_lines(&fake, TRACK));
+    let delivered = event_names(&fake_lines(&fake, Some(TRACK)));
     assert_eq!(delivered.len(), 19);
     assert!(!delivered.contains(&"POISON".to_owned()));
     let queue = Queue::open(&config.queue, &config.stream_names()).unwrap();
@@ -233,7 +222,7 @@ async fn a_missing_stream_keeps_the_data_until_it_exists() {
     server.sink.wait_for_events(1).await;
     assert_eq!(fake.call_count(), 2);
     assert_eq!(
-        event_names(&fake_lines(&fake, TRACK)),
+        event_names(&fake_lines(&fake, Some(TRACK))),
         vec!["kept".to_owned()]
     );
 }

@@ -61,14 +61,8 @@ async fn every_pinned_metric_appears_and_moves() {
     config.flusher.packing = false;
     config.flusher.linger_ms = 100;
     config.sink.connect_timeout_ms = 300;
-    config.sink.kind = firehose_edge::config::SinkKind::Firehose;
-    config.sink.endpoint_url = Some(fake.endpoint_url());
-    let credentials = aws_sdk_firehose::config::SharedCredentialsProvider::new(
-        aws_sdk_firehose::config::Credentials::new("test", "test", None, None, "tests"),
-    );
-    let sink = firehose_edge::sink::FirehoseSink::connect(&config.sink, Some(credentials)).await;
     let server =
-        TestServer::start_observed(config, Observed::new(Arc::new(sink)), Some(recorder())).await;
+        TestServer::start_firehose_observed(config, &fake.endpoint_url(), Some(recorder())).await;
 
     for i in 0..5 {
         assert_eq!(

@@ -135,7 +135,16 @@ impl TestServer {
 
     /// Starts the service with a Firehose sink pointed at `endpoint` (moto or the fake),
     /// with static test credentials.
-    pub async fn start_firehose(mut config: Config, endpoint: &str) -> TestServer {
+    pub async fn start_firehose(config: Config, endpoint: &str) -> TestServer {
+        TestServer::start_firehose_observed(config, endpoint, None).await
+    }
+
+    /// [`TestServer::start_firehose`], rendering `/metrics` from `prometheus` when given.
+    pub async fn start_firehose_observed(
+        mut config: Config,
+        endpoint: &str,
+        prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> TestServer {
         use aws_sdk_firehose::config::{Credentials, SharedCredentialsProvider};
         config.sink.kind = firehose_edge::config::SinkKind::Firehose;
         config.sink.endpoint_url = Some(endpoint.to_owned());
@@ -143,7 +152,7 @@ impl TestServer {
             SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "tests"));
         let sink =
             firehose_edge::sink::FirehoseSink::connect(&config.sink, Some(credentials)).await;
-        TestServer::start_with_sink(config, Observed::new(Arc::new(sink))).await
+        TestServer::start_observed(config, Observed::new(Arc::new(sink)), prometheus).await
     }
 
     pub async fn start_with_sink(config: Config, sink: Arc<Observed>) -> TestServer {
@@ -272,4 +281,38 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// Lines of every record the fake accepted, of `stream` (or of all streams with `None`).
+pub fn fake_lines(fake: &fake_firehose::FakeFirehose, stream: Option<&str>) -> Vec<String> {
+    fake.accepted()
+        .into_iter()
+        .filter(|(s, _)| stream.is_none_or(|want| s == want))
+        .flat_map(|(_, data)| {
+            let text = String::from_utf8(data).unwrap();
+            assert!(text.ends_with('\n'), "every record ends with a newline");
+            text.lines().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Waits (on the fake's own signal) until every event name in `acked` reached the fake;
+/// returns how many distinct events it holds. Panics after [`WAIT`].
+pub async fn wait_for_fake_events(
+    fake: &fake_firehose::FakeFirehose,
+    acked: &std::collections::HashSet<String>,
+) -> usize {
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            let names: std::collections::HashSet<String> =
+                event_names(&fake_lines(fake, None)).into_iter().collect();
+            if acked.iter().all(|n| names.contains(n)) {
+                return names.len();
+            }
+            fake.wait_for_accepted_records(fake.accepted_count() + 1)
+                .await;
+        }
+    })
+    .await;
+    result.expect("every acknowledged event reaches Firehose")
 }
