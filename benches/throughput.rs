@@ -1,7 +1,7 @@
 //! End to end: the real service against a bare hyper server, under the same HTTP/1.1
 //! keep-alive load, and the flusher's drain rate next to the ingest rate.
 //!
-//! `cargo bench --bench throughput`. Knobs: `THROUGHPUT_SECS` (measured seconds per run,
+//! `cargo bench --bench throughput` (under `cargo test` it makes a short smoke run). Knobs: `THROUGHPUT_SECS` (measured seconds per run,
 //! default 5), `THROUGHPUT_QUICK=1` (1 s runs at 64 connections only, a 200k-event drain),
 //! `THROUGHPUT_CONNS` (e.g. `16,64`), `THROUGHPUT_CASES` (letters, e.g. `ac`; default all),
 //! `THROUGHPUT_CLIENT_THREADS` (load generator workers, default 1).
@@ -66,6 +66,20 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Knobs {
+        // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without
+        // it, and then a short smoke run proves the bench still works without costing CI
+        // minutes.
+        if !std::env::args().any(|a| a == "--bench") {
+            return Knobs {
+                measure: Duration::from_millis(300),
+                warmup: Duration::from_millis(100),
+                conns: vec![8],
+                cases: "ac".to_owned(),
+                backlog_events: 20_000,
+                server_threads: 2,
+                client_threads: 1,
+            };
+        }
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let quick = var("THROUGHPUT_QUICK").is_some_and(|v| v != "0");
         let secs: f64 = var("THROUGHPUT_SECS").map_or(if quick { 1.0 } else { 5.0 }, |v| {
@@ -282,6 +296,9 @@ fn print_row(
     undelivered: Option<u64>,
     ratio: Option<f64>,
 ) {
+    // Every run, smoke or full, must be clean: a bench that errors measures nothing.
+    assert_eq!(t.errors, 0, "{case} on {server}: requests failed");
+    assert!(t.requests > 0, "{case} on {server}: no request completed");
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
     println!(
         "{:<26} {:<14} {:>5} {:>10.0} {:>11.0} {:>9} {:>9} {:>7} {:>12} {:>6}",

@@ -89,6 +89,11 @@ pub struct Records {
     pub count: u32,
 }
 
+/// Deepest nesting of arrays and objects inside `metadata` / `attributes`. The lake's
+/// readers stop somewhere (serde_json at 128 levels, Athena's JSON reader around 1,000); a
+/// record they cannot read is lost in all but name, so deeper values are refused at ingest.
+pub const MAX_FREE_FORM_DEPTH: usize = 64;
+
 /// Caps on what one request may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -255,6 +260,10 @@ impl Validator {
                     self.fail(scope.field(name), format!("longer than {max} bytes"));
                     return None;
                 }
+                if let Err(reason) = check_raw(raw.get().as_bytes()) {
+                    self.fail(scope.field(name), reason);
+                    return None;
+                }
                 return Some(raw);
             }
             Some(_) => self.fail(scope.field(name), "must be a string"),
@@ -280,6 +289,8 @@ impl Validator {
         if let Some(raw) = obj.get(name) {
             if !raw.get().starts_with('{') && raw.get() != "null" {
                 self.fail(scope.field(name), "must be an object");
+            } else if let Err(reason) = check_raw(raw.get().as_bytes()) {
+                self.fail(scope.field(name), reason);
             }
         }
     }
@@ -326,6 +337,56 @@ impl Validator {
         }
         Ok((self.errors.len() == before).then_some(events))
     }
+}
+
+/// Checks a raw JSON value (already known to be valid JSON) for what strict readers of the
+/// lake refuse although the JSON grammar allows it: an unpaired UTF-16 surrogate escape
+/// (`"\ud800"`), and nesting deeper than [`MAX_FREE_FORM_DEPTH`]. Written by hand: it is one
+/// pass over bytes that serde_json has validated, where a full parse would allocate.
+fn check_raw(raw: &[u8]) -> Result<(), String> {
+    let hex = |at: usize| {
+        raw.get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let unpaired = || Err("contains an unpaired UTF-16 surrogate escape".to_owned());
+    let (mut depth, mut i, mut in_string) = (0usize, 0usize, false);
+    while i < raw.len() {
+        match (in_string, raw[i]) {
+            (true, b'\\') if raw.get(i + 1) == Some(&b'u') => {
+                let unit = hex(i + 2).unwrap_or(0);
+                if (0xD800..0xDC00).contains(&unit) {
+                    let low = (raw.get(i + 6..i + 8) == Some(b"\\u"))
+                        .then(|| hex(i + 8))
+                        .flatten();
+                    if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                        return unpaired();
+                    }
+                    i += 12;
+                    continue;
+                }
+                if (0xDC00..0xE000).contains(&unit) {
+                    return unpaired();
+                }
+                i += 6;
+                continue;
+            }
+            // Any other escape: skip the escaped byte (it may be a quote).
+            (true, b'\\') => i += 1,
+            (true, b'"') => in_string = false,
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_FREE_FORM_DEPTH {
+                    return Err(format!("nested deeper than {MAX_FREE_FORM_DEPTH} levels"));
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Where in the body a check applies; the path text is built only for an error.
@@ -731,6 +792,54 @@ mod tests {
             encode_with_limits(Endpoint::Alias, alias.as_bytes(), now(), limits),
             Err(EncodeError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn values_strict_readers_refuse_are_refused_at_ingest() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let attrs = |v: String| format!(r#"{{"userId":"u","attributes":{{"a":{v}}}}}"#);
+        // The attributes object itself is one level.
+        let ok = attrs(deep(MAX_FREE_FORM_DEPTH - 1));
+        assert!(encode(Endpoint::Profile, ok.as_bytes(), now()).is_ok());
+        assert_eq!(
+            errors(Endpoint::Profile, &attrs(deep(MAX_FREE_FORM_DEPTH))),
+            [(
+                "attributes".to_owned(),
+                "nested deeper than 64 levels".to_owned()
+            )]
+        );
+        // Brackets inside strings do not count.
+        let in_string = attrs(format!("\"{}\"", "[".repeat(200)));
+        assert!(encode(Endpoint::Profile, in_string.as_bytes(), now()).is_ok());
+        let lone = "contains an unpaired UTF-16 surrogate escape".to_owned();
+        for (body, path) in [
+            (
+                r#"{"userId":"\ud800","events":[{"eventName":"a"}]}"#,
+                "userId",
+            ),
+            (
+                r#"{"userId":"u","events":[{"eventName":"x\udc00"}]}"#,
+                "events[0].eventName",
+            ),
+            (
+                r#"{"userId":"u","events":[{"eventName":"a","metadata":{"k":"\ud83dx"}}]}"#,
+                "events[0].metadata",
+            ),
+            (
+                r#"{"userId":"u","events":[{"eventName":"a","metadata":{"\ud83d":1}}]}"#,
+                "events[0].metadata",
+            ),
+        ] {
+            assert_eq!(
+                errors(Endpoint::Track, body),
+                [(path.to_owned(), lone.clone())],
+                "{body}"
+            );
+        }
+        // Pairs, and an escaped backslash before "ud800", are fine.
+        let pair = r#"{"userId":"\ud83d\ude00 \\ud800","events":[{"eventName":"\u00e9","metadata":{"e":"\ud83d\ude00"}}]}"#;
+        let records = encode(Endpoint::Track, pair.as_bytes(), now()).unwrap();
+        assert_eq!(lines(&records)[0]["userId"], "\u{1F600} \\ud800");
     }
 
     #[test]
