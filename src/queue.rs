@@ -748,8 +748,9 @@ fn sync_data_file(path: &Path) -> std::io::Result<()> {
 
 /// Largest entry the committer builds from several requests: big enough that a group of
 /// small requests becomes a few values (sled's memory and work grow with the number of
-/// values), small enough to stay far below sled's blob threshold and Firehose's 4 MiB call.
-const MAX_GROUP_ENTRY_BYTES: usize = 1 << 20;
+/// values: ~300 200-byte events fit), small enough that a sled leaf of 16 such entries
+/// (1 MiB) stays below the 2 MiB blob threshold, so group flushes write no blob files.
+const MAX_GROUP_ENTRY_BYTES: usize = 64 << 10;
 
 /// One request waiting for the committer.
 struct Pending {
@@ -908,8 +909,12 @@ fn sync_new_blobs(path: &Path, synced: &mut HashSet<std::ffi::OsString>) -> std:
     for item in entries {
         let name = item?.file_name();
         if !synced.contains(&name) {
-            File::open(dir.join(&name))?.sync_data()?;
-            any = true;
+            match File::open(dir.join(&name)).and_then(|f| f.sync_data()) {
+                Ok(()) => any = true,
+                // sled collected it between the listing and the open: nothing to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
         }
         present.insert(name);
     }
@@ -1198,6 +1203,20 @@ mod tests {
             ["good\n"]
         );
         assert_eq!(q.queued_events("a"), 1);
+    }
+
+    #[test]
+    fn a_blob_that_vanishes_before_its_sync_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        std::fs::write(blobs.join("1"), b"blob").unwrap();
+        // Listed but gone when opened, as when sled collects a blob mid-sync.
+        std::os::unix::fs::symlink(blobs.join("collected"), blobs.join("2")).unwrap();
+        let mut synced = HashSet::new();
+        sync_new_blobs(dir.path(), &mut synced).unwrap();
+        assert!(synced.contains(std::ffi::OsStr::new("1")));
+        assert!(!synced.contains(std::ffi::OsStr::new("2")));
     }
 
     #[tokio::test]
