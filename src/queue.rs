@@ -164,7 +164,7 @@ struct Inner {
     /// for a while instead of squeezing small requests into the last bytes.
     full: AtomicBool,
     durability: Durability,
-    commit: Option<Arc<GroupCommit>>,
+    commit: Arc<GroupCommit>,
     closed: AtomicBool,
     /// Counters saved at a clean close, and the clean mark.
     meta: sled::Tree,
@@ -215,10 +215,9 @@ impl Queue {
             );
         }
         warn_about_unconfigured_streams(&db, streams);
-        let commit = match config.durability {
-            Durability::Fsync => Some(Arc::new(GroupCommit::new())),
-            Durability::Interval => None,
-        };
+        // Both modes write through the committer, which coalesces concurrent requests into
+        // few sled values; only `fsync` waits for a flush before answering.
+        let commit = Arc::new(GroupCommit::new(config.durability == Durability::Fsync));
         let inner = Arc::new(Inner {
             db,
             path: config.path.clone(),
@@ -232,9 +231,7 @@ impl Queue {
             closed: AtomicBool::new(false),
             meta,
         });
-        if let Some(commit) = &inner.commit {
-            commit.spawn(Arc::downgrade(&inner))?;
-        }
+        inner.commit.spawn(Arc::downgrade(&inner))?;
         Ok(Queue { inner })
     }
 
@@ -249,46 +246,40 @@ impl Queue {
     /// durable as `queue.durability` defines. The lines go into one entry (with other
     /// requests' in fsync mode, never split), so either all are queued or, on error, none.
     pub async fn append(&self, stream: &str, lines: &[u8], count: u32) -> Result<(), QueueError> {
-        let s = self.stream(stream)?;
+        self.stream(stream)?;
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(QueueError::Closed);
         }
         let size = (HEADER_LEN + lines.len()) as u64;
         self.reserve(size)?;
-        if let Some(commit) = &self.inner.commit {
-            // The committer writes it (with whatever else is pending) and answers after the
-            // flush that covers it.
-            let (done, answer) = oneshot::channel();
-            let pending = Pending {
-                stream: stream.to_owned(),
-                lines: lines.to_vec(),
-                count,
-                enqueued_ms: now_ms(),
-                reserved: size,
-                done,
-            };
-            if commit.submit(pending).is_err() {
-                self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-                return Err(QueueError::Closed);
-            }
-            return answer.await.unwrap_or(Err(QueueError::Closed));
-        }
-        let value = Entry::encode(now_ms(), count, lines);
-        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = s.tree.insert(key.to_be_bytes(), value) {
+        // The committer writes it (with whatever else is pending) and answers once it is
+        // in sled, after the flush that covers it in `fsync` mode.
+        let (done, answer) = oneshot::channel();
+        let pending = Pending {
+            stream: stream.to_owned(),
+            lines: lines.to_vec(),
+            count,
+            enqueued_ms: now_ms(),
+            reserved: size,
+            done,
+        };
+        if self.inner.commit.submit(pending).is_err() {
             self.inner.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            return Err(e.into());
+            return Err(QueueError::Closed);
         }
-        s.bytes.fetch_add(size, Ordering::AcqRel);
-        s.events.fetch_add(u64::from(count), Ordering::AcqRel);
-        s.appended.notify_one();
-        Ok(())
+        answer.await.unwrap_or(Err(QueueError::Closed))
     }
 
     /// Writes a group of pending appends (the committer's half of [`Queue::append`]): one
-    /// entry per stream per up to [`MAX_GROUP_ENTRY_BYTES`], one flush for all, then the
-    /// answers. A request is never split across entries, so each stays atomic.
-    fn commit_group(&self, group: Vec<Pending>, synced_blobs: &mut HashSet<std::ffi::OsString>) {
+    /// entry per stream per up to [`MAX_GROUP_ENTRY_BYTES`], one flush for all. A request is
+    /// never split across entries, so each stays atomic. Returns the answers, for the caller
+    /// to send once it no longer holds the queue.
+    fn commit_group(
+        &self,
+        group: Vec<Pending>,
+        synced_blobs: &mut HashSet<std::ffi::OsString>,
+    ) -> Vec<(Answer, Result<(), QueueError>)> {
+        let mut answers = Vec::with_capacity(group.len());
         let inner = &self.inner;
         // (stream, key, value length, the requests in it)
         let mut written: Vec<(&Stream, u64, u64, Vec<Pending>)> = Vec::new();
@@ -335,23 +326,28 @@ impl Queue {
                 }
             }
         }
-        let flushed = inner
-            .db
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| sync_data_file(&inner.path).map_err(|e| e.to_string()))
-            .and_then(|()| sync_new_blobs(&inner.path, synced_blobs).map_err(|e| e.to_string()));
-        if let Some(commit) = &inner.commit {
-            commit.flushes.fetch_add(1, Ordering::AcqRel);
-        }
-        crate::metrics::queue_flush();
+        let commit = &inner.commit;
+        let flushed = match commit.flush {
+            true => {
+                commit.flushes.fetch_add(1, Ordering::AcqRel);
+                crate::metrics::queue_flush();
+                inner
+                    .db
+                    .flush()
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| sync_data_file(&inner.path).map_err(|e| e.to_string()))
+                    .and_then(|()| {
+                        sync_new_blobs(&inner.path, synced_blobs).map_err(|e| e.to_string())
+                    })
+            }
+            // `interval`: sled's background flush persists it within flush_interval_ms.
+            false => Ok(()),
+        };
         match flushed {
             Ok(()) => {
                 for (s, _, _, chunk) in written {
                     s.appended.notify_one();
-                    for p in chunk {
-                        let _ = p.done.send(Ok(()));
-                    }
+                    answers.extend(chunk.into_iter().map(|p| (p.done, Ok(()))));
                 }
             }
             Err(e) => {
@@ -368,17 +364,17 @@ impl Queue {
                         let count: u64 = chunk.iter().map(|p| u64::from(p.count)).sum();
                         s.events.fetch_sub(count, Ordering::AcqRel);
                     }
-                    for p in chunk {
-                        let _ = p
-                            .done
-                            .send(Err(QueueError::Storage(format!("flush failed: {e}"))));
-                    }
+                    answers.extend(chunk.into_iter().map(|p| {
+                        (
+                            p.done,
+                            Err(QueueError::Storage(format!("flush failed: {e}"))),
+                        )
+                    }));
                 }
             }
         }
-        for (p, e) in failed {
-            let _ = p.done.send(Err(e));
-        }
+        answers.extend(failed.into_iter().map(|(p, e)| (p.done, Err(e))));
+        answers
     }
 
     /// Takes `size` bytes of budget, or refuses without taking any.
@@ -580,10 +576,7 @@ impl Queue {
 
     /// Group flushes performed so far (0 in `interval` mode).
     pub fn flush_count(&self) -> u64 {
-        self.inner
-            .commit
-            .as_ref()
-            .map_or(0, |c| c.flushes.load(Ordering::Acquire))
+        self.inner.commit.flushes.load(Ordering::Acquire)
     }
 
     /// The durability mode.
@@ -596,9 +589,7 @@ impl Queue {
     /// Callers stop the flushers first, so the counters no longer move.
     pub fn close(&self) -> Result<(), QueueError> {
         self.inner.closed.store(true, Ordering::Release);
-        if let Some(commit) = &self.inner.commit {
-            commit.stop();
-        }
+        self.inner.commit.stop();
         let inner = &self.inner;
         let saved = Saved {
             next_key: inner.next_key.load(Ordering::Acquire),
@@ -760,8 +751,11 @@ struct Pending {
     enqueued_ms: u64,
     /// Budget bytes taken for it (its lines plus one header).
     reserved: u64,
-    done: oneshot::Sender<Result<(), QueueError>>,
+    done: Answer,
 }
+
+/// Where a pending append's outcome goes.
+type Answer = oneshot::Sender<Result<(), QueueError>>;
 
 /// Splits `group` by stream, keeping arrival order within each.
 fn by_stream(group: Vec<Pending>) -> Vec<(String, Vec<Pending>)> {
@@ -799,6 +793,8 @@ fn chunks(requests: Vec<Pending>) -> Vec<Vec<Pending>> {
 /// arrived since its last flush, so N concurrent requests cost one flush (and a few sled
 /// values), not N.
 struct GroupCommit {
+    /// Flush (and fdatasync) before answering: `durability = "fsync"`.
+    flush: bool,
     pending: Mutex<Vec<Pending>>,
     wake: Condvar,
     stop: AtomicBool,
@@ -807,8 +803,9 @@ struct GroupCommit {
 }
 
 impl GroupCommit {
-    fn new() -> GroupCommit {
+    fn new(flush: bool) -> GroupCommit {
         GroupCommit {
+            flush,
             pending: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -862,9 +859,7 @@ impl GroupCommit {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(commit) = &self.commit {
-            commit.stop();
-        }
+        self.commit.stop();
     }
 }
 
@@ -888,7 +883,12 @@ fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
                 }
                 return;
             };
-            Queue { inner }.commit_group(group, &mut synced_blobs);
+            let answers = Queue { inner }.commit_group(group, &mut synced_blobs);
+            // Answered only now, with the queue released: a caller that drops the queue after
+            // its answer then holds the last handle, and the queue closes on its thread.
+            for (done, result) in answers {
+                let _ = done.send(result);
+            }
         }
         if stopping {
             return;
