@@ -297,7 +297,11 @@ fn print_row(
     ratio: Option<f64>,
 ) {
     // Every run, smoke or full, must be clean: a bench that errors measures nothing.
-    assert_eq!(t.errors, 0, "{case} on {server}: requests failed, first: {:?}", t.first_error);
+    assert_eq!(
+        t.errors, 0,
+        "{case} on {server}: requests failed, first: {:?}",
+        t.first_error
+    );
     assert!(t.requests > 0, "{case} on {server}: no request completed");
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
     println!(
