@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Limits on the connections of one listener.
@@ -46,6 +47,9 @@ where
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // Owns the connection tasks, so that when `serve` returns they have ended and dropped
+    // their handles on the handler (and on the queue behind it).
+    let tasks = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
     builder
@@ -76,8 +80,7 @@ where
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let span = tracing::debug_span!("connection", listener = name, %peer);
-                // Owned by `graceful`, which waits for it at shutdown.
-                tokio::spawn(
+                tasks.spawn(
                     async move {
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "connection ended with an error");
@@ -91,7 +94,12 @@ where
         }
     }
     drop(listener);
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    tasks.close();
+    let drained = async {
+        graceful.shutdown().await;
+        tasks.wait().await;
+    };
+    match tokio::time::timeout(grace, drained).await {
         Ok(()) => true,
         Err(_) => {
             tracing::warn!(
