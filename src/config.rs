@@ -538,10 +538,46 @@ impl Config {
                 "must be at least 1 and at most flusher.retry_max_ms",
             ));
         }
-        if self.server.max_body_bytes == 0 {
+        for (key, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            (
+                "server.max_events_per_request",
+                self.server.max_events_per_request as u64,
+            ),
+            (
+                "server.max_string_bytes",
+                self.server.max_string_bytes as u64,
+            ),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        let keys = self.auth.keys()?;
+        if keys.iter().any(|k| k.len() < 16) {
             return Err(ConfigError::invalid(
-                "server.max_body_bytes",
-                "must be at least 1",
+                "auth.api_keys",
+                "every key must be at least 16 characters",
+            ));
+        }
+        if let Some(bad) = self
+            .cors
+            .allowed_origins
+            .iter()
+            .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return Err(ConfigError::invalid(
+                "cors.allowed_origins",
+                format!("{bad:?} is not an origin (scheme://host[:port]) or \"*\""),
             ));
         }
         if self.queue.max_bytes == 0 {
@@ -703,6 +739,16 @@ mod tests {
                 "[flusher.per_stream.nope]\npacking = false",
                 "flusher.per_stream.nope",
             ),
+            ("[auth]\napi_keys = [\"short\"]", "auth.api_keys"),
+            (
+                "[auth]\napi_keys_file = \"/nonexistent/keys\"",
+                "auth.api_keys_file",
+            ),
+            (
+                "[cors]\nallowed_origins = [\"shop.example\"]",
+                "cors.allowed_origins",
+            ),
+            ("[server]\nmax_connections = 0", "server.max_connections"),
             (
                 "[flusher.per_stream.link_users]\npack = false",
                 "flusher.per_stream.link_users.pack",

@@ -179,6 +179,40 @@ async fn oversized_bodies_are_refused_from_the_header_and_while_streaming() {
 }
 
 #[tokio::test]
+async fn an_event_too_large_for_one_firehose_record_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_body_bytes = 2 << 20;
+    let server = TestServer::start(config).await;
+    let pad = "x".repeat(1_024_000);
+    let body = format!(
+        r#"{{"userId":"u","events":[{{"eventName":"small"}},{{"eventName":"big","metadata":{{"pad":"{pad}"}}}}]}}"#
+    );
+    let (status, _, value) = post(&server, "/track", None, &body).await;
+    assert_eq!(status, 413, "{value}");
+    assert_eq!(value["error"], "too_large");
+    let (status, _, _) = post(
+        &server,
+        "/track",
+        None,
+        r#"{"userId":"u","events":[{"eventName":"after"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.sink.wait_for_events(1).await;
+    server.stop().await;
+    let names: Vec<String> = lake_lines(&dir.path().join("lake"), "log_user_events")
+        .iter()
+        .map(|l| l["eventName"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["after"],
+        "no part of the refused request was stored"
+    );
+}
+
+#[tokio::test]
 async fn accepted_events_reach_the_lake_as_encoded() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
