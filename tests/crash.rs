@@ -70,6 +70,78 @@ fn firehose_env(fake: &FakeFirehose) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Concurrent `/track` load on one server: each sender posts requests of `per_request`
+/// uniquely named events until the server goes away, and every acknowledged name is kept.
+struct Load {
+    acked: Arc<Mutex<HashSet<String>>>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `senders` tasks against `addr`. With `allow_refusals`, a non-200 answer ends a
+    /// sender (as while the server stops); without, it fails the test.
+    fn start(
+        addr: &str,
+        senders: usize,
+        per_request: usize,
+        prefix: &str,
+        allow_refusals: bool,
+    ) -> Load {
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/track");
+        let senders = (0..senders)
+            .map(|t| {
+                let (acked, client, url, prefix) = (
+                    acked.clone(),
+                    client.clone(),
+                    url.clone(),
+                    prefix.to_owned(),
+                );
+                tokio::spawn(async move {
+                    for i in 0.. {
+                        let names: Vec<String> = (0..per_request)
+                            .map(|k| format!("{prefix}-{t}-{i}-{k}"))
+                            .collect();
+                        let events: Vec<String> = names
+                            .iter()
+                            .map(|n| format!(r#"{{"eventName":"{n}"}}"#))
+                            .collect();
+                        let body =
+                            format!(r#"{{"userId":"u{t}","events":[{}]}}"#, events.join(","));
+                        match client.post(&url).body(body).send().await {
+                            Ok(r) if r.status() == 200 => acked.lock().unwrap().extend(names),
+                            Ok(_) if allow_refusals => return,
+                            Ok(r) => panic!("unexpected status {}", r.status()),
+                            Err(_) => return, // the server is gone
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { acked, senders }
+    }
+
+    /// Waits until at least `n` events were acknowledged.
+    async fn wait_acked(&self, n: usize) {
+        tokio::time::timeout(WAIT, async {
+            while self.acked.lock().unwrap().len() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("load is acknowledged in time");
+    }
+
+    /// Waits for the senders (they end when the server is gone) and returns the acknowledged names.
+    async fn finish(self) -> HashSet<String> {
+        for s in self.senders {
+            s.await.unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
 /// Sends SIGTERM to `child`.
 async fn terminate(child: &Child) {
     let pid = child.id().unwrap().to_string();
@@ -106,44 +178,13 @@ async fn wait_for_lake(lake: &Path, acked: &HashSet<String>) {
 async fn sigkill_mid_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn(dir.path(), &[]).await;
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let client = reqwest::Client::new();
-    let mut senders = Vec::new();
-    for t in 0..16 {
-        let (acked, client, url) = (
-            acked.clone(),
-            client.clone(),
-            format!("http://{addr}/track"),
-        );
-        senders.push(tokio::spawn(async move {
-            for i in 0.. {
-                let names = [format!("t{t}-r{i}-a"), format!("t{t}-r{i}-b")];
-                let body = format!(
-                    r#"{{"userId":"u{t}","events":[{{"eventName":"{}"}},{{"eventName":"{}"}}]}}"#,
-                    names[0], names[1]
-                );
-                match client.post(&url).body(body).send().await {
-                    Ok(r) if r.status() == 200 => acked.lock().unwrap().extend(names),
-                    Ok(r) => panic!("unexpected status {}", r.status()),
-                    Err(_) => return, // the server is gone
-                }
-            }
-        }));
-    }
+    // Two events a request, so partial requests would show; any refusal is a failure.
+    let load = Load::start(&addr, 16, 2, "kill", false);
     // Kill once a good share of events is acknowledged, with requests still in flight.
-    tokio::time::timeout(WAIT, async {
-        while acked.lock().unwrap().len() < 2000 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("load is acknowledged in time");
+    load.wait_acked(2000).await;
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();
-    for s in senders {
-        s.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = load.finish().await;
 
     let (mut child, _) = spawn(dir.path(), &[]).await;
     wait_for_lake(&dir.path().join("lake"), &acked).await;
@@ -202,34 +243,9 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
     fake.set_down(true).await;
     let env = firehose_env(&fake);
     let (mut child, addr) = spawn(dir.path(), &env).await;
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let client = reqwest::Client::new();
-    let mut senders = Vec::new();
-    for t in 0..8 {
-        let (acked, client, url) = (
-            acked.clone(),
-            client.clone(),
-            format!("http://{addr}/track"),
-        );
-        senders.push(tokio::spawn(async move {
-            for i in 0.. {
-                let name = format!("term-{t}-{i}");
-                match client.post(&url).body(track_body(&name)).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        acked.lock().unwrap().insert(name);
-                    }
-                    Ok(_) | Err(_) => return, // stopping: refused or closed
-                }
-            }
-        }));
-    }
-    tokio::time::timeout(WAIT, async {
-        while acked.lock().unwrap().len() < 500 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("load is acknowledged in time");
+    // A 503 while stopping is fine: only 200s are promises.
+    let load = Load::start(&addr, 8, 1, "term", true);
+    load.wait_acked(500).await;
     let stopped_at = std::time::Instant::now();
     terminate(&child).await;
     let status = tokio::time::timeout(WAIT, child.wait())
@@ -241,10 +257,7 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_event() {
         stopped_at.elapsed() < std::time::Duration::from_secs(10),
         "within the grace period"
     );
-    for s in senders {
-        s.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = load.finish().await;
 
     // Restart with Firehose back: every acknowledged event arrives.
     fake.set_down(false).await;
