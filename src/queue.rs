@@ -168,6 +168,9 @@ struct Inner {
     closed: AtomicBool,
     /// Counters saved at a clean close, and the clean mark.
     meta: sled::Tree,
+    /// Tests: refuse settles as a failing disk would.
+    #[cfg(test)]
+    fail_writes: AtomicBool,
 }
 
 impl Queue {
@@ -230,6 +233,8 @@ impl Queue {
             commit,
             closed: AtomicBool::new(false),
             meta,
+            #[cfg(test)]
+            fail_writes: AtomicBool::new(false),
         });
         inner.commit.spawn(Arc::downgrade(&inner))?;
         Ok(Queue { inner })
@@ -452,6 +457,10 @@ impl Queue {
         remaining: &[&[u8]],
     ) -> Result<(), QueueError> {
         let s = self.stream(stream)?;
+        #[cfg(test)]
+        if self.inner.fail_writes.load(Ordering::Acquire) {
+            return Err(QueueError::Storage("injected write failure".to_owned()));
+        }
         let key = entry.key.to_be_bytes();
         let delivered = u64::from(entry.count) - remaining.len() as u64;
         if delivered == 0 {
@@ -567,6 +576,12 @@ impl Queue {
             .first()?
             .map(|(k, v)| Entry::decode(&k, v).map(|e| e.enqueued_ms))
             .transpose()
+    }
+
+    /// Tests: makes settles fail (or work again), as a full disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.inner.fail_writes.store(fail, Ordering::Release);
     }
 
     /// Size of the sled files on disk.
