@@ -276,6 +276,10 @@ pub struct QueueConfig {
     pub flush_interval_ms: u64,
     /// sled's page cache in bytes (sled's own default of 1 GiB is far more than a queue needs).
     pub cache_capacity: u64,
+    /// Floor of free space on the queue's file system: below it ingest answers 503 (and
+    /// `/readyz` too) until 10 % above it, so sled never meets a full disk in normal
+    /// operation. Read with `statvfs` about twice a second, not per request.
+    pub min_free_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -286,6 +290,7 @@ impl Default for QueueConfig {
             durability: Durability::Fsync,
             flush_interval_ms: 500,
             cache_capacity: 64 << 20,
+            min_free_bytes: 1 << 30,
         }
     }
 }

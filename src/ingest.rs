@@ -267,7 +267,9 @@ impl Ingest {
             .append(stream, &records.ndjson, records.count)
             .await
             .map_err(|e| match e {
-                QueueError::Full { .. } => IngestError::QueueFull,
+                QueueError::Full { .. } | QueueError::LowDisk { .. } => IngestError::QueueFull,
+                // The queue logged the state change once; one line per request would flood.
+                QueueError::Failing | QueueError::Closed => IngestError::Unavailable(e.to_string()),
                 other => {
                     tracing::error!(stream, error = %other, "cannot queue a request");
                     IngestError::Unavailable(other.to_string())

@@ -410,7 +410,7 @@ async fn a_queue_that_will_not_open_is_moved_aside_not_deleted() {
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("queue.unopenable-"))
+        .filter(|n| n.starts_with("queue.damaged-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     let kept = std::fs::read(dir.path().join(&aside[0]).join("db")).unwrap();
