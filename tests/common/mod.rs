@@ -304,13 +304,14 @@ pub async fn wait_for_fake_events(
 ) -> usize {
     let result = tokio::time::timeout(WAIT, async {
         loop {
+            // Counted before looking, so a record that arrives in between wakes the wait.
+            let seen = fake.accepted_count();
             let names: std::collections::HashSet<String> =
                 event_names(&fake_lines(fake, None)).into_iter().collect();
             if acked.iter().all(|n| names.contains(n)) {
                 return names.len();
             }
-            fake.wait_for_accepted_records(fake.accepted_count() + 1)
-                .await;
+            fake.wait_for_accepted_records(seen + 1).await;
         }
     })
     .await;
