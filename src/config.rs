@@ -280,6 +280,11 @@ pub struct QueueConfig {
     /// `/readyz` too) until 10 % above it, so sled never meets a full disk in normal
     /// operation. Read with `statvfs` about twice a second, not per request.
     pub min_free_bytes: u64,
+    /// How long an accepted `messageId` is remembered per source, in seconds: a copy within
+    /// the window is answered as accepted and not queued again (`/v1` ingest).
+    pub dedup_window_secs: u64,
+    /// Most `messageId`s remembered (the oldest go first); ~120 bytes of memory each.
+    pub dedup_max_ids: usize,
 }
 
 impl Default for QueueConfig {
@@ -291,6 +296,8 @@ impl Default for QueueConfig {
             flush_interval_ms: 500,
             cache_capacity: 64 << 20,
             min_free_bytes: 1 << 30,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_ids: 1_000_000,
         }
     }
 }

@@ -48,6 +48,10 @@ pub const QUEUE_LOW_DISK: &str = "firehose_edge_queue_low_disk";
 /// Free space of the queue's file system at the last reading.
 pub const QUEUE_DISK_FREE_BYTES: &str = "firehose_edge_queue_disk_free_bytes";
 
+/// Messages answered as accepted but not queued again: their `messageId` was already
+/// accepted from that source within the dedup window, by source.
+pub const EVENTS_DUPLICATE: &str = "firehose_edge_events_duplicate_total";
+
 /// Every `reason` label of [`EVENTS_REJECTED`].
 pub const REJECT_REASONS: &[&str] = &[
     "not_found",
@@ -115,6 +119,11 @@ pub fn queue_moved_aside() {
 /// One group flush of the queue.
 pub fn queue_flush() {
     counter!(QUEUE_FLUSHES).increment(1);
+}
+
+/// `n` messages from `source` skipped as duplicates.
+pub fn events_duplicate(source: &str, n: u64) {
+    counter!(EVENTS_DUPLICATE, "source" => source.to_owned()).increment(n);
 }
 
 /// `n` acknowledged events of `stream` found missing.

@@ -28,18 +28,35 @@ use super::{Inner, Queue, QueueError};
 /// (1 MiB) stays below the 2 MiB blob threshold, so group flushes write no blob files.
 pub(super) const MAX_GROUP_ENTRY_BYTES: usize = 64 << 10;
 
+/// What a request asks the committer to write.
+pub(super) enum Request {
+    /// (stream, lines, line count), one part per stream.
+    Parts(Vec<(String, Vec<u8>, u32)>),
+    /// Lines with idempotency keys, filtered against the dedup window by the committer.
+    Batch {
+        source: String,
+        lines: Vec<super::BatchLine>,
+    },
+}
+
 /// One request waiting for the committer: its lines for one or more streams, all or none.
 pub(super) struct Pending {
-    /// (stream, lines, line count), one part per stream it writes to.
+    pub request: Request,
+    /// What is written: (stream, lines, line count), one part per stream (filled by the
+    /// committer).
     pub parts: Vec<(String, Vec<u8>, u32)>,
+    /// Lines skipped as already accepted.
+    pub duplicates: u32,
+    /// Ids this request adds to the dedup window (recorded with it, or forgotten).
+    pub ids: Vec<Box<str>>,
     pub enqueued_ms: u64,
     /// Budget bytes taken for it (its lines plus one header per part).
     pub reserved: u64,
     pub done: Answer,
 }
 
-/// Where a pending append's outcome goes.
-pub(super) type Answer = oneshot::Sender<Result<(), QueueError>>;
+/// Where a pending append's outcome goes: the duplicates it skipped, or why it failed.
+pub(super) type Answer = oneshot::Sender<Result<u32, QueueError>>;
 
 /// The group committer's shared state.
 pub(super) struct GroupCommit {
@@ -75,14 +92,14 @@ impl GroupCommit {
         Ok(())
     }
 
-    /// Hands a request to the committer; gives it back if the committer has stopped.
-    pub fn submit(&self, pending: Pending) -> Result<(), Pending> {
+    /// Hands a request to the committer; refuses it if the committer has stopped.
+    pub fn submit(&self, pending: Pending) -> Result<(), QueueError> {
         {
             let mut queue = self.pending.lock().expect("committer mutex");
             // Checked under the lock the committer takes its last group under: a request
             // is either in that group or refused here, never stranded.
             if self.stop.load(Ordering::Acquire) {
-                return Err(pending);
+                return Err(QueueError::Closed);
             }
             queue.push(pending);
         }
@@ -155,12 +172,42 @@ impl Queue {
         &self,
         group: Vec<Pending>,
         synced_blobs: &mut HashSet<std::ffi::OsString>,
-    ) -> Vec<(Answer, Result<(), QueueError>)> {
+    ) -> Vec<(Answer, Result<u32, QueueError>)> {
         let inner = &self.inner;
         let store = match self.store() {
             Ok(store) => store,
             Err(e) => return self.refuse_all(group, &e),
         };
+        let mut answers = Vec::new();
+        // Idempotent requests: skip what the window holds, in arrival order.
+        let mut nothing_new = Vec::new();
+        let mut group: Vec<Pending> = group
+            .into_iter()
+            .filter_map(|mut p| {
+                match std::mem::replace(&mut p.request, Request::Parts(Vec::new())) {
+                    Request::Parts(parts) => p.parts = parts,
+                    Request::Batch { source, lines } => {
+                        let (parts, duplicates, ids) = inner.dedup.filter(&source, lines);
+                        (p.parts, p.duplicates, p.ids) = (parts, duplicates, ids);
+                    }
+                }
+                if p.parts.is_empty() {
+                    // Nothing new: answered with the group (its copies may be in this very
+                    // group, and must be durable before it hears "accepted").
+                    inner.admission.release(p.reserved);
+                    p.reserved = 0;
+                    nothing_new.push(p);
+                    return None;
+                }
+                Some(p)
+            })
+            .collect();
+        // The reservation counted the duplicates too; give their share back.
+        for p in &mut group {
+            let needed = reserved_bytes(&p.parts);
+            inner.admission.release(p.reserved - needed);
+            p.reserved = needed;
+        }
         // Requests writing to one stream are coalesced; a request writing to several is
         // written as one atomic sled batch of its own (see `write_multi`).
         let (single, multi): (Vec<Pending>, Vec<Pending>) =
@@ -210,18 +257,37 @@ impl Queue {
                 s.events.fetch_add(u64::from(w.count), Ordering::AcqRel);
             }
         }
-        let flushed = match (inner.commit.flush, written.is_empty()) {
-            (true, false) => {
-                inner.commit.flushes.fetch_add(1, Ordering::AcqRel);
-                crate::metrics::queue_flush();
-                self.sync_fault()
-                    .and_then(|()| store.sync(&inner.config.path))
-                    .and_then(|()| Ok(sync_new_blobs(&inner.config.path, synced_blobs)?))
-            }
-            // `interval`: sled's background flush persists it within flush_interval_ms.
-            _ => Ok(()),
+        // The accepted ids go after the records, into the same flush (see `dedup`).
+        let new_ids: Vec<Box<str>> = written
+            .iter()
+            .flat_map(|(_, requests)| requests.iter().flat_map(|p| p.ids.iter().cloned()))
+            .collect();
+        let recorded = if new_ids.is_empty() {
+            Ok(())
+        } else {
+            let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+            let value = inner.dedup.record(key, super::now_ms(), new_ids.clone());
+            self.fault()
+                .and_then(|()| Ok(store.dedup.insert(key.to_be_bytes(), value).map(drop)?))
         };
-        let mut answers = Vec::new();
+        // A group is answered as one: if any of it failed, none of it is acknowledged.
+        let written_ok = match failed.first() {
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(()),
+        };
+        let flushed = written_ok.and(recorded).and_then(|()| {
+            match (inner.commit.flush, written.is_empty()) {
+                (true, false) => {
+                    inner.commit.flushes.fetch_add(1, Ordering::AcqRel);
+                    crate::metrics::queue_flush();
+                    self.sync_fault()
+                        .and_then(|()| store.sync(&inner.config.path))
+                        .and_then(|()| Ok(sync_new_blobs(&inner.config.path, synced_blobs)?))
+                }
+                // `interval`: sled's background flush persists it within flush_interval_ms.
+                _ => Ok(()),
+            }
+        });
         match flushed {
             Ok(()) => {
                 for (ws, requests) in written {
@@ -230,11 +296,17 @@ impl Queue {
                         s.acked.fetch_add(u64::from(w.count), Ordering::AcqRel);
                         s.appended.notify_one();
                     }
-                    answers.extend(requests.into_iter().map(|p| (p.done, Ok(()))));
+                    answers.extend(requests.into_iter().map(|p| (p.done, Ok(p.duplicates))));
+                }
+                answers.extend(nothing_new.into_iter().map(|p| (p.done, Ok(p.duplicates))));
+                if let Err(e) = inner.dedup.prune(&store.dedup, super::now_ms()) {
+                    tracing::warn!(error = %e, "cannot prune the dedup window");
                 }
             }
             Err(e) => {
                 self.storage_failed("group flush", &e);
+                inner.dedup.forget(&new_ids);
+                answers.extend(nothing_new.into_iter().map(|p| (p.done, Err(e.clone()))));
                 for (ws, requests) in written {
                     for w in ws {
                         self.take_back(&store, &w);
@@ -247,6 +319,7 @@ impl Queue {
             self.storage_failed("append", e);
         }
         for (p, e) in failed {
+            inner.dedup.forget(&p.ids);
             inner.admission.release(p.reserved);
             answers.push((p.done, Err(e)));
         }
@@ -309,7 +382,7 @@ impl Queue {
         &self,
         group: Vec<Pending>,
         e: &QueueError,
-    ) -> Vec<(Answer, Result<(), QueueError>)> {
+    ) -> Vec<(Answer, Result<u32, QueueError>)> {
         group
             .into_iter()
             .map(|p| {

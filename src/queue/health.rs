@@ -22,6 +22,9 @@ pub(super) struct Health {
     wake: Condvar,
     woken: Mutex<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// One round at a time (the background one and [`super::Queue::check_health_now`]):
+    /// two re-opens racing would each find sled held by the other.
+    round: Mutex<()>,
 }
 
 impl Health {
@@ -72,6 +75,7 @@ impl Health {
 /// One round: free space, recovery, manifest.
 pub(super) fn round(q: &Queue) {
     let inner = &q.inner;
+    let _one_at_a_time = inner.health.round.lock().expect("health round");
     match inner.free_space.free_bytes(&inner.config.path) {
         Ok(free) => match inner.admission.observe_free(free) {
             Some(true) => tracing::error!(
@@ -105,7 +109,7 @@ pub(super) fn round(q: &Queue) {
 /// failed requests left behind and recounts.
 fn recover(q: &Queue) -> Result<(), QueueError> {
     let probe = |store: &Store| -> Result<(), QueueError> {
-        q.fault()?;
+        q.sync_fault()?;
         store
             .meta
             .insert("probe", &super::now_ms().to_be_bytes()[..])?;
@@ -165,10 +169,22 @@ fn reopen(q: &Queue) -> Result<(), QueueError> {
         drop(old);
     }
     let streams: Vec<String> = q.inner.streams.keys().cloned().collect();
-    let store = Store::open(&q.inner.config, &streams).map_err(|e| match e {
-        OpenError::Damaged(why) => QueueError::Storage(why),
-        OpenError::Other(e) => e,
-    })?;
+    // sled's background flusher keeps its file lock until it next wakes (up to
+    // `flush_interval_ms` after the drop), so the first attempts may find it still held.
+    let deadline = std::time::Instant::now()
+        + RELEASE_WAIT.min(Duration::from_millis(
+            2 * q.inner.config.flush_interval_ms + 1000,
+        ));
+    let store = loop {
+        match Store::open(&q.inner.config, &streams) {
+            Ok(store) => break store,
+            Err(OpenError::Other(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(OpenError::Damaged(why)) => return Err(QueueError::Storage(why)),
+            Err(OpenError::Other(e)) => return Err(e),
+        }
+    };
     *q.inner.store.write().expect("store lock") = Some(Arc::new(store));
     tracing::warn!("re-opened the queue's sled database after a storage failure");
     Ok(())

@@ -7,6 +7,7 @@
 //! - [`commit`]: the group commit — how an append becomes durable (check it against the
 //!   README's promise there);
 //! - [`admission`]: whether an append is taken: byte budget, free-space floor, failed storage;
+//! - [`dedup`]: the durable window of accepted `messageId`s (idempotent ingest);
 //! - [`store`]: sled itself (opening it without panicking, trees, counting);
 //! - [`open`]: the start-up: lock, open or move aside, count, and compare with the manifest;
 //! - [`manifest`]: the independent record of what the queue must hold (loss detection);
@@ -33,6 +34,7 @@
 
 pub mod admission;
 mod commit;
+pub mod dedup;
 pub mod entry;
 mod health;
 pub mod lock;
@@ -49,12 +51,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot};
 
 pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs};
+pub use dedup::{BatchAppended, BatchLine};
 pub use entry::Entry;
 pub use open::{StreamReport, VerifyReport};
 
 use crate::config::{Durability, QueueConfig};
 use admission::Admission;
-use commit::{GroupCommit, Pending};
+use commit::{GroupCommit, Pending, Request};
 use store::Store;
 
 /// sled's segment size. A value is written as a separate, never-synced blob file when its log
@@ -165,6 +168,7 @@ struct Inner {
     /// Keys written for requests that were answered with an error and could not be taken
     /// back: never delivered, removed once storage works.
     refused: Mutex<HashMap<String, HashSet<u64>>>,
+    dedup: dedup::Dedup,
     manifest: Mutex<manifest::Writer>,
     free_space: Box<dyn FreeSpace>,
     _lock: lock::DirLock,
@@ -266,21 +270,66 @@ impl Queue {
             .await
     }
 
+    /// Appends every line of one request (possibly for several streams) atomically — all
+    /// durable (per `queue.durability`) before it returns `Ok`, or none stored — skipping
+    /// lines whose `message_id` was already accepted from `source` within the dedup window.
+    /// The ids are recorded in the same group commit as the records (see [`dedup`]).
+    pub async fn append_batch(
+        &self,
+        source: &str,
+        lines: Vec<BatchLine>,
+    ) -> Result<BatchAppended, QueueError> {
+        let total = lines.len() as u32;
+        let duplicates = self
+            .submit(Request::Batch {
+                source: source.to_owned(),
+                lines,
+            })
+            .await?;
+        Ok(BatchAppended {
+            stored: total - duplicates,
+            duplicates,
+        })
+    }
+
     /// Appends one request's lines for one or more streams: all durable, or none stored.
     async fn append_parts(&self, parts: Vec<(String, Vec<u8>, u32)>) -> Result<(), QueueError> {
-        for (stream, _, _) in &parts {
-            self.state(stream)?;
-        }
+        self.submit(Request::Parts(parts)).await.map(drop)
+    }
+
+    /// Hands a request to the committer and waits for its answer (the duplicates skipped).
+    async fn submit(&self, request: Request) -> Result<u32, QueueError> {
+        let reserved = match &request {
+            Request::Parts(parts) => {
+                for (stream, _, _) in parts {
+                    self.state(stream)?;
+                }
+                commit::reserved_bytes(parts)
+            }
+            Request::Batch { lines, .. } => {
+                let mut streams: Vec<&str> = Vec::new();
+                for l in lines {
+                    self.state(&l.stream)?;
+                    if !streams.contains(&l.stream.as_str()) {
+                        streams.push(&l.stream);
+                    }
+                }
+                let bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+                (bytes + streams.len() * entry::HEADER_LEN) as u64
+            }
+        };
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(QueueError::Closed);
         }
-        let reserved = commit::reserved_bytes(&parts);
         self.inner.admission.reserve(reserved)?;
         // The committer writes it (with whatever else is pending) and answers once it is
         // in sled, after the flush that covers it in `fsync` mode.
         let (done, answer) = oneshot::channel();
         let pending = Pending {
-            parts,
+            request,
+            parts: Vec::new(),
+            duplicates: 0,
+            ids: Vec::new(),
             enqueued_ms: now_ms(),
             reserved,
             done,

@@ -113,6 +113,12 @@ pub(super) fn open(
     next_key = next_key.max(highest_key(&store.db)?);
     warn_about_unconfigured_streams(&store.db, streams);
     let manifest = manifest::Writer::open(&config.path)?;
+    let dedup = super::dedup::Dedup::load(
+        &store.dedup,
+        config.dedup_window_secs.saturating_mul(1000),
+        config.dedup_max_ids,
+        super::now_ms(),
+    )?;
     // Both modes write through the committer, which coalesces concurrent requests into
     // few sled values; only `fsync` waits for a flush before answering.
     let commit = Arc::new(GroupCommit::new(config.durability == Durability::Fsync));
@@ -126,6 +132,7 @@ pub(super) fn open(
         health: Default::default(),
         closed: AtomicBool::new(false),
         refused: Mutex::default(),
+        dedup,
         manifest: Mutex::new(manifest),
         free_space,
         _lock: lock,

@@ -27,6 +27,8 @@ pub(super) struct Trees {
 pub(super) struct Store {
     pub db: sled::Db,
     pub meta: sled::Tree,
+    /// Accepted `messageId`s (see [`super::dedup`]).
+    pub dedup: sled::Tree,
     pub trees: HashMap<String, Trees>,
 }
 
@@ -51,6 +53,7 @@ impl Store {
                 .flush_every_ms(Some(config.flush_interval_ms))
                 .open()?;
             let meta = db.open_tree("meta")?;
+            let dedup = db.open_tree("dedup")?;
             let mut trees = HashMap::new();
             for name in streams {
                 let t = Trees {
@@ -60,7 +63,12 @@ impl Store {
                 };
                 trees.insert(name.clone(), t);
             }
-            Ok::<_, sled::Error>(Store { db, meta, trees })
+            Ok::<_, sled::Error>(Store {
+                db,
+                meta,
+                dedup,
+                trees,
+            })
         }));
         match attempt {
             Ok(Ok(store)) => Ok(store),

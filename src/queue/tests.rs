@@ -376,15 +376,13 @@ async fn failed_storage_answers_errors_leaves_nothing_and_recovers_by_itself() {
         q.append("a", b"refused-2\n", 1).await,
         Err(QueueError::Failing)
     ));
-    q.fail_syncs(false);
-    q.fail_writes(true);
     q.check_health_now();
     assert_eq!(
         q.unready_reason(),
         Some("queue storage failing"),
         "probe still fails"
     );
-    q.fail_writes(false);
+    q.fail_syncs(false);
     q.check_health_now();
     assert_eq!(q.unready_reason(), None, "recovered without a restart");
     q.append("a", b"after\n", 1).await.unwrap();
@@ -546,4 +544,81 @@ async fn replayed_dead_letters_keep_the_budget_right_across_a_restart() {
     let q = Queue::open(&cfg, &streams()).unwrap();
     assert_eq!(q.queued_bytes(), 0, "the budget gauge is back to 0");
     q.append("a", b"x\n", 1).await.unwrap();
+}
+
+fn batch(ids: &[&str]) -> Vec<BatchLine> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| BatchLine {
+            stream: if i % 2 == 0 { "a" } else { "b" }.to_owned(),
+            line: format!("{id}\n").into_bytes(),
+            message_id: Some((*id).to_owned()),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_stored_once_also_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        let first = q
+            .append_batch("web", batch(&["m1", "m2", "m3"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            BatchAppended {
+                stored: 3,
+                duplicates: 0
+            }
+        );
+        let again = q
+            .append_batch("web", batch(&["m1", "m2", "m3"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            BatchAppended {
+                stored: 0,
+                duplicates: 3
+            }
+        );
+        let other_source = q.append_batch("app", batch(&["m1"])).await.unwrap();
+        assert_eq!(other_source.stored, 1, "windows are per source");
+        q.crash();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    let mixed = q.append_batch("web", batch(&["m3", "m4"])).await.unwrap();
+    assert_eq!(
+        mixed,
+        BatchAppended {
+            stored: 1,
+            duplicates: 1
+        }
+    );
+    let a = lines(&q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap());
+    let b = lines(&q.read_head("b", &HashSet::new(), 10, usize::MAX).unwrap());
+    assert_eq!(a, ["m1\n", "m3\n", "m1\n"]);
+    assert_eq!(b, ["m2\n", "m4\n"]);
+}
+
+#[tokio::test]
+async fn a_failed_batch_leaves_its_ids_free_for_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.fail_syncs(true);
+    assert!(q.append_batch("web", batch(&["m1", "m2"])).await.is_err());
+    q.fail_syncs(false);
+    q.check_health_now();
+    let retry = q.append_batch("web", batch(&["m1", "m2"])).await.unwrap();
+    assert_eq!(
+        retry,
+        BatchAppended {
+            stored: 2,
+            duplicates: 0
+        }
+    );
+    assert_eq!(q.queued_events("a") + q.queued_events("b"), 2);
 }
