@@ -135,7 +135,7 @@ pub fn queue_lost_events(stream: &str, n: u64) {
 /// `increase(...)`-based alerts can fire on the first event (a counter that does not exist
 /// yet has no increase).
 pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
-    counter!(QUEUE_MOVED_ASIDE).absolute(0);
+    counter!(QUEUE_MOVED_ASIDE).increment(0);
     counter!(QUEUE_FLUSHES).increment(0);
     for stream in streams {
         for name in [
