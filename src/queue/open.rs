@@ -64,22 +64,21 @@ pub(super) fn open(
 ) -> Result<Queue, QueueError> {
     let mut lock = DirLock::acquire(&config.path)?;
     let mut manifest_read = read_manifest(&config.path);
-    let store = match Store::open(config, streams) {
-        Ok(store) => store,
+    let loaded = match load(config, streams) {
+        Ok(loaded) => loaded,
         Err(OpenError::Other(e)) => return Err(e),
         Err(OpenError::Damaged(why)) => {
             let aside = move_aside(&config.path, &why, &manifest_read, lock)?;
             lock = DirLock::acquire(&config.path)?;
             tracing::error!(moved_to = %aside.display(), "started a fresh queue; the old one is kept for recovery");
             manifest_read = manifest::Read::Missing;
-            Store::open(config, streams).map_err(|e| match e {
-                OpenError::Damaged(why) | OpenError::Other(QueueError::Storage(why)) => {
-                    QueueError::Storage(why)
-                }
+            load(config, streams).map_err(|e| match e {
+                OpenError::Damaged(why) => QueueError::Storage(why),
                 OpenError::Other(e) => e,
             })?
         }
     };
+    let store = loaded.store;
     let expected = match manifest_read {
         manifest::Read::Found(m) => Some(m),
         manifest::Read::Missing => None,
@@ -89,15 +88,14 @@ pub(super) fn open(
         }
     };
     let mut states = HashMap::new();
-    let mut next_key = 0;
+    let mut next_key = loaded.highest;
     let mut queued_bytes = 0;
-    for name in streams {
-        let tally = store.count(name, true)?;
-        let counts = reconcile(name, &tally, expected.as_ref(), store.delivered(name)?);
+    for (name, tally, delivered) in loaded.tallies {
+        let counts = reconcile(&name, &tally, expected.as_ref(), delivered);
         next_key = next_key.max(tally.next_key);
         queued_bytes += tally.bytes;
         states.insert(
-            name.clone(),
+            name,
             StreamState {
                 events: AtomicU64::new(tally.events),
                 bytes: AtomicU64::new(tally.bytes),
@@ -109,8 +107,6 @@ pub(super) fn open(
             },
         );
     }
-    // Keys of damaged or other streams' values count too: a key is never reused.
-    next_key = next_key.max(highest_key(&store.db)?);
     warn_about_unconfigured_streams(&store.db, streams);
     let manifest = manifest::Writer::open(&config.path)?;
     let dedup = super::dedup::Dedup::load(
@@ -146,6 +142,43 @@ pub(super) fn open(
     queue.inner.commit.spawn(Arc::downgrade(&queue.inner))?;
     queue.inner.health.spawn(Arc::downgrade(&queue.inner))?;
     Ok(queue)
+}
+
+/// An opened and counted store.
+struct Loaded {
+    store: Store,
+    /// Per stream: what it holds, and `delivered` as sled last recorded it.
+    tallies: Vec<(String, Tally, u64)>,
+    /// One past the highest key of any tree: a key is never reused.
+    highest: u64,
+}
+
+/// Opens sled and counts every stream. sled can also panic or fail while its trees are
+/// read (a damaged page), so the whole of it counts as opening: a panic or an error here
+/// is damage, and the directory is moved aside instead of crash-looping.
+fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let store = Store::open(config, streams)?;
+        let damaged = |e: QueueError| OpenError::Damaged(e.to_string());
+        let mut tallies = Vec::new();
+        for name in streams {
+            let tally = store.count(name, true).map_err(damaged)?;
+            let delivered = store.delivered(name).map_err(damaged)?;
+            tallies.push((name.clone(), tally, delivered));
+        }
+        let highest = highest_key(&store.db).map_err(damaged)?;
+        Ok(Loaded {
+            store,
+            tallies,
+            highest,
+        })
+    }));
+    attempt.unwrap_or_else(|panic| {
+        Err(OpenError::Damaged(format!(
+            "sled panicked while reading the queue: {}",
+            super::store::panic_message(&*panic)
+        )))
+    })
 }
 
 /// Compares what a stream holds with what the manifest says it must, reports a shortfall,
@@ -234,8 +267,21 @@ fn move_aside(
     Ok(aside)
 }
 
-/// See [`Queue::verify`]: the same checks as a start, writing nothing.
+/// See [`Queue::verify`]: the same checks as a start, writing nothing. A panic inside sled
+/// is reported as damage, never passed on.
 pub(super) fn verify(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport, QueueError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        verify_inner(config, streams)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(QueueError::Storage(format!(
+            "sled panicked while reading the queue: {}",
+            super::store::panic_message(&*panic)
+        )))
+    })
+}
+
+fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport, QueueError> {
     let _lock = DirLock::acquire(&config.path)?;
     let manifest_read = read_manifest(&config.path);
     let store = Store::open(config, streams).map_err(|e| match e {

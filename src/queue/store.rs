@@ -73,16 +73,10 @@ impl Store {
         match attempt {
             Ok(Ok(store)) => Ok(store),
             Ok(Err(e)) => Err(classify(e)),
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
-                Err(OpenError::Damaged(format!(
-                    "sled panicked while opening: {why}"
-                )))
-            }
+            Err(panic) => Err(OpenError::Damaged(format!(
+                "sled panicked while opening: {}",
+                panic_message(&*panic)
+            ))),
         }
     }
 
@@ -175,6 +169,15 @@ pub struct Tally {
     pub quarantined: u64,
     /// One past the highest key seen.
     pub next_key: u64,
+}
+
+/// The message of a caught panic.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic")
 }
 
 fn delivered_key(stream: &str) -> String {
