@@ -366,16 +366,18 @@ impl Queue {
     /// Takes back a value whose request is answered with an error. If the disk refuses even
     /// that, the key is remembered as refused: never delivered, removed once storage works.
     fn take_back(&self, store: &super::store::Store, w: &Written) {
+        // Uncounted before it leaves the store, like every removal: a stream that reads
+        // empty while its counters hold events has lost them (see `check_drained`).
+        let s = self.state(&w.stream).expect("written streams exist");
+        s.bytes.fetch_sub(w.len, Ordering::AcqRel);
+        s.events.fetch_sub(u64::from(w.count), Ordering::AcqRel);
+        self.inner.admission.release(w.len);
         let removed = store
             .trees(&w.stream)
             .and_then(|t| Ok(t.q.remove(w.key.to_be_bytes())?));
         if !matches!(removed, Ok(Some(_))) {
             self.refuse(&w.stream, w.key);
         }
-        let s = self.state(&w.stream).expect("written streams exist");
-        s.bytes.fetch_sub(w.len, Ordering::AcqRel);
-        s.events.fetch_sub(u64::from(w.count), Ordering::AcqRel);
-        self.inner.admission.release(w.len);
     }
 
     fn refuse_all(

@@ -378,7 +378,34 @@ impl Queue {
                 Err(e) => return Err(e),
             }
         }
+        if out.is_empty() && skip.is_empty() && refused.is_empty() {
+            self.check_drained(&store, stream)?;
+        }
         Ok(out)
+    }
+
+    /// Called when `stream` reads empty with nothing in flight: if the counters still hold
+    /// events, the store lost them (a large queue's counts were trusted at start without a
+    /// walk). Reported once, and the counters follow the store.
+    fn check_drained(&self, store: &Store, stream: &str) -> Result<(), QueueError> {
+        let s = self.state(stream)?;
+        let claimed = s.events.load(Ordering::Acquire);
+        if claimed == 0 {
+            return Ok(());
+        }
+        // Counters move only after the store: an append inserts before it counts, and only
+        // this stream's flusher (the caller, with nothing in flight) removes. So a second
+        // read that is still empty proves the events are gone.
+        if store.trees(stream)?.q.first()?.is_some() {
+            return Ok(());
+        }
+        tracing::error!(%stream, missing_events = claimed, "the queue holds fewer events than were acknowledged: {claimed} acknowledged events of {stream} are missing (found when the stream drained)");
+        crate::metrics::queue_lost_events(stream, claimed);
+        s.lost.fetch_add(claimed, Ordering::AcqRel);
+        s.events.fetch_sub(claimed, Ordering::AcqRel);
+        let bytes = s.bytes.load(Ordering::Acquire);
+        self.release(s, bytes);
+        Ok(())
     }
 
     /// Moves a damaged value out of the delivery path into `damaged/<stream>` and reports the
@@ -393,10 +420,14 @@ impl Queue {
     ) -> Result<(), QueueError> {
         let trees = store.trees(stream)?;
         let claimed = u64::from(Entry::claimed_count(&v).unwrap_or(0));
+        let v_len = v.len();
         trees.damaged.insert(k, v)?;
         trees.q.remove(k)?;
         tracing::error!(%stream, %why, events = claimed, "a queue entry is damaged: moved to the damaged tree (kept, not delivered)");
         let s = self.state(stream)?;
+        let counted = s.events.load(Ordering::Acquire).min(claimed);
+        s.events.fetch_sub(counted, Ordering::AcqRel);
+        self.release(s, (v_len as u64).min(s.bytes.load(Ordering::Acquire)));
         s.lost.fetch_add(claimed, Ordering::AcqRel);
         crate::metrics::queue_lost_events(stream, claimed);
         Ok(())
@@ -686,7 +717,24 @@ impl Queue {
         self.inner.health.stop();
         let store = self.store()?;
         store.sync(&self.inner.config.path)?;
-        self.write_manifest()
+        self.write_manifest()?;
+        // The counts, so that the next start need not walk a large queue.
+        let counts: Vec<(String, store::Tally)> = self
+            .inner
+            .streams
+            .iter()
+            .map(|(name, s)| {
+                let tally = store::Tally {
+                    events: s.events.load(Ordering::Acquire),
+                    bytes: s.bytes.load(Ordering::Acquire),
+                    dead_events: s.dead_events.load(Ordering::Acquire),
+                    ..store::Tally::default()
+                };
+                (name.clone(), tally)
+            })
+            .collect();
+        store.save(&counts, self.inner.next_key.load(Ordering::Acquire))?;
+        store.sync(&self.inner.config.path)
     }
 }
 

@@ -144,6 +144,24 @@ pub(super) fn open(
     Ok(queue)
 }
 
+/// After a clean close, queues holding less than this are walked at start all the same (a
+/// walk of 256 MiB takes ~0.2 s and about as much memory, released to sled's cache).
+const WALK_BELOW_BYTES: u64 = 256 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a smaller threshold, to take the trusted-counts path with a small queue.
+    pub(super) static WALK_BELOW_OVERRIDE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+fn walk_below_bytes() -> u64 {
+    #[cfg(test)]
+    if let Some(limit) = WALK_BELOW_OVERRIDE.with(std::cell::Cell::get) {
+        return limit;
+    }
+    WALK_BELOW_BYTES
+}
+
 /// An opened and counted store.
 struct Loaded {
     store: Store,
@@ -160,9 +178,21 @@ fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let store = Store::open(config, streams)?;
         let damaged = |e: QueueError| OpenError::Damaged(e.to_string());
+        let saved = store.take_saved().map_err(damaged)?;
+        // After a clean close the saved counts spare a walk of a large queue: sled 0.34
+        // keeps every page a walk reads (10 M queued events: 1.7 GiB of memory, seconds).
+        // A small queue is walked anyway (cheap), and a shortfall in a large one is caught
+        // when its stream drains (`Queue::read_head`).
+        let trusted = saved.filter(|s| {
+            let bytes: u64 = s.streams.values().map(|t| t.bytes).sum();
+            bytes >= walk_below_bytes() && streams.iter().all(|n| s.streams.contains_key(n))
+        });
         let mut tallies = Vec::new();
         for name in streams {
-            let tally = store.count(name, true).map_err(damaged)?;
+            let tally = match trusted.as_ref().and_then(|s| s.streams.get(name)) {
+                Some(t) => *t,
+                None => store.count(name, true).map_err(damaged)?,
+            };
             let delivered = store.delivered(name).map_err(damaged)?;
             tallies.push((name.clone(), tally, delivered));
         }

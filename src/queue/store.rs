@@ -95,6 +95,58 @@ impl Store {
         Ok(())
     }
 
+    /// The counts saved at the last clean close, if that close was clean; the mark is
+    /// cleared at once (and flushed), so that a crash from here on forces a walk.
+    pub fn take_saved(&self) -> Result<Option<Saved>, QueueError> {
+        let Some(mark) = self.meta.get(CLEAN_KEY)? else {
+            return Ok(None);
+        };
+        let Ok(next_key) = <[u8; 8]>::try_from(&mark[..]).map(u64::from_be_bytes) else {
+            return Ok(None);
+        };
+        let mut streams = HashMap::new();
+        for item in self.meta.scan_prefix(COUNTS_PREFIX) {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[COUNTS_PREFIX.len()..]).into_owned();
+            let field = |i: usize| {
+                v.get(i..i + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            };
+            if let (Some(events), Some(bytes), Some(dead_events)) = (field(0), field(8), field(16))
+            {
+                let tally = Tally {
+                    events,
+                    bytes,
+                    dead_events,
+                    next_key,
+                    ..Tally::default()
+                };
+                streams.insert(name, tally);
+            }
+        }
+        self.meta.remove(CLEAN_KEY)?;
+        self.db.flush()?;
+        Ok(Some(Saved { streams }))
+    }
+
+    /// Saves the counts and then the clean mark (everything else is flushed first by the
+    /// caller, so the mark never vouches for what is not on disk).
+    pub fn save(&self, counts: &[(String, Tally)], next_key: u64) -> Result<(), QueueError> {
+        for (name, t) in counts {
+            let mut raw = [0u8; 24];
+            raw[..8].copy_from_slice(&t.events.to_be_bytes());
+            raw[8..16].copy_from_slice(&t.bytes.to_be_bytes());
+            raw[16..].copy_from_slice(&t.dead_events.to_be_bytes());
+            let mut key = COUNTS_PREFIX.to_vec();
+            key.extend_from_slice(name.as_bytes());
+            self.meta.insert(key, &raw[..])?;
+        }
+        self.meta.flush()?;
+        self.meta.insert(CLEAN_KEY, &next_key.to_be_bytes()[..])?;
+        Ok(())
+    }
+
     /// `delivered/<stream>` as last written.
     pub fn delivered(&self, stream: &str) -> Result<u64, QueueError> {
         Ok(self
@@ -150,6 +202,15 @@ impl Store {
         tally.quarantined = t.damaged.len() as u64;
         Ok(tally)
     }
+}
+
+/// Key of the clean-close mark in `meta` (it holds the next key).
+const CLEAN_KEY: &[u8] = b"clean";
+const COUNTS_PREFIX: &[u8] = b"counts/";
+
+/// Counts saved at a clean close.
+pub(super) struct Saved {
+    pub streams: HashMap<String, Tally>,
 }
 
 /// What a stream's trees hold.
