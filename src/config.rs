@@ -646,6 +646,33 @@ impl Config {
     }
 }
 
+/// Our variables out of the process environment (`std::env::vars_os()`): only names with the
+/// `FIREHOSE_EDGE__` prefix are kept. Other variables are none of our business, whatever
+/// they hold (`std::env::vars()` would panic on any value that is not UTF-8); one of ours
+/// that is not UTF-8 is refused, naming it.
+pub fn env_overrides(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        if !name.as_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        let shown = name.to_string_lossy().into_owned();
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => out.push((name, value)),
+            _ => {
+                return Err(ConfigError::invalid(
+                    &shown,
+                    "the variable's name or value is not valid UTF-8".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Applies `FIREHOSE_EDGE__A__B=value` as `a.b = value`. The value is read as a TOML value
 /// when it parses as one (`5000`, `true`, `["a"]`), else as a string, so paths and addresses
 /// need no quoting. A pure function over the pairs, so tests never touch the process env.
@@ -808,6 +835,31 @@ mod tests {
         assert_eq!(c.queue.max_bytes, 1234);
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.sink.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn env_overrides_ignore_other_variables_and_refuse_ours_when_not_utf8() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'a', 0xff, b'b']);
+        let vars = vec![
+            (OsString::from("LANG_OTHER"), bad()),
+            (OsString::from_vec(vec![b'X', 0xfe]), OsString::from("v")),
+            (
+                OsString::from("FIREHOSE_EDGE__QUEUE__PATH"),
+                OsString::from("/q"),
+            ),
+        ];
+        assert_eq!(
+            env_overrides(vars).unwrap(),
+            [("FIREHOSE_EDGE__QUEUE__PATH".to_owned(), "/q".to_owned())]
+        );
+        let ours = vec![(OsString::from("FIREHOSE_EDGE__QUEUE__PATH"), bad())];
+        let e = env_overrides(ours).unwrap_err().to_string();
+        assert!(
+            e.contains("FIREHOSE_EDGE__QUEUE__PATH") && e.contains("UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

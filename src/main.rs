@@ -54,7 +54,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+    let loaded = firehose_edge::config::env_overrides(std::env::vars_os())
+        .and_then(|env| Config::load(cli.config.as_deref(), env));
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("firehose-edge: invalid configuration: {e}");
