@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use firehose_edge::config::{Config, LogFormat};
+use firehose_edge::queue::QueueError;
+use firehose_edge::queue::lock::DirLock;
 use firehose_edge::{Listeners, run};
 use tokio::net::TcpListener;
 
@@ -83,6 +85,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    // One process per queue directory: say so in one line, before anything is logged or
+    // bound (the queue takes the lock for real when it opens).
+    if let Err(e @ QueueError::InUse { .. }) = DirLock::acquire(&config.queue.path) {
+        eprintln!("firehose-edge: {e}");
+        return ExitCode::FAILURE;
     }
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -2,6 +2,7 @@
 //! a temporary directory, stopped when dropped, and a sink wrapper that signals deliveries.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fake_firehose;
 pub mod moto;
 
