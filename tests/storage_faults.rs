@@ -96,7 +96,11 @@ async fn a_second_process_on_one_queue_is_refused_and_the_first_keeps_its_queue(
     terminate(&first).await;
     let acked = load.finish().await;
     assert_eq!(exit_code(first).await, Some(0));
+    // What a stop leaves queued is delivered after the next start.
+    let (again, _) = spawn(dir.path(), &[]).await;
     wait_for_lake(&dir.path().join("lake"), &acked).await;
+    terminate(&again).await;
+    assert_eq!(exit_code(again).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
