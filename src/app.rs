@@ -78,7 +78,7 @@ pub async fn run_with_sink(
         path: config.queue.path.display().to_string(),
         source,
     };
-    crate::metrics::init_counters(&streams, &["track", "alias", "profile", "other"]);
+    crate::metrics::init_counters(&streams, &crate::ingest::route_labels());
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let grace = config.shutdown.grace();
 

@@ -82,6 +82,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Cross-origin requests from browsers.
     pub cors: CorsConfig,
+    /// The Segment-compatible API.
+    pub segment: SegmentConfig,
 }
 
 /// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).
@@ -94,6 +96,11 @@ pub struct AuthConfig {
     /// A file with more keys, one per line (blank lines and `#` comments ignored), for keys
     /// kept out of the config (e.g. a mounted secret).
     pub api_keys_file: Option<PathBuf>,
+    /// Segment write keys by source name (`web = "…"`): each is an API key too, and the
+    /// records it sends carry `"source": "web"` (never the key). Requests with a plain API
+    /// key, or to an open service, are from source `default`.
+    #[serde(skip_serializing)]
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 impl AuthConfig {
@@ -111,7 +118,68 @@ impl AuthConfig {
                     .map(str::to_owned),
             );
         }
+        keys.extend(self.sources.values().cloned());
         Ok(keys)
+    }
+
+    /// Every key with the source its requests come from.
+    pub fn keys_with_sources(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let named: Vec<(String, String)> = self
+            .sources
+            .iter()
+            .map(|(source, key)| (key.clone(), source.clone()))
+            .collect();
+        let mut all: Vec<(String, String)> = self
+            .keys()?
+            .into_iter()
+            .filter(|k| !self.sources.values().any(|v| v == k))
+            .map(|k| (k, DEFAULT_SOURCE.to_owned()))
+            .collect();
+        all.extend(named);
+        Ok(all)
+    }
+}
+
+/// The source of requests made with a plain API key, or to an open service.
+pub const DEFAULT_SOURCE: &str = "default";
+
+/// `[segment]`: the Segment-compatible API (`/v1/*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Delivery stream of `track` messages.
+    pub track: String,
+    /// Delivery stream of `identify` messages.
+    pub identify: String,
+    /// Delivery stream of `page` messages.
+    pub page: String,
+    /// Delivery stream of `screen` messages.
+    pub screen: String,
+    /// Delivery stream of `group` messages.
+    pub group: String,
+    /// Delivery stream of `alias` messages.
+    pub alias: String,
+    /// Largest message, as sent (Segment: 32 KB); 400 above it.
+    pub max_message_bytes: usize,
+    /// Largest `/v1/batch` body (Segment: 500 KB); 400 above it.
+    pub max_batch_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed for `context.ip` (load balancers).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        SegmentConfig {
+            track: "segment_tracks".to_owned(),
+            identify: "segment_identifies".to_owned(),
+            page: "segment_pages".to_owned(),
+            screen: "segment_screens".to_owned(),
+            group: "segment_groups".to_owned(),
+            alias: "segment_aliases".to_owned(),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -635,10 +703,17 @@ impl Config {
 
     /// The distinct delivery streams, in endpoint order.
     pub fn stream_names(&self) -> Vec<String> {
+        let s = &self.segment;
         let mut names = vec![
             self.streams.track.clone(),
             self.streams.alias.clone(),
             self.streams.profile.clone(),
+            s.track.clone(),
+            s.identify.clone(),
+            s.page.clone(),
+            s.screen.clone(),
+            s.group.clone(),
+            s.alias.clone(),
         ];
         let mut seen = std::collections::HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
@@ -881,7 +956,12 @@ mod tests {
 
     #[test]
     fn stream_names_are_distinct() {
-        let c = parse("[streams]\ntrack = \"a\"\nalias = \"a\"\nprofile = \"b\"").unwrap();
-        assert_eq!(c.stream_names(), vec!["a".to_owned(), "b".to_owned()]);
+        let c = parse(
+            "[streams]\ntrack = \"a\"\nalias = \"a\"\nprofile = \"b\"\n\
+             [segment]\ntrack = \"s\"\nidentify = \"s\"\npage = \"s\"\nscreen = \"s\"\n\
+             group = \"s\"\nalias = \"b\"",
+        )
+        .unwrap();
+        assert_eq!(c.stream_names(), ["a", "b", "s"]);
     }
 }
