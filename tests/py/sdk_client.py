@@ -1,0 +1,78 @@
+"""Drives an official analytics SDK, unchanged, against firehose-edge.
+
+Usage: sdk_client.py SDK HOST WRITE_KEY COUNT [SKEW_SECONDS]
+
+SDK is "segment" (segment-analytics-python) or "rudder" (rudder-sdk-python). Sends COUNT
+messages cycling through track, identify, page, screen, group and alias through the SDK's
+normal API, each with a known messageId and an event time 60 s before the device's clock,
+flushes, and prints one JSON object: {"sent": [{"messageId", "type"}...], "errors": [...]}.
+With SKEW_SECONDS, the device's clock (the SDK's own `datetime.now`) runs that far ahead of
+the server's, so the server's skew correction can be checked.
+"""
+
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+
+sdk, host, key, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+skew = timedelta(seconds=float(sys.argv[5])) if len(sys.argv) > 5 else timedelta(0)
+
+
+class DeviceClock(datetime):
+    """The device's clock: `skew` ahead of the real one."""
+
+    @classmethod
+    def now(cls, tz=None):
+        # An instance of this class: the SDKs check `isinstance(timestamp, datetime)` with
+        # the name patched below.
+        return cls.fromtimestamp((datetime.now(timezone.utc) + skew).timestamp(), tz)
+
+
+if sdk == "segment":
+    import segment.analytics.client as sdk_client
+    import segment.analytics.request as sdk_request
+    from segment import analytics
+elif sdk == "rudder":
+    import rudderstack.analytics.client as sdk_client
+    import rudderstack.analytics.request as sdk_request
+    from rudderstack import analytics
+else:
+    sys.exit(f"unknown SDK {sdk}")
+
+sdk_client.datetime = DeviceClock
+sdk_request.datetime = DeviceClock
+
+errors = []
+analytics.write_key = key
+analytics.host = host
+if sdk == "rudder":
+    analytics.dataPlaneUrl = host
+analytics.on_error = lambda error, items: errors.append(repr(error))
+analytics.max_retries = 20
+
+kinds = ["track", "identify", "page", "screen", "group", "alias"]
+sent = []
+for i in range(count):
+    kind = kinds[i % len(kinds)]
+    mid = f"{sdk}-{i}"
+    when = DeviceClock.fromtimestamp(
+        DeviceClock.now(timezone.utc).timestamp() - 60, timezone.utc
+    )
+    common = {"message_id": mid, "timestamp": when}
+    if kind == "track":
+        analytics.track(user_id=f"u{i}", event="Order Completed", properties={"i": i}, **common)
+    elif kind == "identify":
+        analytics.identify(user_id=f"u{i}", traits={"plan": "pro"}, **common)
+    elif kind == "page":
+        analytics.page(user_id=f"u{i}", name="Home", properties={"path": "/"}, **common)
+    elif kind == "screen":
+        analytics.screen(anonymous_id=f"a{i}", name="Settings", **common)
+    elif kind == "group":
+        analytics.group(user_id=f"u{i}", group_id=f"g{i}", traits={"size": 3}, **common)
+    else:
+        analytics.alias(previous_id=f"a{i}", user_id=f"u{i}", **common)
+    sent.append({"messageId": mid, "type": kind})
+
+analytics.flush()
+analytics.shutdown()
+print(json.dumps({"sent": sent, "errors": errors}))
