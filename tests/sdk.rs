@@ -302,3 +302,47 @@ async fn the_sdk_retries_through_503s_and_nothing_is_lost_or_doubled() {
     );
     server.stop().await;
 }
+
+/// `@segment/analytics-node`, from tests/js (installed by scripts/ensure-node-sdks.sh).
+async fn drive_node(ingest: &str, count: usize) -> Vec<Value> {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/@segment/analytics-node").is_dir(),
+        "@segment/analytics-node is not installed in tests/js: run ./scripts/test, which \
+         installs it with scripts/ensure-node-sdks.sh (npm ci)"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .current_dir(&js)
+            .args(["sdk_node.mjs", ingest, WRITE_KEY, &count.to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK finishes")
+    .expect("node runs (Node.js is needed for this test)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "analytics-node driver failed: {stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["errors"], Value::Array(vec![]), "{stderr}");
+    report["sent"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_node_delivers_every_type_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    let sent = drive_node(&server.ingest, 3000).await;
+    let want: HashSet<String> = sent
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    let lake = wait_for_lake(&dir.path().join("lake"), &want).await;
+    check(&sent, &lake, "@segment/analytics-node", 0, 0.0);
+    server.stop().await;
+}
