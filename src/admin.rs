@@ -40,13 +40,14 @@ impl Admin {
         }
     }
 
-    /// Whether the service should receive traffic: not shutting down and under its budget.
-    /// A sink outage does not make it unready: buffering through one is its job.
+    /// Whether the service should receive traffic: not shutting down, and the queue takes
+    /// appends (under its budget and its free-space floor, storage working). A sink outage
+    /// does not make it unready: buffering through one is its job.
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.shutting_down.load(Ordering::Acquire) {
             Err("shutting down")
-        } else if self.queue.is_full() {
-            Err("queue at its byte budget")
+        } else if let Some(why) = self.queue.unready_reason() {
+            Err(why)
         } else {
             Ok(())
         }
@@ -68,7 +69,7 @@ impl Admin {
             },
             "/metrics" => match &self.prometheus {
                 Some(handle) => {
-                    metrics::refresh_queue(&self.queue, &self.streams);
+                    metrics::set_queue_gauges(&self.queue.gauges(&self.streams));
                     let mut response = Response::new(Full::new(Bytes::from(handle.render())));
                     response.headers_mut().insert(
                         CONTENT_TYPE,

@@ -43,32 +43,6 @@ pub enum AppError {
     Config(#[from] crate::config::ConfigError),
 }
 
-/// Opens the queue. If an existing database will not open (sled has open reports of
-/// databases that do not reopen after an abrupt stop), crash-looping would stop ingest for
-/// good: the directory is moved aside (never deleted) for an operator to recover, loudly,
-/// and a fresh queue is started.
-fn open_queue(config: &Config, streams: &[String]) -> Result<Queue, QueueError> {
-    match Queue::open(&config.queue, streams) {
-        Ok(queue) => Ok(queue),
-        Err(e @ QueueError::Storage(_)) if config.queue.path.exists() => {
-            let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string()
-                .replace(':', "");
-            let mut aside = config.queue.path.clone().into_os_string();
-            aside.push(format!(".unopenable-{stamp}"));
-            std::fs::rename(&config.queue.path, &aside)?;
-            tracing::error!(
-                error = %e,
-                moved_to = %std::path::Path::new(&aside).display(),
-                "the queue would not open: moved it aside (kept for recovery, not deleted) and started a fresh one"
-            );
-            crate::metrics::queue_moved_aside();
-            Queue::open(&config.queue, streams)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// Builds the sink `config` names.
 pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, AppError> {
     match config.sink.kind {
@@ -104,7 +78,8 @@ pub async fn run_with_sink(
         path: config.queue.path.display().to_string(),
         source,
     };
-    let queue = open_queue(&config, &streams).map_err(queue_error)?;
+    crate::metrics::init_counters(&streams, &crate::ingest::route_labels());
+    let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let grace = config.shutdown.grace();
 
     let flush_stop = CancellationToken::new();

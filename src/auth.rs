@@ -14,14 +14,27 @@ use subtle::ConstantTimeEq;
 
 /// The configured keys; empty means ingest is open.
 pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+    /// Digest of each key, and the source its requests come from.
+    digests: Vec<([u8; 32], String)>,
 }
 
 impl ApiKeys {
-    /// Keys from their plain text.
+    /// Keys from their plain text (their requests are from the default source).
     pub fn new(keys: &[String]) -> ApiKeys {
+        let keys: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.clone(), crate::config::DEFAULT_SOURCE.to_owned()))
+            .collect();
+        ApiKeys::with_sources(&keys)
+    }
+
+    /// Keys with the source each one's requests come from.
+    pub fn with_sources(keys: &[(String, String)]) -> ApiKeys {
         ApiKeys {
-            digests: keys.iter().map(|k| digest(k.as_bytes())).collect(),
+            digests: keys
+                .iter()
+                .map(|(k, source)| (digest(k.as_bytes()), source.clone()))
+                .collect(),
         }
     }
 
@@ -32,20 +45,26 @@ impl ApiKeys {
 
     /// Whether the request carries a configured key (always true when none is configured).
     pub fn allows(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
-        if !self.enabled() {
-            return true;
+        !self.enabled()
+            || presented_key(headers, query).is_some_and(|k| self.source_of(&k).is_some())
+    }
+
+    /// The source of the key the request carries in its headers or query, if it is one.
+    pub fn source(&self, headers: &HeaderMap, query: Option<&str>) -> Option<&str> {
+        self.source_of(&presented_key(headers, query)?)
+    }
+
+    /// The source of `key` (e.g. a `writeKey` sent in a body), if it is a configured key.
+    pub fn source_of(&self, key: &str) -> Option<&str> {
+        let presented = digest(key.as_bytes());
+        // Compare with every key without stopping early.
+        let mut found = None;
+        for (d, source) in &self.digests {
+            if bool::from(d.ct_eq(&presented)) {
+                found = Some(source.as_str());
+            }
         }
-        let Some(presented) = presented_key(headers, query) else {
-            return false;
-        };
-        let presented = digest(presented.as_bytes());
-        // Fold over every key without stopping early.
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, d| {
-                found | d.ct_eq(&presented)
-            })
-            .into()
+        found
     }
 }
 

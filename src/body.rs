@@ -111,7 +111,9 @@ pub fn decode(raw: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, Bod
 
 /// A zlib header: compression method 8 and a check value divisible by 31 (RFC 1950).
 fn is_zlib(raw: &[u8]) -> bool {
-    raw.len() >= 2 && raw[0] & 0x0f == 8 && (u16::from(raw[0]) << 8 | u16::from(raw[1])) % 31 == 0
+    raw.len() >= 2
+        && raw[0] & 0x0f == 8
+        && (u16::from(raw[0]) << 8 | u16::from(raw[1])).is_multiple_of(31)
 }
 
 #[cfg(test)]

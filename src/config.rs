@@ -83,6 +83,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Cross-origin requests from browsers.
     pub cors: CorsConfig,
+    /// The Segment-compatible API.
+    pub segment: SegmentConfig,
 }
 
 /// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).
@@ -95,6 +97,11 @@ pub struct AuthConfig {
     /// A file with more keys, one per line (blank lines and `#` comments ignored), for keys
     /// kept out of the config (e.g. a mounted secret).
     pub api_keys_file: Option<PathBuf>,
+    /// Segment write keys by source name (`web = "…"`): each is an API key too, and the
+    /// records it sends carry `"source": "web"` (never the key). Requests with a plain API
+    /// key, or to an open service, are from source `default`.
+    #[serde(skip_serializing)]
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 impl AuthConfig {
@@ -112,7 +119,68 @@ impl AuthConfig {
                     .map(str::to_owned),
             );
         }
+        keys.extend(self.sources.values().cloned());
         Ok(keys)
+    }
+
+    /// Every key with the source its requests come from.
+    pub fn keys_with_sources(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let named: Vec<(String, String)> = self
+            .sources
+            .iter()
+            .map(|(source, key)| (key.clone(), source.clone()))
+            .collect();
+        let mut all: Vec<(String, String)> = self
+            .keys()?
+            .into_iter()
+            .filter(|k| !self.sources.values().any(|v| v == k))
+            .map(|k| (k, DEFAULT_SOURCE.to_owned()))
+            .collect();
+        all.extend(named);
+        Ok(all)
+    }
+}
+
+/// The source of requests made with a plain API key, or to an open service.
+pub const DEFAULT_SOURCE: &str = "default";
+
+/// `[segment]`: the Segment-compatible API (`/v1/*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Delivery stream of `track` messages.
+    pub track: String,
+    /// Delivery stream of `identify` messages.
+    pub identify: String,
+    /// Delivery stream of `page` messages.
+    pub page: String,
+    /// Delivery stream of `screen` messages.
+    pub screen: String,
+    /// Delivery stream of `group` messages.
+    pub group: String,
+    /// Delivery stream of `alias` messages.
+    pub alias: String,
+    /// Largest message, as sent (Segment: 32 KB); 400 above it.
+    pub max_message_bytes: usize,
+    /// Largest `/v1/batch` body (Segment: 500 KB); 400 above it.
+    pub max_batch_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed for `context.ip` (load balancers).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        SegmentConfig {
+            track: "segment_tracks".to_owned(),
+            identify: "segment_identifies".to_owned(),
+            page: "segment_pages".to_owned(),
+            screen: "segment_screens".to_owned(),
+            group: "segment_groups".to_owned(),
+            alias: "segment_aliases".to_owned(),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -277,6 +345,15 @@ pub struct QueueConfig {
     pub flush_interval_ms: u64,
     /// sled's page cache in bytes (sled's own default of 1 GiB is far more than a queue needs).
     pub cache_capacity: u64,
+    /// Floor of free space on the queue's file system: below it ingest answers 503 (and
+    /// `/readyz` too) until 10 % above it, so sled never meets a full disk in normal
+    /// operation. Read with `statvfs` about twice a second, not per request.
+    pub min_free_bytes: u64,
+    /// How long an accepted `messageId` is remembered per source, in seconds: a copy within
+    /// the window is answered as accepted and not queued again (`/v1` ingest).
+    pub dedup_window_secs: u64,
+    /// Most `messageId`s remembered (the oldest go first); ~120 bytes of memory each.
+    pub dedup_max_ids: usize,
 }
 
 impl Default for QueueConfig {
@@ -287,6 +364,9 @@ impl Default for QueueConfig {
             durability: Durability::Fsync,
             flush_interval_ms: 500,
             cache_capacity: 64 << 20,
+            min_free_bytes: 1 << 30,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_ids: 1_000_000,
         }
     }
 }
@@ -624,15 +704,49 @@ impl Config {
 
     /// The distinct delivery streams, in endpoint order.
     pub fn stream_names(&self) -> Vec<String> {
+        let s = &self.segment;
         let mut names = vec![
             self.streams.track.clone(),
             self.streams.alias.clone(),
             self.streams.profile.clone(),
+            s.track.clone(),
+            s.identify.clone(),
+            s.page.clone(),
+            s.screen.clone(),
+            s.group.clone(),
+            s.alias.clone(),
         ];
         let mut seen = std::collections::HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
         names
     }
+}
+
+/// Our variables out of the process environment (`std::env::vars_os()`): only names with the
+/// `FIREHOSE_EDGE__` prefix are kept. Other variables are none of our business, whatever
+/// they hold (`std::env::vars()` would panic on any value that is not UTF-8); one of ours
+/// that is not UTF-8 is refused, naming it.
+pub fn env_overrides(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        if !name.as_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        let shown = name.to_string_lossy().into_owned();
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => out.push((name, value)),
+            _ => {
+                return Err(ConfigError::invalid(
+                    &shown,
+                    "the variable's name or value is not valid UTF-8".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Applies `FIREHOSE_EDGE__A__B=value` as `a.b = value`. The value is read as a TOML value
@@ -800,6 +914,31 @@ mod tests {
     }
 
     #[test]
+    fn env_overrides_ignore_other_variables_and_refuse_ours_when_not_utf8() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'a', 0xff, b'b']);
+        let vars = vec![
+            (OsString::from("LANG_OTHER"), bad()),
+            (OsString::from_vec(vec![b'X', 0xfe]), OsString::from("v")),
+            (
+                OsString::from("FIREHOSE_EDGE__QUEUE__PATH"),
+                OsString::from("/q"),
+            ),
+        ];
+        assert_eq!(
+            env_overrides(vars).unwrap(),
+            [("FIREHOSE_EDGE__QUEUE__PATH".to_owned(), "/q".to_owned())]
+        );
+        let ours = vec![(OsString::from("FIREHOSE_EDGE__QUEUE__PATH"), bad())];
+        let e = env_overrides(ours).unwrap_err().to_string();
+        assert!(
+            e.contains("FIREHOSE_EDGE__QUEUE__PATH") && e.contains("UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn env_override_errors_name_the_key() {
         let env = vec![(
             "FIREHOSE_EDGE__QUEUE__DURABILITY".to_owned(),
@@ -818,7 +957,12 @@ mod tests {
 
     #[test]
     fn stream_names_are_distinct() {
-        let c = parse("[streams]\ntrack = \"a\"\nalias = \"a\"\nprofile = \"b\"").unwrap();
-        assert_eq!(c.stream_names(), vec!["a".to_owned(), "b".to_owned()]);
+        let c = parse(
+            "[streams]\ntrack = \"a\"\nalias = \"a\"\nprofile = \"b\"\n\
+             [segment]\ntrack = \"s\"\nidentify = \"s\"\npage = \"s\"\nscreen = \"s\"\n\
+             group = \"s\"\nalias = \"b\"",
+        )
+        .unwrap();
+        assert_eq!(c.stream_names(), ["a", "b", "s"]);
     }
 }

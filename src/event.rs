@@ -343,7 +343,7 @@ impl Validator {
 /// lake refuse although the JSON grammar allows it: an unpaired UTF-16 surrogate escape
 /// (`"\ud800"`), and nesting deeper than [`MAX_FREE_FORM_DEPTH`]. Written by hand: it is one
 /// pass over bytes that serde_json has validated, where a full parse would allocate.
-fn check_raw(raw: &[u8]) -> Result<(), String> {
+pub(crate) fn check_raw(raw: &[u8]) -> Result<(), String> {
     let hex = |at: usize| {
         raw.get(at..at + 4)
             .and_then(|h| std::str::from_utf8(h).ok())

@@ -126,6 +126,30 @@ impl Batch {
     }
 }
 
+/// A queue update that the queue could not record (its storage failing) after the sink took
+/// the lines it covers. The entry stays held, so nothing it holds is sent again, and only the
+/// update is retried, with back-off, until the queue records it: a full disk must not turn
+/// into a loop that sends the same batch again and again.
+struct Unsettled {
+    entry: Entry,
+    /// Lines still to deliver (they stay in the queue).
+    remaining: Vec<Vec<u8>>,
+    /// Lines the sink refused for good (they go to the dead-letter tree).
+    dead: Vec<Vec<u8>>,
+}
+
+impl Unsettled {
+    fn apply(&self, queue: &Queue, stream: &str) -> Result<(), crate::queue::QueueError> {
+        let remaining: Vec<&[u8]> = self.remaining.iter().map(Vec::as_slice).collect();
+        if self.dead.is_empty() {
+            queue.settle(stream, &self.entry, &remaining)
+        } else {
+            let dead: Vec<&[u8]> = self.dead.iter().map(Vec::as_slice).collect();
+            queue.dead_letter(stream, &self.entry, &dead, &remaining)
+        }
+    }
+}
+
 /// What one batch's delivery came to.
 struct Delivered {
     outcomes: Vec<RecordOutcome>,
@@ -158,13 +182,39 @@ impl Flusher {
         let mut in_flight: JoinSet<Delivered> = JoinSet::new();
         let mut batches: HashMap<Id, Batch> = HashMap::new();
         let mut held: HashSet<u64> = HashSet::new();
+        let mut unsettled: Vec<Unsettled> = Vec::new();
         let mut failures: u32 = 0;
         let mut retry_at: Option<Instant> = None;
         let mut stopping = false;
         loop {
             let mut linger_until = None;
-            let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
-            while !stopping && !backing_off && in_flight.len() < self.config.max_in_flight {
+            let mut backing_off = retry_at.is_some_and(|t| Instant::now() < t);
+            if !unsettled.is_empty() && !backing_off && !stopping {
+                let before = unsettled.len();
+                unsettled.retain(|u| match u.apply(&self.queue, &self.stream) {
+                    Ok(()) => {
+                        held.remove(&u.entry.key);
+                        false
+                    }
+                    Err(_) => true,
+                });
+                if unsettled.is_empty() {
+                    tracing::info!(stream = %self.stream, entries = before, "the queue records deliveries again; resuming");
+                    failures = 0;
+                    retry_at = None;
+                } else {
+                    failures += 1;
+                    retry_at = Some(Instant::now() + self.storage_backoff(failures));
+                    backing_off = true;
+                }
+            }
+            // Deliveries pause while the queue cannot record them: whatever is sent now could
+            // not be settled either, and would be sent again.
+            while !stopping
+                && !backing_off
+                && unsettled.is_empty()
+                && in_flight.len() < self.config.max_in_flight
+            {
                 match self.next_entries(&held) {
                     Ok(Some(entries)) => {
                         // Decided from the entries' headers: packing a batch only to drop it
@@ -196,6 +246,9 @@ impl Flusher {
                 }
             }
             if stopping && in_flight.is_empty() {
+                if !unsettled.is_empty() {
+                    tracing::warn!(stream = %self.stream, entries = unsettled.len(), "stopping with deliveries the queue could not record; their records will be sent again after restart");
+                }
                 return;
             }
             let wake_at = match (linger_until, retry_at.filter(|t| *t > Instant::now())) {
@@ -218,8 +271,16 @@ impl Flusher {
                     for key in batch.keys() {
                         held.remove(&key);
                     }
-                    let retry = self.settle(&batch, &delivered);
-                    if retry {
+                    let (retry, stuck) = self.settle(&batch, &delivered);
+                    if !stuck.is_empty() {
+                        if unsettled.is_empty() {
+                            tracing::error!(stream = %self.stream, entries = stuck.len(), "the queue cannot record deliveries (storage failing); pausing deliveries, nothing is sent again until it can");
+                        }
+                        held.extend(stuck.iter().map(|u| u.entry.key));
+                        unsettled.extend(stuck);
+                        failures += 1;
+                        retry_at = Some(Instant::now() + self.storage_backoff(failures));
+                    } else if retry {
                         failures += 1;
                         let config_error = matches!(delivered.error, Some(SinkError::Config { .. }));
                         retry_at = Some(Instant::now() + self.backoff(failures, config_error));
@@ -280,8 +341,10 @@ impl Flusher {
         self.config.linger().saturating_sub(age)
     }
 
-    /// Applies a batch's outcomes to the queue; returns whether anything needs a retry.
-    fn settle(&self, batch: &Batch, delivered: &Delivered) -> bool {
+    /// Applies a batch's outcomes to the queue; returns whether anything needs a retry, and the
+    /// updates the queue could not record.
+    fn settle(&self, batch: &Batch, delivered: &Delivered) -> (bool, Vec<Unsettled>) {
+        let mut stuck = Vec::new();
         let stream = &self.stream;
         let mut line = 0usize;
         let mut record = 0usize;
@@ -304,7 +367,12 @@ impl Flusher {
                     .all(|r| delivered.outcomes.get(r) == Some(&RecordOutcome::Accepted));
                 if accepted {
                     if let Err(e) = self.queue.settle(stream, entry, &[]) {
-                        tracing::error!(stream = %stream, key = entry.key, error = %e, "cannot settle a queue entry");
+                        tracing::debug!(stream = %stream, key = entry.key, error = %e, "cannot settle a queue entry");
+                        stuck.push(Unsettled {
+                            entry: entry.clone(),
+                            remaining: Vec::new(),
+                            dead: Vec::new(),
+                        });
                     }
                     accepted_events += n as u64;
                     line += n;
@@ -344,9 +412,12 @@ impl Flusher {
                 self.queue.dead_letter(stream, entry, &dead, &remaining)
             };
             if let Err(e) = result {
-                // The entry stays as it was: its delivered lines will be sent again
-                // (a duplicate, which `messageId` lets the lake remove), never lost.
-                tracing::error!(stream = %stream, key = entry.key, error = %e, "cannot settle a queue entry");
+                tracing::debug!(stream = %stream, key = entry.key, error = %e, "cannot settle a queue entry");
+                stuck.push(Unsettled {
+                    entry: entry.clone(),
+                    remaining: remaining.iter().map(|l| l.to_vec()).collect(),
+                    dead: dead.iter().map(|l| l.to_vec()).collect(),
+                });
             }
         }
         let accepted_sizes = batch
@@ -361,7 +432,14 @@ impl Flusher {
                 metrics::failures(stream, code, 1);
             }
         }
-        retry
+        (retry, stuck)
+    }
+
+    /// Delay before retrying a queue update: the back-off, but never zero, so that the retry
+    /// is always a timer the loop wakes for (a zero delay would pass before the loop sleeps).
+    fn storage_backoff(&self, failures: u32) -> Duration {
+        self.backoff(failures, false)
+            .max(Duration::from_millis(self.config.retry_base_ms.max(1)))
     }
 
     /// Delay before the next attempt after `failures` consecutive failed rounds: full jitter
@@ -805,6 +883,53 @@ mod tests {
         got.sort();
         assert_eq!(got, expected(100));
         assert!(sink.calls.lock().unwrap().len() > 8);
+    }
+
+    /// A full disk after the sink took a batch: the batch is not sent again while the queue
+    /// cannot record its delivery (the old code re-sent it in a tight loop, thousands of
+    /// copies per event), deliveries pause, and resume once the queue can write.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_the_queue_cannot_record_is_not_sent_again() {
+        let h = Harness::with_lines(50, 5).await;
+        h.queue.fail_writes(true);
+        let sink = Scripted::new(all_ok);
+        let stop = CancellationToken::new();
+        let flusher = Flusher::new(
+            "s".to_owned(),
+            h.queue.clone(),
+            sink.clone(),
+            config(),
+            UNPACKED,
+        );
+        let task = tokio::spawn(flusher.run(stop.clone()));
+        let mut rx = sink.accepted.subscribe();
+        rx.wait_for(|a| !a.is_empty()).await.unwrap();
+        // A long failure: many back-off periods pass (paused time advances by itself).
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let calls_while_failing = sink.calls.lock().unwrap().len();
+        assert_eq!(
+            calls_while_failing, 1,
+            "one batch sent, then deliveries paused until the queue records it"
+        );
+        assert_eq!(h.queue.queued_events("s"), 50, "nothing settled yet");
+        h.queue.fail_writes(false);
+        tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|a| a.len() >= 50))
+            .await
+            .unwrap()
+            .unwrap();
+        // Settled once the queue writes again (paused time: the bound is virtual, no spin).
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while h.queue.queued_events("s") > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the queue settles once it writes again");
+        stop.cancel();
+        task.await.unwrap();
+        let mut got = sink.accepted.borrow().clone();
+        got.sort();
+        assert_eq!(got, expected(50), "every line delivered exactly once");
     }
 
     #[tokio::test]

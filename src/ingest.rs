@@ -21,6 +21,7 @@ use crate::cors::Cors;
 use crate::event::{self, EncodeError, Endpoint, FieldError, Limits};
 use crate::metrics;
 use crate::queue::{Queue, QueueError};
+use crate::segment::{self, SegmentError, V1};
 
 /// Seconds a client is told to wait when the queue cannot take more.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -77,6 +78,9 @@ pub enum IngestError {
     /// The body could not be read from the connection.
     #[error("body could not be read: {0}")]
     BodyRead(String),
+    /// Over Segment's per-message or per-batch size (`/v1`; Segment answers 400).
+    #[error("{0}")]
+    SegmentTooLarge(String),
     /// The queue's byte budget is spent.
     #[error("queue is full")]
     QueueFull,
@@ -102,6 +106,7 @@ impl IngestError {
             IngestError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             IngestError::Corrupt => (StatusCode::BAD_REQUEST, "corrupt_body"),
             IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            IngestError::SegmentTooLarge(_) => (StatusCode::BAD_REQUEST, "too_large"),
             IngestError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read"),
             IngestError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -143,13 +148,46 @@ pub struct Ingest {
     keys: ApiKeys,
     cors: Cors,
     streams: [String; 3],
+    segment: crate::config::SegmentConfig,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// `/track`, `/alias`, `/profile`.
+    Classic(Endpoint),
+    /// The Segment-compatible `/v1/*`.
+    V1(V1),
+}
+
+impl Route {
+    fn from_path(path: &str) -> Option<Route> {
+        Endpoint::from_path(path)
+            .map(Route::Classic)
+            .or_else(|| V1::from_path(path).map(Route::V1))
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Classic(e) => e.name(),
+            Route::V1(v) => v.name(),
+        }
+    }
+}
+
+/// Metric label of every route (and `other`).
+pub fn route_labels() -> Vec<&'static str> {
+    let mut labels: Vec<&'static str> = Endpoint::ALL.iter().map(|e| e.name()).collect();
+    labels.extend(V1::LABELS);
+    labels.push("other");
+    labels
 }
 
 impl Ingest {
     /// An ingest handler writing to `queue` with the limits, keys, CORS and stream names of
     /// `config`.
     pub fn new(queue: Queue, config: &Config) -> Result<Ingest, ConfigError> {
-        let keys = ApiKeys::new(&config.auth.keys()?);
+        let keys = ApiKeys::with_sources(&config.auth.keys_with_sources()?);
         if keys.enabled() {
             tracing::info!("ingest requires an API key");
         } else {
@@ -170,6 +208,7 @@ impl Ingest {
                 config.streams.alias.clone(),
                 config.streams.profile.clone(),
             ],
+            segment: config.segment.clone(),
         })
     }
 
@@ -184,14 +223,16 @@ impl Ingest {
     /// Answers one request. Never fails: every problem becomes a status code.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let endpoint = Endpoint::from_path(request.uri().path());
-        let label = endpoint.map_or("other", Endpoint::name);
+        let endpoint = Route::from_path(request.uri().path());
+        let label = endpoint.map_or("other", Route::label);
         // Only the origin is needed after the request is consumed, and only with CORS on.
         let origin = self.cors.allowed_origin(request.headers()).cloned();
         let mut response = match self.accept(endpoint, request).await {
             Ok(Accepted::Records(n)) => {
                 json_response(StatusCode::OK, &json!({"status": "ok", "accepted": n}))
             }
+            // What Segment's API answers, and its SDKs expect.
+            Ok(Accepted::Segment) => json_response(StatusCode::OK, &json!({"success": true})),
             Ok(Accepted::Preflight(origin)) => {
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
@@ -214,10 +255,10 @@ impl Ingest {
 
     async fn accept(
         &self,
-        endpoint: Option<Endpoint>,
+        route: Option<Route>,
         request: Request<Incoming>,
     ) -> Result<Accepted, IngestError> {
-        let endpoint = endpoint.ok_or(IngestError::NotFound)?;
+        let route = route.ok_or(IngestError::NotFound)?;
         if request.method() == Method::OPTIONS && self.cors.enabled() {
             // Preflights carry no credentials, so they are answered before the key check.
             return match self.cors.allowed_origin(request.headers()) {
@@ -228,9 +269,18 @@ impl Ingest {
         if request.method() != Method::POST {
             return Err(IngestError::MethodNotAllowed);
         }
-        if !self.keys.allows(request.headers(), request.uri().query()) {
+        // `/v1` clients may send their write key in the body instead (checked once read).
+        let source = match self.keys.enabled() {
+            false => Some(crate::config::DEFAULT_SOURCE.to_owned()),
+            true => self
+                .keys
+                .source(request.headers(), request.uri().query())
+                .map(str::to_owned),
+        };
+        if source.is_none() && !matches!(route, Route::V1(_)) {
             return Err(IngestError::Unauthorized);
         }
+        let peer = client_ip(&request, &self.segment.trusted_proxies);
         check_content_type(request.headers().get(CONTENT_TYPE))?;
         let encoding =
             body::encoding(request.headers()).map_err(|_| IngestError::UnsupportedMediaType)?;
@@ -252,6 +302,10 @@ impl Ingest {
                 BodyError::Corrupt(_) => IngestError::Corrupt,
                 BodyError::Read(e) => IngestError::BodyRead(e),
             })?;
+        let endpoint = match route {
+            Route::Classic(endpoint) => endpoint,
+            Route::V1(v1) => return self.accept_v1(v1, &body, source, peer).await,
+        };
         let records = event::encode_with_limits(endpoint, &body, SystemTime::now(), self.limits)
             .map_err(|e| match e {
                 EncodeError::Invalid(details) => IngestError::Invalid(details),
@@ -266,16 +320,90 @@ impl Ingest {
         self.queue
             .append(stream, &records.ndjson, records.count)
             .await
-            .map_err(|e| match e {
-                QueueError::Full { .. } => IngestError::QueueFull,
-                other => {
-                    tracing::error!(stream, error = %other, "cannot queue a request");
-                    IngestError::Unavailable(other.to_string())
-                }
-            })?;
+            .map_err(queue_error)?;
         metrics::events_accepted(stream, u64::from(records.count));
         Ok(Accepted::Records(records.count))
     }
+
+    /// The Segment-compatible path: the write key (from the headers, or the body's
+    /// `writeKey`) names the source; the messages are queued all or none, skipping
+    /// `messageId`s already accepted from that source.
+    async fn accept_v1(
+        &self,
+        v1: V1,
+        body: &[u8],
+        source: Option<String>,
+        ip: Option<String>,
+    ) -> Result<Accepted, IngestError> {
+        let source = match source {
+            Some(source) => source,
+            None => segment::write_key(body)
+                .and_then(|k| self.keys.source_of(&k).map(str::to_owned))
+                .ok_or(IngestError::Unauthorized)?,
+        };
+        let received = segment::Received {
+            at: SystemTime::now(),
+            ip,
+            source: &source,
+        };
+        let lines = segment::encode(v1, body, &received, &self.segment).map_err(|e| match e {
+            SegmentError::Invalid(details) => IngestError::Invalid(details),
+            SegmentError::TooLarge(why) => IngestError::SegmentTooLarge(why),
+        })?;
+        let mut per_stream: Vec<(String, u64)> = Vec::new();
+        for l in &lines {
+            match per_stream.iter_mut().find(|(s, _)| *s == l.stream) {
+                Some((_, n)) => *n += 1,
+                None => per_stream.push((l.stream.clone(), 1)),
+            }
+        }
+        let appended = self
+            .queue
+            .append_batch(&source, lines)
+            .await
+            .map_err(queue_error)?;
+        if appended.duplicates > 0 {
+            metrics::events_duplicate(&source, u64::from(appended.duplicates));
+        }
+        if appended.duplicates == 0 {
+            for (stream, n) in per_stream {
+                metrics::events_accepted(&stream, n);
+            }
+        }
+        Ok(Accepted::Segment)
+    }
+}
+
+/// A queue refusal as the client's answer.
+fn queue_error(e: QueueError) -> IngestError {
+    match e {
+        QueueError::Full { .. } | QueueError::LowDisk { .. } => IngestError::QueueFull,
+        // The queue logged the state change once; one line per request would flood.
+        QueueError::Failing | QueueError::Closed => IngestError::Unavailable(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "cannot queue a request");
+            IngestError::Unavailable(other.to_string())
+        }
+    }
+}
+
+/// The client's address: the peer's, or — when the peer is a trusted proxy — the last
+/// address in `X-Forwarded-For` that is not itself a trusted proxy.
+fn client_ip<B>(request: &Request<B>, trusted: &[std::net::IpAddr]) -> Option<String> {
+    let peer = request.extensions().get::<crate::server::Peer>()?.0.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer.to_string());
+    }
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .collect::<Vec<_>>();
+    let client = forwarded.into_iter().rev().find(|a| !trusted.contains(a));
+    Some(client.unwrap_or(peer).to_string())
 }
 
 /// What a successful request was.
@@ -284,6 +412,8 @@ enum Accepted {
     Records(u32),
     /// A CORS preflight from this allowed origin.
     Preflight(HeaderValue),
+    /// A `/v1` request, queued (or already queued: duplicates).
+    Segment,
 }
 
 /// JSON (the default when absent) or `text/plain` (what `navigator.sendBeacon` sends).

@@ -32,6 +32,7 @@ pub mod flusher;
 pub mod ingest;
 pub mod metrics;
 pub mod queue;
+pub mod segment;
 pub mod server;
 pub mod sink;
 

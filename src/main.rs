@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use firehose_edge::config::{Config, LogFormat};
+use firehose_edge::queue::QueueError;
+use firehose_edge::queue::lock::DirLock;
 use firehose_edge::{Listeners, run};
 use tokio::net::TcpListener;
+
+mod commands;
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
@@ -38,24 +42,23 @@ enum Command {
     /// queue's database is locked while it runs.
     DeadLetters {
         #[command(subcommand)]
-        action: DeadLetterAction,
+        action: commands::DeadLetterAction,
         /// Only this delivery stream (default: all).
         #[arg(long, global = true)]
         stream: Option<String>,
     },
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum DeadLetterAction {
-    /// Print the dead-lettered records (NDJSON) to stdout, counts to stderr.
-    List,
-    /// Move the dead-lettered records back into the queue, to be delivered at the next start.
-    Replay,
+    /// Check or repair the queue directory offline.
+    Queue {
+        #[command(subcommand)]
+        action: commands::QueueAction,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+    let loaded = firehose_edge::config::env_overrides(std::env::vars_os())
+        .and_then(|env| Config::load(cli.config.as_deref(), env));
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("firehose-edge: invalid configuration: {e}");
@@ -68,9 +71,10 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::DeadLetters { action, stream }) => {
-            Some(dead_letters(&config, &action, stream.as_deref()))
+            Some(commands::dead_letters(&config, &action, stream.as_deref()))
         }
-        Some(Command::Healthcheck) => Some(healthcheck(&config)),
+        Some(Command::Queue { action }) => Some(commands::queue(&config, &action)),
+        Some(Command::Healthcheck) => Some(commands::healthcheck(&config)),
         None => None,
     };
     if let Some(result) = result {
@@ -81,6 +85,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    // One process per queue directory: say so in one line, before anything is logged or
+    // bound (the queue takes the lock for real when it opens).
+    if let Err(e @ QueueError::InUse { .. }) = DirLock::acquire(&config.queue.path) {
+        eprintln!("firehose-edge: {e}");
+        return ExitCode::FAILURE;
     }
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -120,84 +130,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     run(config, Listeners { ingest, admin }, Some(prometheus), stop).await?;
     Ok(())
-}
-
-fn dead_letters(
-    config: &Config,
-    action: &DeadLetterAction,
-    only: Option<&str>,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let streams = config.stream_names();
-    if let Some(name) = only.filter(|n| !streams.iter().any(|s| s == n)) {
-        anyhow::bail!(
-            "{name} is not a configured stream (streams: {})",
-            streams.join(", ")
-        );
-    }
-    let queue = firehose_edge::queue::Queue::open(&config.queue, &streams).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the queue at {} (is the service still running?): {e}",
-            config.queue.path.display()
-        )
-    })?;
-    let mut out = std::io::stdout().lock();
-    for stream in streams
-        .iter()
-        .filter(|s| only.is_none_or(|o| o == s.as_str()))
-    {
-        match action {
-            DeadLetterAction::List => {
-                let entries = queue.dead_letters(stream)?;
-                for entry in &entries {
-                    for line in entry.iter_lines() {
-                        out.write_all(line)?;
-                    }
-                }
-                let n: u64 = entries.iter().map(|e| u64::from(e.count)).sum();
-                eprintln!("{stream}: {n} dead-lettered records");
-            }
-            DeadLetterAction::Replay => {
-                let n = queue.replay_dead_letters(stream)?;
-                eprintln!("{stream}: {n} records moved back to the queue");
-            }
-        }
-    }
-    queue.close()?;
-    Ok(())
-}
-
-/// `GET /healthz` on the admin port of this host, with a short timeout.
-fn healthcheck(config: &Config) -> anyhow::Result<()> {
-    use http_body_util::Empty;
-    let mut addr = config.admin.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let check = async {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            let connection = tokio::spawn(connection);
-            let request = http::Request::get("/healthz")
-                .header(http::header::HOST, addr.to_string())
-                .body(Empty::<bytes::Bytes>::new())?;
-            let status = sender.send_request(request).await?.status();
-            connection.abort();
-            anyhow::ensure!(
-                status == http::StatusCode::OK,
-                "{addr}/healthz answered {status}"
-            );
-            Ok(())
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(3), check)
-            .await
-            .map_err(|_| anyhow::anyhow!("{addr}/healthz did not answer within 3 s"))?
-    })
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, and returns a future that resolves on the

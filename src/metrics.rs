@@ -3,11 +3,9 @@
 //! global. Label values are bounded: endpoint and stream names come from config, reasons and
 //! error codes from fixed sets, never from user input.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-
-use crate::queue::Queue;
 
 /// HTTP requests answered, by endpoint (`track`, `alias`, `profile`, `other`) and status.
 pub const REQUESTS: &str = "firehose_edge_requests_total";
@@ -40,6 +38,35 @@ pub const QUEUE_FLUSHES: &str = "firehose_edge_queue_flushes_total";
 
 /// Queue directories that would not open and were moved aside at start.
 pub const QUEUE_MOVED_ASIDE: &str = "firehose_edge_queue_moved_aside_total";
+/// Acknowledged events found missing (at start, against the manifest, or in damaged
+/// entries), by stream.
+pub const QUEUE_LOST_EVENTS: &str = "firehose_edge_queue_lost_events_total";
+/// 1 while the queue's storage fails (writes or flushes return errors), else 0.
+pub const QUEUE_STORAGE_FAILED: &str = "firehose_edge_queue_storage_failed";
+/// 1 while the queue's file system is below `queue.min_free_bytes`, else 0.
+pub const QUEUE_LOW_DISK: &str = "firehose_edge_queue_low_disk";
+/// Free space of the queue's file system at the last reading.
+pub const QUEUE_DISK_FREE_BYTES: &str = "firehose_edge_queue_disk_free_bytes";
+
+/// Messages answered as accepted but not queued again: their `messageId` was already
+/// accepted from that source within the dedup window, by source.
+pub const EVENTS_DUPLICATE: &str = "firehose_edge_events_duplicate_total";
+
+/// Every `reason` label of [`EVENTS_REJECTED`].
+pub const REJECT_REASONS: &[&str] = &[
+    "not_found",
+    "method",
+    "content_type",
+    "too_large",
+    "unauthorized",
+    "origin",
+    "timeout",
+    "corrupt_body",
+    "invalid",
+    "body_read",
+    "queue_full",
+    "unavailable",
+];
 
 /// Firehose bills each record rounded up to the next 5 KB.
 /// <https://aws.amazon.com/firehose/pricing/>
@@ -56,7 +83,7 @@ pub fn events_accepted(stream: &str, n: u64) {
     counter!(EVENTS_ACCEPTED, "stream" => stream.to_owned()).increment(n);
 }
 
-/// `n` records refused at ingest for `reason` (a fixed word: `invalid`, `too_large`, `full`, ...).
+/// `n` records refused at ingest for `reason` (one of [`REJECT_REASONS`]).
 pub fn events_rejected(endpoint: &'static str, reason: &'static str, n: u64) {
     counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(n);
 }
@@ -94,25 +121,82 @@ pub fn queue_flush() {
     counter!(QUEUE_FLUSHES).increment(1);
 }
 
-/// Sets the queue gauges from the queue's own counters; called on every scrape, so they are
-/// current without a timer.
-pub fn refresh_queue(queue: &Queue, streams: &[String]) {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+/// `n` messages from `source` skipped as duplicates.
+pub fn events_duplicate(source: &str, n: u64) {
+    counter!(EVENTS_DUPLICATE, "source" => source.to_owned()).increment(n);
+}
+
+/// `n` acknowledged events of `stream` found missing.
+pub fn queue_lost_events(stream: &str, n: u64) {
+    counter!(QUEUE_LOST_EVENTS, "stream" => stream.to_owned()).increment(n);
+}
+
+/// Creates every counter whose labels are known at start at zero, so that
+/// `increase(...)`-based alerts can fire on the first event (a counter that does not exist
+/// yet has no increase).
+pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
+    counter!(QUEUE_MOVED_ASIDE).increment(0);
+    counter!(QUEUE_FLUSHES).increment(0);
     for stream in streams {
-        let labels = [("stream", stream.clone())];
-        gauge!(QUEUE_DEPTH, &labels).set(queue.queued_events(stream) as f64);
-        let age = match queue.oldest_ms(stream) {
-            Ok(Some(t)) => now_ms.saturating_sub(t) as f64 / 1000.0,
-            _ => 0.0,
-        };
-        gauge!(QUEUE_OLDEST_AGE, &labels).set(age);
-        let dead = queue.dead_letter_events(stream);
-        gauge!(DEAD_LETTER_EVENTS, &labels).set(dead as f64);
+        for name in [
+            QUEUE_LOST_EVENTS,
+            EVENTS_ACCEPTED,
+            RECORDS_DELIVERED,
+            BILLED_BYTES,
+        ] {
+            counter!(name, "stream" => stream.clone()).increment(0);
+        }
     }
-    gauge!(QUEUE_DISK_BYTES).set(queue.size_on_disk() as f64);
-    gauge!(QUEUE_BUDGET_BYTES).set(queue.queued_bytes() as f64);
+    for &endpoint in endpoints {
+        for &reason in REJECT_REASONS {
+            counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(0);
+        }
+    }
+}
+
+/// What the queue's gauges show (taken by the queue, so this module depends on nothing).
+#[derive(Debug, Clone, Default)]
+pub struct QueueGauges {
+    /// Per stream.
+    pub streams: Vec<StreamGauges>,
+    /// Size of sled's files.
+    pub disk_bytes: u64,
+    /// Bytes counted against the budget.
+    pub budget_bytes: u64,
+    /// Free space of the queue's file system.
+    pub free_bytes: u64,
+    /// Below the free-space floor.
+    pub low_disk: bool,
+    /// Storage failing.
+    pub storage_failed: bool,
+}
+
+/// One stream's gauges.
+#[derive(Debug, Clone, Default)]
+pub struct StreamGauges {
+    /// The stream.
+    pub stream: String,
+    /// Records queued.
+    pub depth: u64,
+    /// Age of the oldest queued record.
+    pub oldest_age_seconds: f64,
+    /// Records in the dead-letter tree.
+    pub dead_letters: u64,
+}
+
+/// Sets the queue gauges; called on every scrape, so they are current without a timer.
+pub fn set_queue_gauges(g: &QueueGauges) {
+    for s in &g.streams {
+        let labels = [("stream", s.stream.clone())];
+        gauge!(QUEUE_DEPTH, &labels).set(s.depth as f64);
+        gauge!(QUEUE_OLDEST_AGE, &labels).set(s.oldest_age_seconds);
+        gauge!(DEAD_LETTER_EVENTS, &labels).set(s.dead_letters as f64);
+    }
+    gauge!(QUEUE_DISK_BYTES).set(g.disk_bytes as f64);
+    gauge!(QUEUE_BUDGET_BYTES).set(g.budget_bytes as f64);
+    gauge!(QUEUE_DISK_FREE_BYTES).set(g.free_bytes.min(1 << 62) as f64);
+    gauge!(QUEUE_LOW_DISK).set(f64::from(u8::from(g.low_disk)));
+    gauge!(QUEUE_STORAGE_FAILED).set(f64::from(u8::from(g.storage_failed)));
 }
 
 #[cfg(test)]

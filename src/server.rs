@@ -32,6 +32,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// The address of the connection a request came on (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Serves `handler` on `listener` until `shutdown` fires, then stops accepting and waits up
 /// to `grace` for open connections to finish their requests. Returns whether they all did.
 pub async fn serve<H, F>(
@@ -74,7 +78,8 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = service_fn(move |request| {
+                let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(Peer(peer));
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(request).await) }
                 });

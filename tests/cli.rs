@@ -106,3 +106,68 @@ async fn dead_letters_can_be_listed_and_replayed() {
     let unknown = run(&["dead-letters", "list", "--stream", "nope"], &env);
     assert!(!unknown.status.success());
 }
+
+/// `std::env::vars()` panics on any value that is not UTF-8: an unrelated variable must not
+/// stop the service, one of ours must be refused like any bad configuration.
+#[test]
+fn non_utf8_environment_values_are_ignored_unless_they_are_ours() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let bad = OsStr::from_bytes(b"caf\xe9");
+    let out = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+        .arg("--check-config")
+        .env_clear()
+        .env("SOME_UNRELATED_VARIABLE", bad)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+        .arg("--check-config")
+        .env_clear()
+        .env("FIREHOSE_EDGE__QUEUE__PATH", bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("FIREHOSE_EDGE__QUEUE__PATH"), "{stderr}");
+}
+
+/// `queue verify` on a stopped queue, and refused on a queue another process holds.
+#[test]
+fn queue_verify_checks_a_stopped_queue_and_refuses_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue");
+    let env = [("FIREHOSE_EDGE__QUEUE__PATH", path.to_str().unwrap())];
+    let mut config = Config::default();
+    config.queue.path = path.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let queue = Queue::open(&config.queue, &config.stream_names()).unwrap();
+    rt.block_on(queue.append("log_user_events", b"{}\n", 1))
+        .unwrap();
+    let out = run(&["queue", "verify"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "a running queue is refused");
+    assert!(stderr.contains("in use"), "{stderr}");
+    queue.close().unwrap();
+    drop(queue);
+    let out = run(&["queue", "verify"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("log_user_events: queued=1 dead_letters=0 expected=1 missing=0"),
+        "{stdout}"
+    );
+}

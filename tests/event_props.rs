@@ -392,7 +392,7 @@ impl Scrambler {
     }
 
     fn unicode_escape(&mut self, c: char) {
-        let upper = self.next() % 2 == 0;
+        let upper = self.next().is_multiple_of(2);
         let mut units = [0u16; 2];
         for unit in c.encode_utf16(&mut units) {
             if upper {
@@ -406,12 +406,12 @@ impl Scrambler {
     fn string(&mut self, s: &str) {
         self.out.push('"');
         for c in s.chars() {
-            let escape = self.next() % 3 == 0;
+            let escape = self.next().is_multiple_of(3);
             match c {
                 _ if escape => self.unicode_escape(c),
                 '"' => self.out.push_str("\\\""),
                 '\\' => self.out.push_str("\\\\"),
-                '/' if self.next() % 2 == 0 => self.out.push_str("\\/"),
+                '/' if self.next().is_multiple_of(2) => self.out.push_str("\\/"),
                 '\u{8}' => self.out.push_str("\\b"),
                 '\u{c}' => self.out.push_str("\\f"),
                 '\n' => self.out.push_str("\\n"),

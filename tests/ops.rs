@@ -64,6 +64,25 @@ async fn every_pinned_metric_appears_and_moves() {
     let server =
         TestServer::start_firehose_observed(config, &fake.endpoint_url(), Some(recorder())).await;
 
+    // Counters exist at 0 from the start, so `increase(...)` alerts fire on the first event.
+    let text = metrics(&server).await;
+    // (Other tests of this binary share the recorder and may have moved this one.)
+    assert!(sample(&text, "firehose_edge_queue_moved_aside_total", &[]).is_some());
+    for (name, labels) in [
+        (
+            "firehose_edge_queue_lost_events_total",
+            &[("stream", "m_track")][..],
+        ),
+        (
+            "firehose_edge_events_rejected_total",
+            &[("endpoint", "profile"), ("reason", "queue_full")][..],
+        ),
+        ("firehose_edge_queue_storage_failed", &[][..]),
+        ("firehose_edge_queue_low_disk", &[][..]),
+    ] {
+        assert_eq!(sample(&text, name, labels), Some(0.0), "{name} {labels:?}");
+    }
+
     for i in 0..5 {
         assert_eq!(
             post(&server, "/track", &track_body(&format!("e{i}"))).await,
@@ -410,7 +429,7 @@ async fn a_queue_that_will_not_open_is_moved_aside_not_deleted() {
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("queue.unopenable-"))
+        .filter(|n| n.starts_with("queue.damaged-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     let kept = std::fs::read(dir.path().join(&aside[0]).join("db")).unwrap();

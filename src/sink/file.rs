@@ -18,10 +18,48 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    /// A sink writing below `root` (created on first write).
+    /// A sink writing below `root` (created on first write). Temporary files a crash left
+    /// there are removed first.
     pub fn new(root: impl Into<PathBuf>) -> FileSink {
-        FileSink { root: root.into() }
+        let root = root.into();
+        match remove_leftovers(&root) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(root = %root.display(), files = n, "removed temporary files left by an earlier crash")
+            }
+            Err(e) => {
+                tracing::warn!(root = %root.display(), error = %e, "cannot sweep the lake for leftover temporary files")
+            }
+        }
+        FileSink { root }
     }
+}
+
+/// Whether `name` is one of this sink's temporary files (`.<stream>-…-<uuid>.ndjson.tmp`).
+fn is_temporary(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".ndjson.tmp"))
+}
+
+/// Removes this sink's temporary files below `root`; returns how many.
+fn remove_leftovers(root: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            removed += remove_leftovers(&entry.path())?;
+        } else if kind.is_file() && is_temporary(&entry.file_name()) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[async_trait]
@@ -74,16 +112,29 @@ fn write_batch(
         "{stream}-{y}-{mo}-{d}-{h}-{mi}-{s}-{}.ndjson",
         uuid::Uuid::now_v7()
     );
+    write_file(&dir, &name, records)
+}
+
+/// Writes `records` to `dir/name` through a hidden temporary file (removed if anything
+/// fails), then syncs the directory.
+fn write_file(dir: &Path, name: &str, records: &[Bytes]) -> std::io::Result<PathBuf> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    for record in records {
-        file.write_all(record)?;
-    }
-    file.sync_all()?;
-    drop(file);
     let path = dir.join(name);
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        for record in records {
+            file.write_all(record)?;
+        }
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        // A full lake disk must not fill up further with half-written files.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(path)
 }
 
@@ -127,6 +178,39 @@ mod tests {
             .flat_map(|p| std::fs::read(p).unwrap())
             .collect();
         assert_eq!(all.len(), "a\nb\nc\nx\n".len());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("s/2026/11/24/08");
+        // A non-empty directory where the file should go makes rename(2) fail (as root too),
+        // after the temporary file was written and synced.
+        std::fs::create_dir_all(hour.join("blocked.ndjson/x")).unwrap();
+        let result = write_file(&hour, "blocked.ndjson", &[Bytes::from_static(b"b\n")]);
+        assert!(result.is_err());
+        let left: Vec<_> = walk(dir.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_crash_are_removed_at_start_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("s/2026/11/24/08");
+        std::fs::create_dir_all(&hour).unwrap();
+        std::fs::write(hour.join(".s-2026-11-24-08-00-00-x.ndjson.tmp"), b"half").unwrap();
+        std::fs::write(hour.join("s-2026-11-24-08-00-00-y.ndjson"), b"whole\n").unwrap();
+        std::fs::write(hour.join(".other"), b"not ours").unwrap();
+        let _sink = FileSink::new(dir.path());
+        let mut names: Vec<String> = std::fs::read_dir(&hour)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".other", "s-2026-11-24-08-00-00-y.ndjson"]);
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

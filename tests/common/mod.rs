@@ -2,6 +2,7 @@
 //! a temporary directory, stopped when dropped, and a sink wrapper that signals deliveries.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fake_firehose;
 pub mod moto;
 
@@ -29,6 +30,9 @@ pub fn test_config(dir: &Path) -> Config {
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.queue.path = dir.join("queue");
     config.queue.durability = Durability::Fsync;
+    // The default 1 GiB floor would make every test fail on a nearly full dev disk; the floor
+    // itself is tested in tests/storage.rs.
+    config.queue.min_free_bytes = 16 << 20;
     config.sink.directory = dir.join("lake");
     config.flusher.linger_ms = 10;
     config.flusher.retry_base_ms = 10;
@@ -304,13 +308,14 @@ pub async fn wait_for_fake_events(
 ) -> usize {
     let result = tokio::time::timeout(WAIT, async {
         loop {
+            // Counted before looking, so a record that arrives in between wakes the wait.
+            let seen = fake.accepted_count();
             let names: std::collections::HashSet<String> =
                 event_names(&fake_lines(fake, None)).into_iter().collect();
             if acked.iter().all(|n| names.contains(n)) {
                 return names.len();
             }
-            fake.wait_for_accepted_records(fake.accepted_count() + 1)
-                .await;
+            fake.wait_for_accepted_records(seen + 1).await;
         }
     })
     .await;

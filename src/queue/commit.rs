@@ -1,0 +1,470 @@
+//! The group commit: how an append becomes durable. This is the one place to check against
+//! the README's durability promise.
+//!
+//! Appenders hand their lines to one committer thread and wait. The committer takes every
+//! append that arrived since its last round, writes each stream's share as one sled value per
+//! up to [`MAX_GROUP_ENTRY_BYTES`] (a request is never split, so each stays atomic), then, in
+//! `fsync` mode, runs one `flush()`, `fdatasync`s sled's data file and any new blob file, and
+//! only then answers everyone. N concurrent requests cost one flush.
+//!
+//! If a write or the flush fails, every request of the round is answered with an error, the
+//! values it wrote are taken back (or, if the disk refuses even that, remembered as *refused*:
+//! never delivered, removed once storage works), and the queue enters its failed state.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::oneshot;
+
+use super::entry::{Entry, HEADER_LEN};
+use super::{Inner, Queue, QueueError};
+
+/// Largest entry the committer builds from several requests: big enough that a group of
+/// small requests becomes a few values (sled's memory and work grow with the number of
+/// values: ~300 200-byte events fit), small enough that a sled leaf of 16 such entries
+/// (1 MiB) stays below the 2 MiB blob threshold, so group flushes write no blob files.
+pub(super) const MAX_GROUP_ENTRY_BYTES: usize = 64 << 10;
+
+/// What a request asks the committer to write.
+pub(super) enum Request {
+    /// (stream, lines, line count), one part per stream.
+    Parts(Vec<(String, Vec<u8>, u32)>),
+    /// Lines with idempotency keys, filtered against the dedup window by the committer.
+    Batch {
+        source: String,
+        lines: Vec<super::BatchLine>,
+    },
+}
+
+/// One request waiting for the committer: its lines for one or more streams, all or none.
+pub(super) struct Pending {
+    pub request: Request,
+    /// What is written: (stream, lines, line count), one part per stream (filled by the
+    /// committer).
+    pub parts: Vec<(String, Vec<u8>, u32)>,
+    /// Lines skipped as already accepted.
+    pub duplicates: u32,
+    /// Ids this request adds to the dedup window (recorded with it, or forgotten).
+    pub ids: Vec<Box<str>>,
+    pub enqueued_ms: u64,
+    /// Budget bytes taken for it (its lines plus one header per part).
+    pub reserved: u64,
+    pub done: Answer,
+}
+
+/// Where a pending append's outcome goes: the duplicates it skipped, or why it failed.
+pub(super) type Answer = oneshot::Sender<Result<u32, QueueError>>;
+
+/// The group committer's shared state.
+pub(super) struct GroupCommit {
+    /// Flush (and fdatasync) before answering: `durability = "fsync"`.
+    pub flush: bool,
+    pending: Mutex<Vec<Pending>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    pub flushes: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    pub fn new(flush: bool) -> GroupCommit {
+        GroupCommit {
+            flush,
+            pending: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the thread. It holds the queue only weakly (and only while writing), so
+    /// dropping the queue stops it.
+    pub fn spawn(self: &Arc<Self>, queue: std::sync::Weak<Inner>) -> std::io::Result<()> {
+        let commit = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("queue-committer".to_owned())
+            .spawn(move || committer_loop(&commit, &queue))?;
+        *self.thread.lock().expect("committer handle") = Some(handle);
+        Ok(())
+    }
+
+    /// Hands a request to the committer; refuses it if the committer has stopped.
+    pub fn submit(&self, pending: Pending) -> Result<(), QueueError> {
+        {
+            let mut queue = self.pending.lock().expect("committer mutex");
+            // Checked under the lock the committer takes its last group under: a request
+            // is either in that group or refused here, never stranded.
+            if self.stop.load(Ordering::Acquire) {
+                return Err(QueueError::Closed);
+            }
+            queue.push(pending);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stops the thread after it wrote what is pending.
+    pub fn stop(&self) {
+        {
+            let _pending = self.pending.lock().expect("committer mutex");
+            self.stop.store(true, Ordering::Release);
+        }
+        self.wake.notify_one();
+        let handle = self.thread.lock().expect("committer handle").take();
+        if let Some(handle) = handle {
+            // The committer may itself drop the last handle to the queue.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
+    let mut synced_blobs = HashSet::new();
+    loop {
+        let (group, stopping) = {
+            let mut pending = commit.pending.lock().expect("committer mutex");
+            while pending.is_empty() && !commit.stop.load(Ordering::Acquire) {
+                pending = commit.wake.wait(pending).expect("committer mutex");
+            }
+            (
+                std::mem::take(&mut *pending),
+                commit.stop.load(Ordering::Acquire),
+            )
+        };
+        if !group.is_empty() {
+            let Some(inner) = queue.upgrade() else {
+                for p in group {
+                    let _ = p.done.send(Err(QueueError::Closed));
+                }
+                return;
+            };
+            let answers = Queue { inner }.commit_group(group, &mut synced_blobs);
+            // Answered only now, with the queue released: a caller that drops the queue after
+            // its answer then holds the last handle, and the queue closes on its thread.
+            for (done, result) in answers {
+                let _ = done.send(result);
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// A value the committer wrote: where, how big, and the line count it holds.
+struct Written {
+    stream: String,
+    key: u64,
+    len: u64,
+    count: u32,
+}
+
+impl Queue {
+    /// Writes a group of pending appends (the committer's half of [`Queue::append`]) and
+    /// returns the answers, for the caller to send once it no longer holds the queue.
+    fn commit_group(
+        &self,
+        group: Vec<Pending>,
+        synced_blobs: &mut HashSet<std::ffi::OsString>,
+    ) -> Vec<(Answer, Result<u32, QueueError>)> {
+        let inner = &self.inner;
+        let store = match self.store() {
+            Ok(store) => store,
+            Err(e) => return self.refuse_all(group, &e),
+        };
+        let mut answers = Vec::new();
+        // Idempotent requests: skip what the window holds, in arrival order.
+        let mut nothing_new = Vec::new();
+        let mut group: Vec<Pending> = group
+            .into_iter()
+            .filter_map(|mut p| {
+                match std::mem::replace(&mut p.request, Request::Parts(Vec::new())) {
+                    Request::Parts(parts) => p.parts = parts,
+                    Request::Batch { source, lines } => {
+                        let (parts, duplicates, ids) = inner.dedup.filter(&source, lines);
+                        (p.parts, p.duplicates, p.ids) = (parts, duplicates, ids);
+                    }
+                }
+                if p.parts.is_empty() {
+                    // Nothing new: answered with the group (its copies may be in this very
+                    // group, and must be durable before it hears "accepted").
+                    inner.admission.release(p.reserved);
+                    p.reserved = 0;
+                    nothing_new.push(p);
+                    return None;
+                }
+                Some(p)
+            })
+            .collect();
+        // The reservation counted the duplicates too; give their share back.
+        for p in &mut group {
+            let needed = reserved_bytes(&p.parts);
+            inner.admission.release(p.reserved - needed);
+            p.reserved = needed;
+        }
+        // Requests writing to one stream are coalesced; a request writing to several is
+        // written as one atomic sled batch of its own (see `write_multi`).
+        let (single, multi): (Vec<Pending>, Vec<Pending>) =
+            group.into_iter().partition(|p| p.parts.len() == 1);
+        let mut written: Vec<(Vec<Written>, Vec<Pending>)> = Vec::new();
+        let mut failed: Vec<(Pending, QueueError)> = Vec::new();
+        for (name, requests) in by_stream(single) {
+            for chunk in chunks(requests) {
+                let count: u32 = chunk.iter().map(|p| p.parts[0].2).sum();
+                let enqueued = chunk.iter().map(|p| p.enqueued_ms).min().unwrap_or(0);
+                let parts: Vec<&[u8]> = chunk.iter().map(|p| p.parts[0].1.as_slice()).collect();
+                let value = Entry::encode_parts(enqueued, count, &parts);
+                let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+                let len = value.len() as u64;
+                let result = self
+                    .fault()
+                    .and_then(|()| store.trees(&name))
+                    .and_then(|t| Ok(t.q.insert(key.to_be_bytes(), value)?));
+                match result {
+                    Ok(_) => {
+                        let w = Written {
+                            stream: name.clone(),
+                            key,
+                            len,
+                            count,
+                        };
+                        written.push((vec![w], chunk));
+                    }
+                    Err(e) => failed.extend(chunk.into_iter().map(|p| (p, e.clone()))),
+                }
+            }
+        }
+        for p in multi {
+            match self.write_multi(&store, &p) {
+                Ok(ws) => written.push((ws, vec![p])),
+                Err(e) => failed.push((p, e)),
+            }
+        }
+        // Account what was written (one header per value instead of one per request).
+        for (ws, requests) in &written {
+            let reserved: u64 = requests.iter().map(|p| p.reserved).sum();
+            let used: u64 = ws.iter().map(|w| w.len).sum();
+            inner.admission.release(reserved - used);
+            for w in ws {
+                let s = self.state(&w.stream).expect("written streams exist");
+                s.bytes.fetch_add(w.len, Ordering::AcqRel);
+                s.events.fetch_add(u64::from(w.count), Ordering::AcqRel);
+            }
+        }
+        // The accepted ids go after the records, into the same flush (see `dedup`).
+        let new_ids: Vec<Box<str>> = written
+            .iter()
+            .flat_map(|(_, requests)| requests.iter().flat_map(|p| p.ids.iter().cloned()))
+            .collect();
+        let recorded = if new_ids.is_empty() {
+            Ok(())
+        } else {
+            let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+            let value = inner.dedup.record(key, super::now_ms(), new_ids.clone());
+            self.fault()
+                .and_then(|()| Ok(store.dedup.insert(key.to_be_bytes(), value).map(drop)?))
+        };
+        // A group is answered as one: if any of it failed, none of it is acknowledged.
+        let written_ok = match failed.first() {
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(()),
+        };
+        let flushed = written_ok.and(recorded).and_then(|()| {
+            match (inner.commit.flush, written.is_empty()) {
+                (true, false) => {
+                    inner.commit.flushes.fetch_add(1, Ordering::AcqRel);
+                    crate::metrics::queue_flush();
+                    self.sync_fault()
+                        .and_then(|()| store.sync(&inner.config.path))
+                        .and_then(|()| Ok(sync_new_blobs(&inner.config.path, synced_blobs)?))
+                }
+                // `interval`: sled's background flush persists it within flush_interval_ms.
+                _ => Ok(()),
+            }
+        });
+        match flushed {
+            Ok(()) => {
+                for (ws, requests) in written {
+                    for w in ws {
+                        let s = self.state(&w.stream).expect("written streams exist");
+                        s.acked.fetch_add(u64::from(w.count), Ordering::AcqRel);
+                        s.appended.notify_one();
+                    }
+                    answers.extend(requests.into_iter().map(|p| (p.done, Ok(p.duplicates))));
+                }
+                answers.extend(nothing_new.into_iter().map(|p| (p.done, Ok(p.duplicates))));
+                if let Err(e) = inner.dedup.prune(&store.dedup, super::now_ms()) {
+                    tracing::warn!(error = %e, "cannot prune the dedup window");
+                }
+            }
+            Err(e) => {
+                self.storage_failed("group flush", &e);
+                inner.dedup.forget(&new_ids);
+                answers.extend(nothing_new.into_iter().map(|p| (p.done, Err(e.clone()))));
+                for (ws, requests) in written {
+                    for w in ws {
+                        self.take_back(&store, &w);
+                    }
+                    answers.extend(requests.into_iter().map(|p| (p.done, Err(e.clone()))));
+                }
+            }
+        }
+        if let Some((_, e)) = failed.first() {
+            self.storage_failed("append", e);
+        }
+        for (p, e) in failed {
+            inner.dedup.forget(&p.ids);
+            inner.admission.release(p.reserved);
+            answers.push((p.done, Err(e)));
+        }
+        answers
+    }
+
+    /// Writes a request that spans several streams as one sled batch per stream inside one
+    /// multi-tree transaction, so that after a crash either all of it is there or none.
+    /// Only such requests pay for sled's transaction lock.
+    fn write_multi(
+        &self,
+        store: &super::store::Store,
+        p: &Pending,
+    ) -> Result<Vec<Written>, QueueError> {
+        use sled::Transactional;
+        self.fault()?;
+        let mut ws = Vec::new();
+        let mut trees = Vec::new();
+        let mut values = Vec::new();
+        for (stream, lines, count) in &p.parts {
+            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+            let value = Entry::encode(p.enqueued_ms, *count, lines);
+            ws.push(Written {
+                stream: stream.clone(),
+                key,
+                len: value.len() as u64,
+                count: *count,
+            });
+            trees.push(store.trees(stream)?.q.clone());
+            values.push((key, value));
+        }
+        trees
+            .as_slice()
+            .transaction(|txs| {
+                for (tx, (key, value)) in txs.iter().zip(&values) {
+                    tx.insert(&key.to_be_bytes(), value.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| QueueError::Storage(format!("{e:?}")))?;
+        Ok(ws)
+    }
+
+    /// Takes back a value whose request is answered with an error. If the disk refuses even
+    /// that, the key is remembered as refused: never delivered, removed once storage works.
+    fn take_back(&self, store: &super::store::Store, w: &Written) {
+        // Uncounted before it leaves the store, like every removal: a stream that reads
+        // empty while its counters hold events has lost them (see `check_drained`).
+        let s = self.state(&w.stream).expect("written streams exist");
+        s.bytes.fetch_sub(w.len, Ordering::AcqRel);
+        s.events.fetch_sub(u64::from(w.count), Ordering::AcqRel);
+        self.inner.admission.release(w.len);
+        let removed = store
+            .trees(&w.stream)
+            .and_then(|t| Ok(t.q.remove(w.key.to_be_bytes())?));
+        if !matches!(removed, Ok(Some(_))) {
+            self.refuse(&w.stream, w.key);
+        }
+    }
+
+    fn refuse_all(
+        &self,
+        group: Vec<Pending>,
+        e: &QueueError,
+    ) -> Vec<(Answer, Result<u32, QueueError>)> {
+        group
+            .into_iter()
+            .map(|p| {
+                self.inner.admission.release(p.reserved);
+                (p.done, Err(e.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Budget bytes a request with these parts takes.
+pub(super) fn reserved_bytes(parts: &[(String, Vec<u8>, u32)]) -> u64 {
+    parts
+        .iter()
+        .map(|(_, lines, _)| (HEADER_LEN + lines.len()) as u64)
+        .sum()
+}
+
+/// Splits single-stream requests by stream, keeping arrival order within each.
+fn by_stream(group: Vec<Pending>) -> Vec<(String, Vec<Pending>)> {
+    let mut out: Vec<(String, Vec<Pending>)> = Vec::new();
+    for p in group {
+        match out.iter_mut().find(|(name, _)| *name == p.parts[0].0) {
+            Some((_, list)) => list.push(p),
+            None => out.push((p.parts[0].0.clone(), vec![p])),
+        }
+    }
+    out
+}
+
+/// Cuts one stream's requests into entries of at most [`MAX_GROUP_ENTRY_BYTES`] (a larger
+/// request is an entry of its own).
+fn chunks(requests: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut out: Vec<Vec<Pending>> = Vec::new();
+    let mut size = 0;
+    for p in requests {
+        let len = p.parts[0].1.len();
+        match out.last_mut() {
+            Some(last) if size + len <= MAX_GROUP_ENTRY_BYTES => {
+                size += len;
+                last.push(p);
+            }
+            _ => {
+                size = len;
+                out.push(vec![p]);
+            }
+        }
+    }
+    out
+}
+
+/// `fsync`s blob files written since the last call (sled writes them without syncing).
+pub(super) fn sync_new_blobs(
+    path: &Path,
+    synced: &mut HashSet<std::ffi::OsString>,
+) -> std::io::Result<()> {
+    let dir = path.join("blobs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut any = false;
+    let mut present = HashSet::new();
+    for item in entries {
+        let name = item?.file_name();
+        if !synced.contains(&name) {
+            match File::open(dir.join(&name)).and_then(|f| f.sync_data()) {
+                Ok(()) => any = true,
+                // sled collected it between the listing and the open: nothing to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        present.insert(name);
+    }
+    if any {
+        File::open(&dir)?.sync_all()?;
+    }
+    // Forget blobs sled has collected, so the set does not grow forever.
+    *synced = present;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The health round, run by a background thread about twice a second (and on demand): reads
+//! the free space of the queue's file system, rewrites the manifest, and recovers failed
+//! storage — first by probing whether sled writes again, else by re-opening sled inside the
+//! running process (after an I/O error sled 0.34 refuses every later operation).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use super::store::{OpenError, Store};
+use super::{Inner, Queue, QueueError};
+
+/// Period of the background round.
+const PERIOD: Duration = Duration::from_millis(500);
+/// How long a re-open waits for other users of the old sled handle to finish.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// The background thread's handle and signals.
+#[derive(Default)]
+pub(super) struct Health {
+    stop: AtomicBool,
+    wake: Condvar,
+    woken: Mutex<bool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// One round at a time (the background one and [`super::Queue::check_health_now`]):
+    /// two re-opens racing would each find sled held by the other.
+    round: Mutex<()>,
+}
+
+impl Health {
+    /// Starts the thread. Between rounds it holds the queue only weakly, so dropping the
+    /// queue stops it.
+    pub fn spawn(self: &Arc<Self>, queue: Weak<Inner>) -> std::io::Result<()> {
+        let health = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("queue-health".to_owned())
+            .spawn(move || {
+                while !health.stop.load(Ordering::Acquire) {
+                    match queue.upgrade() {
+                        Some(inner) => round(&Queue { inner }),
+                        None => return,
+                    }
+                    let woken = health.woken.lock().expect("health mutex");
+                    let (mut woken, _) = health
+                        .wake
+                        .wait_timeout_while(woken, PERIOD, |w| {
+                            !*w && !health.stop.load(Ordering::Acquire)
+                        })
+                        .expect("health mutex");
+                    *woken = false;
+                }
+            })?;
+        *self.thread.lock().expect("health handle") = Some(handle);
+        Ok(())
+    }
+
+    /// Runs a round soon (after a storage error).
+    pub fn wake(&self) {
+        *self.woken.lock().expect("health mutex") = true;
+        self.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake();
+        let handle = self.thread.lock().expect("health handle").take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// One round: free space, recovery, manifest.
+pub(super) fn round(q: &Queue) {
+    let inner = &q.inner;
+    let _one_at_a_time = inner.health.round.lock().expect("health round");
+    match inner.free_space.free_bytes(&inner.config.path) {
+        Ok(free) => match inner.admission.observe_free(free) {
+            Some(true) => tracing::error!(
+                free,
+                floor = inner.admission.min_free(),
+                "queue disk below its free-space floor: answering 503 until space returns"
+            ),
+            Some(false) => tracing::info!(free, "queue disk has room again: accepting"),
+            None => {}
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot read the queue disk's free space"),
+    }
+    if inner.admission.is_failing() && !inner.admission.is_low_disk() {
+        match recover(q) {
+            Ok(()) => {
+                if inner.admission.set_failing(false) {
+                    tracing::info!("queue storage works again: accepting and delivering");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "queue storage still failing"),
+        }
+    }
+    if !inner.admission.is_failing()
+        && let Err(e) = q.write_manifest()
+    {
+        q.storage_failed("manifest write", &e);
+    }
+}
+
+/// Brings storage back: a probe write on the current sled, else a re-open; then removes what
+/// failed requests left behind and recounts.
+fn recover(q: &Queue) -> Result<(), QueueError> {
+    let probe = |store: &Store| -> Result<(), QueueError> {
+        q.sync_fault()?;
+        store
+            .meta
+            .insert("probe", &super::now_ms().to_be_bytes()[..])?;
+        store.sync(&q.inner.config.path)
+    };
+    let current = q.inner.store.read().expect("store lock").clone();
+    if current.as_ref().is_none_or(|s| probe(s).is_err()) {
+        drop(current);
+        reopen(q)?;
+        probe(&*q.store()?)?;
+    }
+    let store = q.store()?;
+    let refused = std::mem::take(&mut *q.inner.refused.lock().expect("refused keys"));
+    let removal = (|| {
+        for (stream, keys) in &refused {
+            let trees = store.trees(stream)?;
+            for key in keys {
+                trees.q.remove(key.to_be_bytes())?;
+            }
+        }
+        store.sync(&q.inner.config.path)
+    })();
+    if let Err(e) = removal {
+        // Keep them refused (never delivered) and try again next round.
+        q.inner
+            .refused
+            .lock()
+            .expect("refused keys")
+            .extend(refused);
+        return Err(e);
+    }
+    // Recount: a failed round may have left the counters and sled apart.
+    let mut total = 0;
+    for (name, s) in &q.inner.streams {
+        let tally = store.count(name, true)?;
+        s.events.store(tally.events, Ordering::Release);
+        s.bytes.store(tally.bytes, Ordering::Release);
+        s.dead_events.store(tally.dead_events, Ordering::Release);
+        total += tally.bytes;
+        if tally.damaged_events > 0 {
+            s.lost.fetch_add(tally.damaged_events, Ordering::AcqRel);
+            crate::metrics::queue_lost_events(name, tally.damaged_events);
+        }
+    }
+    q.inner
+        .admission
+        .queued_bytes
+        .store(total, Ordering::Release);
+    Ok(())
+}
+
+/// Drops the failed sled handle (once its other users let go) and opens it again.
+fn reopen(q: &Queue) -> Result<(), QueueError> {
+    let old = q.inner.store.write().expect("store lock").take();
+    if let Some(old) = old {
+        wait_for_sole_owner(&old);
+        drop(old);
+    }
+    let streams: Vec<String> = q.inner.streams.keys().cloned().collect();
+    // sled's background flusher keeps its file lock until it next wakes (up to
+    // `flush_interval_ms` after the drop), so the first attempts may find it still held.
+    let deadline = std::time::Instant::now()
+        + RELEASE_WAIT.min(Duration::from_millis(
+            2 * q.inner.config.flush_interval_ms + 1000,
+        ));
+    let store = loop {
+        match Store::open(&q.inner.config, &streams) {
+            Ok(store) => break store,
+            Err(OpenError::Other(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(OpenError::Damaged(why)) => return Err(QueueError::Storage(why)),
+            Err(OpenError::Other(e)) => return Err(e),
+        }
+    };
+    *q.inner.store.write().expect("store lock") = Some(Arc::new(store));
+    tracing::warn!("re-opened the queue's sled database after a storage failure");
+    Ok(())
+}
+
+fn wait_for_sole_owner(store: &Arc<Store>) {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    while Arc::strong_count(store) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

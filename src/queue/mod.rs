@@ -1,0 +1,748 @@
+//! The durable queue: one sled tree per delivery stream, group-committed appends, reads from
+//! the head, per-record acknowledgement and a dead-letter tree, guarded against the faults of
+//! its own disk.
+//!
+//! The files, one concern each:
+//! - [`entry`]: the value format (header, checksum, lines);
+//! - [`commit`]: the group commit — how an append becomes durable (check it against the
+//!   README's promise there);
+//! - [`admission`]: whether an append is taken: byte budget, free-space floor, failed storage;
+//! - [`dedup`]: the durable window of accepted `messageId`s (idempotent ingest);
+//! - [`store`]: sled itself (opening it without panicking, trees, counting);
+//! - [`open`]: the start-up: lock, open or move aside, count, and compare with the manifest;
+//! - [`manifest`]: the independent record of what the queue must hold (loss detection);
+//! - [`health`]: the background round that reads free space, rewrites the manifest and
+//!   recovers failed storage (re-opening sled in the running process);
+//! - [`lock`]: one process per queue directory.
+//!
+//! # Why sled 0.34.7
+//! It is sled's only stable release and on-disk format. The 1.0 alphas are faster and give
+//! space back, but their format still changes between alphas and their author lists open
+//! blockers; a queue that must reopen its own files after an upgrade cannot sit on that.
+//! 0.34.7's known traps shape this module:
+//! - `flush_async` deadlocks under concurrency (sled #1241, #1357), so appends are made
+//!   durable by a **group commit** (see [`commit`]).
+//! - `apply_batch` and transactions take a process-wide write lock that stalls every other
+//!   writer, so a request's records for one stream are made **one value**; only a request
+//!   that spans several streams is written as a transaction.
+//! - `flush()` ends in `sync_file_range`, which survives a process crash but not a power
+//!   loss, and values stored as separate blob files are never synced at all; the committer
+//!   `fdatasync`s both, and the segment size keeps entries up to 2 MiB in the synced log.
+//! - After an I/O error (a full disk) sled refuses every later operation: recovery re-opens it.
+//! - The files never shrink, so the budget is enforced on bytes counted here, not on
+//!   `size_on_disk()`.
+
+pub mod admission;
+mod commit;
+pub mod dedup;
+pub mod entry;
+mod health;
+pub mod lock;
+pub mod manifest;
+mod open;
+mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, oneshot};
+
+pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs};
+pub use dedup::{BatchAppended, BatchLine};
+pub use entry::Entry;
+pub use open::{StreamReport, VerifyReport};
+
+use crate::config::{Durability, QueueConfig};
+use admission::Admission;
+use commit::{GroupCommit, Pending, Request};
+use store::Store;
+
+/// sled's segment size. A value is written as a separate, never-synced blob file when its log
+/// item exceeds a quarter of a segment; 8 MiB keeps items up to 2 MiB in the synced log.
+const SEGMENT_SIZE: usize = 8 << 20;
+
+/// Why the queue could not take or give records.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// The budget of queued bytes is spent; the caller should back off (503).
+    #[error("queue is full: {queued} of {max} bytes queued")]
+    Full {
+        /// Bytes queued now.
+        queued: u64,
+        /// `queue.max_bytes`.
+        max: u64,
+    },
+    /// The queue's file system is below `queue.min_free_bytes` (503).
+    #[error("queue disk is low: {free} bytes free, floor {min}")]
+    LowDisk {
+        /// Bytes free at the last reading.
+        free: u64,
+        /// `queue.min_free_bytes`.
+        min: u64,
+    },
+    /// Storage failed and has not recovered yet (503); recovery is automatic.
+    #[error("queue storage is failing; retrying in the background")]
+    Failing,
+    /// The stream is not configured.
+    #[error("unknown stream {0}")]
+    UnknownStream(String),
+    /// The queue is closed (shutting down).
+    #[error("queue is closed")]
+    Closed,
+    /// Another process holds the queue directory.
+    #[error("{} is in use by another process ({holder}); one process per queue directory", path.display())]
+    InUse {
+        /// `queue.path`.
+        path: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// The directory could not be used (permissions, a missing mount): not damage.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        message: String,
+    },
+    /// A stored value failed its check.
+    #[error("queue entry {key} is damaged: {why}")]
+    Damaged {
+        /// Its key.
+        key: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// sled or the file system failed (disk full, I/O error).
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for QueueError {
+    fn from(e: sled::Error) -> Self {
+        QueueError::Storage(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for QueueError {
+    fn from(e: std::io::Error) -> Self {
+        QueueError::Storage(e.to_string())
+    }
+}
+
+/// Per-stream counters (they outlive a re-open of sled).
+struct StreamState {
+    /// Records (lines) queued.
+    events: AtomicU64,
+    /// Budget bytes of this stream's entries.
+    bytes: AtomicU64,
+    /// Records (lines) in the dead-letter tree.
+    dead_events: AtomicU64,
+    /// The manifest's counts (see [`manifest`]).
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    lost: AtomicU64,
+    /// Woken after every append, so an idle flusher starts at once.
+    appended: Notify,
+}
+
+/// The queue, shared by the server (appends) and the flushers (reads, acks).
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: QueueConfig,
+    /// `None` while sled is being re-opened after a failure.
+    store: RwLock<Option<Arc<Store>>>,
+    streams: HashMap<String, StreamState>,
+    next_key: AtomicU64,
+    admission: Admission,
+    commit: Arc<GroupCommit>,
+    health: Arc<health::Health>,
+    closed: AtomicBool,
+    /// Keys written for requests that were answered with an error and could not be taken
+    /// back: never delivered, removed once storage works.
+    refused: Mutex<HashMap<String, HashSet<u64>>>,
+    dedup: dedup::Dedup,
+    manifest: Mutex<manifest::Writer>,
+    free_space: Box<dyn FreeSpace>,
+    _lock: lock::DirLock,
+    /// Tests: storage refuses writes (or only flushes), as a failing disk would.
+    fail_writes: AtomicBool,
+    fail_syncs: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.commit.stop();
+        self.health.stop();
+    }
+}
+
+impl Queue {
+    /// Opens (or creates) the queue at `config.path`, with a tree pair per stream, reading
+    /// free space with `statvfs`. See [`Queue::open_with`].
+    pub fn open(config: &QueueConfig, streams: &[String]) -> Result<Queue, QueueError> {
+        Queue::open_with(config, streams, Box::new(Statvfs))
+    }
+
+    /// Opens the queue: takes the directory's lock (refusing if another process holds it),
+    /// opens sled (moving a damaged database aside, never deleting it, and starting fresh),
+    /// counts what every stream holds and reports any shortfall against the manifest.
+    pub fn open_with(
+        config: &QueueConfig,
+        streams: &[String],
+        free_space: Box<dyn FreeSpace>,
+    ) -> Result<Queue, QueueError> {
+        open::open(config, streams, free_space)
+    }
+
+    /// Checks a stopped queue without changing it: sled opens, every entry passes its
+    /// checksum, and each stream holds what the manifest says it must.
+    pub fn verify(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport, QueueError> {
+        open::verify(config, streams)
+    }
+
+    fn state(&self, name: &str) -> Result<&StreamState, QueueError> {
+        self.inner
+            .streams
+            .get(name)
+            .ok_or_else(|| QueueError::UnknownStream(name.to_owned()))
+    }
+
+    /// The current sled store, or [`QueueError::Failing`] while it is being re-opened.
+    fn store(&self) -> Result<Arc<Store>, QueueError> {
+        self.inner
+            .store
+            .read()
+            .expect("store lock")
+            .clone()
+            .ok_or(QueueError::Failing)
+    }
+
+    /// Tests' write failure, checked where storage is written.
+    fn fault(&self) -> Result<(), QueueError> {
+        match self.inner.fail_writes.load(Ordering::Acquire) {
+            true => Err(QueueError::Storage("injected write failure".to_owned())),
+            false => Ok(()),
+        }
+    }
+
+    /// Tests' flush failure, checked before a group flush.
+    fn sync_fault(&self) -> Result<(), QueueError> {
+        match self.inner.fail_syncs.load(Ordering::Acquire) {
+            true => Err(QueueError::Storage("injected flush failure".to_owned())),
+            false => self.fault(),
+        }
+    }
+
+    /// Tests: makes storage writes fail (or work again), as a full disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.inner.fail_writes.store(fail, Ordering::Release);
+    }
+
+    /// Tests: a crash. Stops the background threads without flushing or writing anything,
+    /// and drops this handle, so the directory is free when it returns (a dropped handle
+    /// alone may be outlived for a moment by a health round holding the queue).
+    #[cfg(test)]
+    pub(crate) fn crash(self) {
+        self.inner.commit.stop();
+        self.inner.health.stop();
+    }
+
+    /// Tests: makes group flushes fail (or work again) while single writes work.
+    #[cfg(test)]
+    pub(crate) fn fail_syncs(&self, fail: bool) {
+        self.inner.fail_syncs.store(fail, Ordering::Release);
+    }
+
+    /// Appends one request's `count` NDJSON lines to `stream`, and returns once they are
+    /// durable as `queue.durability` defines. The lines go into one entry (with other
+    /// requests' in fsync mode, never split), so either all are queued or, on error, none.
+    pub async fn append(&self, stream: &str, lines: &[u8], count: u32) -> Result<(), QueueError> {
+        self.append_parts(vec![(stream.to_owned(), lines.to_vec(), count)])
+            .await
+    }
+
+    /// Appends every line of one request (possibly for several streams) atomically — all
+    /// durable (per `queue.durability`) before it returns `Ok`, or none stored — skipping
+    /// lines whose `message_id` was already accepted from `source` within the dedup window.
+    /// The ids are recorded in the same group commit as the records (see [`dedup`]).
+    pub async fn append_batch(
+        &self,
+        source: &str,
+        lines: Vec<BatchLine>,
+    ) -> Result<BatchAppended, QueueError> {
+        let total = lines.len() as u32;
+        let duplicates = self
+            .submit(Request::Batch {
+                source: source.to_owned(),
+                lines,
+            })
+            .await?;
+        Ok(BatchAppended {
+            stored: total - duplicates,
+            duplicates,
+        })
+    }
+
+    /// Appends one request's lines for one or more streams: all durable, or none stored.
+    async fn append_parts(&self, parts: Vec<(String, Vec<u8>, u32)>) -> Result<(), QueueError> {
+        self.submit(Request::Parts(parts)).await.map(drop)
+    }
+
+    /// Hands a request to the committer and waits for its answer (the duplicates skipped).
+    async fn submit(&self, request: Request) -> Result<u32, QueueError> {
+        let reserved = match &request {
+            Request::Parts(parts) => {
+                for (stream, _, _) in parts {
+                    self.state(stream)?;
+                }
+                commit::reserved_bytes(parts)
+            }
+            Request::Batch { lines, .. } => {
+                let mut streams: Vec<&str> = Vec::new();
+                for l in lines {
+                    self.state(&l.stream)?;
+                    if !streams.contains(&l.stream.as_str()) {
+                        streams.push(&l.stream);
+                    }
+                }
+                let bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+                (bytes + streams.len() * entry::HEADER_LEN) as u64
+            }
+        };
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        self.inner.admission.reserve(reserved)?;
+        // The committer writes it (with whatever else is pending) and answers once it is
+        // in sled, after the flush that covers it in `fsync` mode.
+        let (done, answer) = oneshot::channel();
+        let pending = Pending {
+            request,
+            parts: Vec::new(),
+            duplicates: 0,
+            ids: Vec::new(),
+            enqueued_ms: now_ms(),
+            reserved,
+            done,
+        };
+        if self.inner.commit.submit(pending).is_err() {
+            self.inner.admission.release(reserved);
+            return Err(QueueError::Closed);
+        }
+        answer.await.unwrap_or(Err(QueueError::Closed))
+    }
+
+    /// Up to `max_entries` entries from the head of `stream` (oldest first), skipping keys in
+    /// `skip` (entries already in flight). Read from the head each time, never from a saved
+    /// cursor: concurrent appends can commit key k+1 before k, and a cursor would pass k by.
+    /// A damaged entry is moved to the damaged tree and reported, never delivered.
+    pub fn read_head(
+        &self,
+        stream: &str,
+        skip: &HashSet<u64>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, QueueError> {
+        self.state(stream)?;
+        let store = self.store()?;
+        let trees = store.trees(stream)?;
+        let refused = self.refused_keys(stream);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in trees.q.iter() {
+            if out.len() >= max_entries || bytes >= max_bytes {
+                break;
+            }
+            let (k, v) = item?;
+            let key = entry::key_of(&k)?;
+            if skip.contains(&key) || refused.contains(&key) {
+                continue;
+            }
+            match Entry::decode(&k, v.clone()) {
+                Ok(entry) => {
+                    bytes += entry.lines.len();
+                    out.push(entry);
+                }
+                Err(QueueError::Damaged { why, .. }) => {
+                    self.quarantine(&store, stream, &k, v, &why)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() && skip.is_empty() && refused.is_empty() {
+            self.check_drained(&store, stream)?;
+        }
+        Ok(out)
+    }
+
+    /// Called when `stream` reads empty with nothing in flight: if the counters still hold
+    /// events, the store lost them (a large queue's counts were trusted at start without a
+    /// walk). Reported once, and the counters follow the store.
+    fn check_drained(&self, store: &Store, stream: &str) -> Result<(), QueueError> {
+        let s = self.state(stream)?;
+        let claimed = s.events.load(Ordering::Acquire);
+        if claimed == 0 {
+            return Ok(());
+        }
+        // Counters move only after the store: an append inserts before it counts, and only
+        // this stream's flusher (the caller, with nothing in flight) removes. So a second
+        // read that is still empty proves the events are gone.
+        if store.trees(stream)?.q.first()?.is_some() {
+            return Ok(());
+        }
+        tracing::error!(%stream, missing_events = claimed, "the queue holds fewer events than were acknowledged: {claimed} acknowledged events of {stream} are missing (found when the stream drained)");
+        crate::metrics::queue_lost_events(stream, claimed);
+        s.lost.fetch_add(claimed, Ordering::AcqRel);
+        s.events.fetch_sub(claimed, Ordering::AcqRel);
+        let bytes = s.bytes.load(Ordering::Acquire);
+        self.release(s, bytes);
+        Ok(())
+    }
+
+    /// Moves a damaged value out of the delivery path into `damaged/<stream>` and reports the
+    /// events it claimed as lost.
+    fn quarantine(
+        &self,
+        store: &Store,
+        stream: &str,
+        k: &[u8],
+        v: sled::IVec,
+        why: &str,
+    ) -> Result<(), QueueError> {
+        let trees = store.trees(stream)?;
+        let claimed = u64::from(Entry::claimed_count(&v).unwrap_or(0));
+        let v_len = v.len();
+        trees.damaged.insert(k, v)?;
+        trees.q.remove(k)?;
+        tracing::error!(%stream, %why, events = claimed, "a queue entry is damaged: moved to the damaged tree (kept, not delivered)");
+        let s = self.state(stream)?;
+        let counted = s.events.load(Ordering::Acquire).min(claimed);
+        s.events.fetch_sub(counted, Ordering::AcqRel);
+        self.release(s, (v_len as u64).min(s.bytes.load(Ordering::Acquire)));
+        s.lost.fetch_add(claimed, Ordering::AcqRel);
+        crate::metrics::queue_lost_events(stream, claimed);
+        Ok(())
+    }
+
+    /// Settles `entry` after a delivery attempt: `remaining` holds the lines the sink did not
+    /// accept (empty when it took them all). Accepted lines leave the queue; the rest stay
+    /// under the same key, so they keep their place at the head.
+    pub fn settle(
+        &self,
+        stream: &str,
+        entry: &Entry,
+        remaining: &[&[u8]],
+    ) -> Result<(), QueueError> {
+        self.settle_inner(stream, entry, remaining, 0)
+    }
+
+    /// [`Queue::settle`], where `dead` of the lines that leave went to the dead-letter tree
+    /// (still held, so not counted as delivered).
+    fn settle_inner(
+        &self,
+        stream: &str,
+        entry: &Entry,
+        remaining: &[&[u8]],
+        dead: u64,
+    ) -> Result<(), QueueError> {
+        let s = self.state(stream)?;
+        let leaving = u64::from(entry.count) - remaining.len() as u64;
+        if leaving == 0 {
+            return Ok(());
+        }
+        self.fault()?;
+        let store = self.store()?;
+        let trees = store.trees(stream)?;
+        // Recorded before the removal, so that a removal can never look like a loss.
+        let delivered = s.delivered.load(Ordering::Acquire) + (leaving - dead);
+        if leaving > dead {
+            store.set_delivered(stream, delivered)?;
+        }
+        let key = entry.key.to_be_bytes();
+        let freed = if remaining.is_empty() {
+            trees.q.remove(key)?;
+            entry.budget_bytes()
+        } else {
+            let value = Entry::encode_parts(entry.enqueued_ms, remaining.len() as u32, remaining);
+            let freed = entry.budget_bytes() - value.len() as u64;
+            trees.q.insert(key, value)?;
+            freed
+        };
+        s.delivered.store(delivered, Ordering::Release);
+        self.release(s, freed);
+        s.events.fetch_sub(leaving, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Moves `lines` of `entry` (which the sink refused for good) to the dead-letter tree, and
+    /// settles the entry. Records are never dropped silently.
+    pub fn dead_letter(
+        &self,
+        stream: &str,
+        entry: &Entry,
+        lines: &[&[u8]],
+        remaining: &[&[u8]],
+    ) -> Result<(), QueueError> {
+        let s = self.state(stream)?;
+        self.fault()?;
+        let store = self.store()?;
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let value = Entry::encode_parts(entry.enqueued_ms, lines.len() as u32, lines);
+        store.trees(stream)?.dead.insert(key.to_be_bytes(), value)?;
+        // The dead letter must be on disk before the original goes.
+        store.sync(&self.inner.config.path)?;
+        s.dead_events
+            .fetch_add(lines.len() as u64, Ordering::AcqRel);
+        self.settle_inner(stream, entry, remaining, lines.len() as u64)
+    }
+
+    /// Every dead-lettered entry of `stream`, oldest first.
+    pub fn dead_letters(&self, stream: &str) -> Result<Vec<Entry>, QueueError> {
+        let store = self.store()?;
+        store
+            .trees(stream)?
+            .dead
+            .iter()
+            .map(|item| {
+                item.map_err(QueueError::from)
+                    .and_then(|(k, v)| Entry::decode(&k, v))
+            })
+            .collect()
+    }
+
+    /// Moves every dead letter of `stream` back to the tail of its queue (after the operator
+    /// fixed what made the sink refuse them), flushes, and returns how many records moved.
+    pub fn replay_dead_letters(&self, stream: &str) -> Result<u64, QueueError> {
+        let s = self.state(stream)?;
+        let store = self.store()?;
+        let trees = store.trees(stream)?;
+        let mut moved = 0;
+        for entry in self.dead_letters(stream)? {
+            let value = Entry::encode(entry.enqueued_ms, entry.count, &entry.lines);
+            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+            let len = value.len() as u64;
+            trees.q.insert(key.to_be_bytes(), value)?;
+            trees.dead.remove(entry.key.to_be_bytes())?;
+            // Both the stream's count and the total: settling it later takes from both.
+            s.bytes.fetch_add(len, Ordering::AcqRel);
+            self.inner
+                .admission
+                .queued_bytes
+                .fetch_add(len, Ordering::AcqRel);
+            s.events.fetch_add(u64::from(entry.count), Ordering::AcqRel);
+            s.dead_events
+                .fetch_sub(u64::from(entry.count), Ordering::AcqRel);
+            moved += u64::from(entry.count);
+        }
+        store.sync(&self.inner.config.path)?;
+        s.appended.notify_one();
+        Ok(moved)
+    }
+
+    /// Records in the dead-letter tree of `stream`.
+    pub fn dead_letter_events(&self, stream: &str) -> u64 {
+        self.state(stream)
+            .map_or(0, |s| s.dead_events.load(Ordering::Acquire))
+    }
+
+    fn release(&self, s: &StreamState, bytes: u64) {
+        s.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.inner.admission.release(bytes);
+    }
+
+    fn refuse(&self, stream: &str, key: u64) {
+        self.inner
+            .refused
+            .lock()
+            .expect("refused keys")
+            .entry(stream.to_owned())
+            .or_default()
+            .insert(key);
+    }
+
+    fn refused_keys(&self, stream: &str) -> HashSet<u64> {
+        let refused = self.inner.refused.lock().expect("refused keys");
+        refused.get(stream).cloned().unwrap_or_default()
+    }
+
+    /// Enters the failed state after a storage error (logged once per state change).
+    fn storage_failed(&self, during: &str, e: &QueueError) {
+        if self.inner.admission.set_failing(true) {
+            tracing::error!(during, error = %e, "queue storage failed: answering 503 and pausing deliveries until writes work again");
+            self.inner.health.wake();
+        }
+    }
+
+    /// Resolves after the next append to `stream` (or at once if one happened since the last
+    /// call), so an idle flusher wakes without polling.
+    pub async fn appended(&self, stream: &str) {
+        if let Ok(s) = self.state(stream) {
+            s.appended.notified().await;
+        }
+    }
+
+    /// Records (lines) queued in `stream`.
+    pub fn queued_events(&self, stream: &str) -> u64 {
+        self.state(stream)
+            .map_or(0, |s| s.events.load(Ordering::Acquire))
+    }
+
+    /// Bytes queued across all streams (what `queue.max_bytes` limits).
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.admission.queued()
+    }
+
+    /// `queue.max_bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.admission.max_bytes()
+    }
+
+    /// Whether appends are refused for the budget: from the first refusal until the queue
+    /// drained below [`RESUME_PERCENT`] of `queue.max_bytes`.
+    pub fn is_full(&self) -> bool {
+        self.inner.admission.is_full()
+    }
+
+    /// Why appends are refused now, if they are (for `/readyz`).
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        let a = &self.inner.admission;
+        if a.is_failing() {
+            Some("queue storage failing")
+        } else if a.is_low_disk() {
+            Some("queue disk below its free-space floor")
+        } else if a.is_full() {
+            Some("queue at its byte budget")
+        } else {
+            None
+        }
+    }
+
+    /// Runs one health round now (free space, manifest, recovery) instead of waiting for the
+    /// background one.
+    pub fn check_health_now(&self) {
+        health::round(self);
+    }
+
+    /// Enqueue time (ms since the epoch) of the oldest entry of `stream`.
+    pub fn oldest_ms(&self, stream: &str) -> Result<Option<u64>, QueueError> {
+        let store = self.store()?;
+        let first = store.trees(stream)?.q.first()?;
+        Ok(first.and_then(|(k, v)| Entry::decode(&k, v).ok().map(|e| e.enqueued_ms)))
+    }
+
+    /// Size of the sled files on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.store()
+            .ok()
+            .and_then(|s| s.db.size_on_disk().ok())
+            .unwrap_or(0)
+    }
+
+    /// Group flushes performed so far (0 in `interval` mode).
+    pub fn flush_count(&self) -> u64 {
+        self.inner.commit.flushes.load(Ordering::Acquire)
+    }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.inner.config.durability
+    }
+
+    /// The values the queue's gauges show.
+    pub fn gauges(&self, streams: &[String]) -> crate::metrics::QueueGauges {
+        let now = now_ms();
+        let a = &self.inner.admission;
+        crate::metrics::QueueGauges {
+            streams: streams
+                .iter()
+                .map(|stream| crate::metrics::StreamGauges {
+                    stream: stream.clone(),
+                    depth: self.queued_events(stream),
+                    oldest_age_seconds: match self.oldest_ms(stream) {
+                        Ok(Some(t)) => now.saturating_sub(t) as f64 / 1000.0,
+                        _ => 0.0,
+                    },
+                    dead_letters: self.dead_letter_events(stream),
+                })
+                .collect(),
+            disk_bytes: self.size_on_disk(),
+            budget_bytes: a.queued(),
+            free_bytes: a.free_bytes.load(Ordering::Acquire),
+            low_disk: a.is_low_disk(),
+            storage_failed: a.is_failing(),
+        }
+    }
+
+    /// The manifest's counts now.
+    fn manifest_counts(&self) -> BTreeMap<String, manifest::Counts> {
+        self.inner
+            .streams
+            .iter()
+            .map(|(name, s)| {
+                let counts = manifest::Counts {
+                    acked: s.acked.load(Ordering::Acquire),
+                    delivered: s.delivered.load(Ordering::Acquire),
+                    lost: s.lost.load(Ordering::Acquire),
+                };
+                (name.clone(), counts)
+            })
+            .collect()
+    }
+
+    /// Rewrites the manifest (skipped when nothing changed).
+    fn write_manifest(&self) -> Result<(), QueueError> {
+        let counts = self.manifest_counts();
+        self.inner
+            .manifest
+            .lock()
+            .expect("manifest")
+            .write(&counts)?;
+        Ok(())
+    }
+
+    /// Refuses further appends, stops the committer and the health round, and flushes
+    /// everything (and the manifest) to disk. Callers stop the flushers first.
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.commit.stop();
+        self.inner.health.stop();
+        let store = self.store()?;
+        store.sync(&self.inner.config.path)?;
+        self.write_manifest()?;
+        // The counts, so that the next start need not walk a large queue.
+        let counts: Vec<(String, store::Tally)> = self
+            .inner
+            .streams
+            .iter()
+            .map(|(name, s)| {
+                let tally = store::Tally {
+                    events: s.events.load(Ordering::Acquire),
+                    bytes: s.bytes.load(Ordering::Acquire),
+                    dead_events: s.dead_events.load(Ordering::Acquire),
+                    ..store::Tally::default()
+                };
+                (name.clone(), tally)
+            })
+            .collect();
+        store.save(&counts, self.inner.next_key.load(Ordering::Acquire))?;
+        store.sync(&self.inner.config.path)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+//! Start-up: lock the directory, open sled (moving a damaged database aside, never deleting
+//! it), count what every stream holds, and compare with the manifest, so that a queue that
+//! comes back shorter than what was acknowledged is reported — how many events, which stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+
+use super::admission::{Admission, FreeSpace};
+use super::commit::GroupCommit;
+use super::lock::DirLock;
+use super::manifest::{self, Counts};
+use super::store::{OpenError, Store, Tally};
+use super::{Inner, Queue, QueueError, StreamState};
+use crate::config::{Durability, QueueConfig};
+
+/// What [`Queue::verify`] found in one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReport {
+    /// The stream.
+    pub stream: String,
+    /// Events in its queue tree.
+    pub queued: u64,
+    /// Events in its dead-letter tree.
+    pub dead_letters: u64,
+    /// Events the manifest says it must hold (`None` without a readable manifest).
+    pub expected: Option<u64>,
+    /// Events missing against the manifest.
+    pub missing: u64,
+    /// Values whose header or checksum is bad.
+    pub damaged_entries: u64,
+    /// Values kept in the damaged tree (from earlier opens).
+    pub quarantined: u64,
+}
+
+/// What [`Queue::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Per stream.
+    pub streams: Vec<StreamReport>,
+    /// The manifest: "ok", "missing" or "damaged".
+    pub manifest: &'static str,
+}
+
+impl VerifyReport {
+    /// Whether anything is wrong: missing events, damaged values, or a damaged manifest.
+    pub fn damaged(&self) -> bool {
+        self.manifest == "damaged"
+            || self
+                .streams
+                .iter()
+                .any(|s| s.missing > 0 || s.damaged_entries > 0)
+    }
+}
+
+/// See [`Queue::open_with`].
+pub(super) fn open(
+    config: &QueueConfig,
+    streams: &[String],
+    free_space: Box<dyn FreeSpace>,
+) -> Result<Queue, QueueError> {
+    let mut lock = DirLock::acquire(&config.path)?;
+    let mut manifest_read = read_manifest(&config.path);
+    let loaded = match load(config, streams) {
+        Ok(loaded) => loaded,
+        Err(OpenError::Other(e)) => return Err(e),
+        Err(OpenError::Damaged(why)) => {
+            let aside = move_aside(&config.path, &why, &manifest_read, lock)?;
+            lock = DirLock::acquire(&config.path)?;
+            tracing::error!(moved_to = %aside.display(), "started a fresh queue; the old one is kept for recovery");
+            manifest_read = manifest::Read::Missing;
+            load(config, streams).map_err(|e| match e {
+                OpenError::Damaged(why) => QueueError::Storage(why),
+                OpenError::Other(e) => e,
+            })?
+        }
+    };
+    let store = loaded.store;
+    let expected = match manifest_read {
+        manifest::Read::Found(m) => Some(m),
+        manifest::Read::Missing => None,
+        manifest::Read::Damaged => {
+            tracing::error!(path = %config.path.display(), "the queue's manifest is damaged: losses cannot be checked at this start; it is rewritten now");
+            None
+        }
+    };
+    let mut states = HashMap::new();
+    let mut next_key = loaded.highest;
+    let mut queued_bytes = 0;
+    for (name, tally, delivered) in loaded.tallies {
+        let counts = reconcile(&name, &tally, expected.as_ref(), delivered);
+        next_key = next_key.max(tally.next_key);
+        queued_bytes += tally.bytes;
+        states.insert(
+            name,
+            StreamState {
+                events: AtomicU64::new(tally.events),
+                bytes: AtomicU64::new(tally.bytes),
+                dead_events: AtomicU64::new(tally.dead_events),
+                acked: AtomicU64::new(counts.acked),
+                delivered: AtomicU64::new(counts.delivered),
+                lost: AtomicU64::new(counts.lost),
+                appended: Notify::new(),
+            },
+        );
+    }
+    warn_about_unconfigured_streams(&store.db, streams);
+    let manifest = manifest::Writer::open(&config.path)?;
+    let dedup = super::dedup::Dedup::load(
+        &store.dedup,
+        config.dedup_window_secs.saturating_mul(1000),
+        config.dedup_max_ids,
+        super::now_ms(),
+    )?;
+    // Both modes write through the committer, which coalesces concurrent requests into
+    // few sled values; only `fsync` waits for a flush before answering.
+    let commit = Arc::new(GroupCommit::new(config.durability == Durability::Fsync));
+    let inner = Arc::new(Inner {
+        config: config.clone(),
+        store: RwLock::new(Some(Arc::new(store))),
+        streams: states,
+        next_key: AtomicU64::new(next_key),
+        admission: Admission::new(config.max_bytes, config.min_free_bytes, queued_bytes),
+        commit,
+        health: Default::default(),
+        closed: AtomicBool::new(false),
+        refused: Mutex::default(),
+        dedup,
+        manifest: Mutex::new(manifest),
+        free_space,
+        _lock: lock,
+        fail_writes: AtomicBool::new(false),
+        fail_syncs: AtomicBool::new(false),
+    });
+    let queue = Queue { inner };
+    // The new baseline is on disk before anything is acknowledged against it.
+    queue.write_manifest()?;
+    super::health::round(&queue);
+    queue.inner.commit.spawn(Arc::downgrade(&queue.inner))?;
+    queue.inner.health.spawn(Arc::downgrade(&queue.inner))?;
+    Ok(queue)
+}
+
+/// After a clean close, queues holding less than this are walked at start all the same (a
+/// walk of 256 MiB takes ~0.2 s and about as much memory, released to sled's cache).
+const WALK_BELOW_BYTES: u64 = 256 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: a smaller threshold, to take the trusted-counts path with a small queue.
+    pub(super) static WALK_BELOW_OVERRIDE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+fn walk_below_bytes() -> u64 {
+    #[cfg(test)]
+    if let Some(limit) = WALK_BELOW_OVERRIDE.with(std::cell::Cell::get) {
+        return limit;
+    }
+    WALK_BELOW_BYTES
+}
+
+/// An opened and counted store.
+struct Loaded {
+    store: Store,
+    /// Per stream: what it holds, and `delivered` as sled last recorded it.
+    tallies: Vec<(String, Tally, u64)>,
+    /// One past the highest key of any tree: a key is never reused.
+    highest: u64,
+}
+
+/// Opens sled and counts every stream. sled can also panic or fail while its trees are
+/// read (a damaged page), so the whole of it counts as opening: a panic or an error here
+/// is damage, and the directory is moved aside instead of crash-looping.
+fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let store = Store::open(config, streams)?;
+        let damaged = |e: QueueError| OpenError::Damaged(e.to_string());
+        let saved = store.take_saved().map_err(damaged)?;
+        // After a clean close the saved counts spare a walk of a large queue: sled 0.34
+        // keeps every page a walk reads (10 M queued events: 1.7 GiB of memory, seconds).
+        // A small queue is walked anyway (cheap), and a shortfall in a large one is caught
+        // when its stream drains (`Queue::read_head`).
+        let trusted = saved.filter(|s| {
+            let bytes: u64 = s.streams.values().map(|t| t.bytes).sum();
+            bytes >= walk_below_bytes() && streams.iter().all(|n| s.streams.contains_key(n))
+        });
+        let mut tallies = Vec::new();
+        for name in streams {
+            let tally = match trusted.as_ref().and_then(|s| s.streams.get(name)) {
+                Some(t) => *t,
+                None => store.count(name, true).map_err(damaged)?,
+            };
+            let delivered = store.delivered(name).map_err(damaged)?;
+            tallies.push((name.clone(), tally, delivered));
+        }
+        let highest = highest_key(&store.db).map_err(damaged)?;
+        Ok(Loaded {
+            store,
+            tallies,
+            highest,
+        })
+    }));
+    attempt.unwrap_or_else(|panic| {
+        Err(OpenError::Damaged(format!(
+            "sled panicked while reading the queue: {}",
+            super::store::panic_message(&*panic)
+        )))
+    })
+}
+
+/// Compares what a stream holds with what the manifest says it must, reports a shortfall,
+/// and returns the counts to continue from.
+fn reconcile(
+    stream: &str,
+    tally: &Tally,
+    manifest: Option<&BTreeMap<String, Counts>>,
+    delivered_in_sled: u64,
+) -> Counts {
+    let found = tally.events + tally.dead_events;
+    let Some(m) = manifest.map(|m| m.get(stream).copied().unwrap_or_default()) else {
+        // No manifest (a new queue, or one from before manifests): accounting starts now.
+        return Counts {
+            acked: delivered_in_sled + found,
+            delivered: delivered_in_sled,
+            lost: 0,
+        };
+    };
+    let delivered = m.delivered.max(delivered_in_sled);
+    let expected = Counts { delivered, ..m }.expected();
+    let missing = expected.saturating_sub(found);
+    if missing > 0 {
+        tracing::error!(
+            %stream,
+            missing_events = missing,
+            expected_events = expected,
+            found_events = found,
+            damaged_entries = tally.damaged_entries,
+            "the queue holds fewer events than were acknowledged: {missing} acknowledged events of {stream} are missing"
+        );
+        crate::metrics::queue_lost_events(stream, missing);
+    }
+    let lost = m.lost + missing;
+    // More than expected (removals lost with a crash come back): those are re-deliveries,
+    // not losses; the baseline follows what is there.
+    Counts {
+        acked: delivered + lost + found,
+        delivered,
+        lost,
+    }
+}
+
+fn read_manifest(path: &Path) -> manifest::Read {
+    manifest::read(path).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read the queue's manifest");
+        manifest::Read::Damaged
+    })
+}
+
+/// Moves a damaged queue directory aside (never deletes it), loudly, and reports what the
+/// manifest says it held as lost to this process.
+fn move_aside(
+    path: &Path,
+    why: &str,
+    manifest: &manifest::Read,
+    lock: DirLock,
+) -> Result<PathBuf, QueueError> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(|e| QueueError::Io {
+        path: path.to_path_buf(),
+        message: format!("cannot move the damaged queue aside: {e}"),
+    })?;
+    // Held until the directory is renamed, so no other process opens it meanwhile.
+    drop(lock);
+    tracing::error!(
+        error = %why,
+        moved_to = %aside.display(),
+        "the queue's database is damaged and would not open: moved it aside (kept for recovery, not deleted)"
+    );
+    crate::metrics::queue_moved_aside();
+    if let manifest::Read::Found(m) = manifest {
+        for (stream, counts) in m {
+            let held = counts.expected();
+            if held > 0 {
+                tracing::error!(%stream, events = held, moved_to = %aside.display(), "acknowledged events left in the moved-aside queue will not be delivered by this process");
+                crate::metrics::queue_lost_events(stream, held);
+            }
+        }
+    }
+    Ok(aside)
+}
+
+/// See [`Queue::verify`]: the same checks as a start, writing nothing. A panic inside sled
+/// is reported as damage, never passed on.
+pub(super) fn verify(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport, QueueError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        verify_inner(config, streams)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(QueueError::Storage(format!(
+            "sled panicked while reading the queue: {}",
+            super::store::panic_message(&*panic)
+        )))
+    })
+}
+
+fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport, QueueError> {
+    let _lock = DirLock::acquire(&config.path)?;
+    let manifest_read = read_manifest(&config.path);
+    let store = Store::open(config, streams).map_err(|e| match e {
+        OpenError::Damaged(why) => QueueError::Storage(format!("sled will not open: {why}")),
+        OpenError::Other(e) => e,
+    })?;
+    let expected = match &manifest_read {
+        manifest::Read::Found(m) => Some(m),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for name in streams {
+        let tally = store.count(name, false)?;
+        let expected = expected.map(|m| {
+            let c = m.get(name).copied().unwrap_or_default();
+            Counts {
+                delivered: c.delivered.max(store.delivered(name).unwrap_or(0)),
+                ..c
+            }
+            .expected()
+        });
+        let found = tally.events + tally.dead_events;
+        out.push(StreamReport {
+            stream: name.clone(),
+            queued: tally.events,
+            dead_letters: tally.dead_events,
+            expected,
+            missing: expected.map_or(0, |e| e.saturating_sub(found)),
+            damaged_entries: tally.damaged_entries,
+            quarantined: tally.quarantined,
+        });
+    }
+    Ok(VerifyReport {
+        streams: out,
+        manifest: match manifest_read {
+            manifest::Read::Found(_) => "ok",
+            manifest::Read::Missing => "missing",
+            manifest::Read::Damaged => "damaged",
+        },
+    })
+}
+
+/// The highest key of any queue, dead-letter or damaged tree.
+fn highest_key(db: &sled::Db) -> Result<u64, QueueError> {
+    let mut next = 0;
+    for name in db.tree_names() {
+        if [&b"q/"[..], b"dead/", b"damaged/"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            let tree = db.open_tree(&name)?;
+            if let Some((k, _)) = tree.last()?
+                && let Ok(key) = super::entry::key_of(&k)
+            {
+                next = next.max(key + 1);
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Queue trees of streams no longer configured are not drained: say so loudly.
+fn warn_about_unconfigured_streams(db: &sled::Db, streams: &[String]) {
+    for name in db.tree_names() {
+        let Some(stream) = name.strip_prefix(b"q/") else {
+            continue;
+        };
+        let stream = String::from_utf8_lossy(stream);
+        let has_records = db.open_tree(&name).is_ok_and(|t| !t.is_empty());
+        if has_records && !streams.iter().any(|s| *s == stream) {
+            tracing::warn!(%stream, "the queue holds records of a stream that is not configured; they are kept but not delivered");
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! Unit tests of the queue's public behaviour.
+
+use super::entry::HEADER_LEN;
+use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// A generous bound for tests awaiting queue signals.
+const TEST_WAIT: Duration = Duration::from_secs(10);
+
+fn config(dir: &Path, durability: Durability) -> QueueConfig {
+    QueueConfig {
+        path: dir.join("q"),
+        max_bytes: 1 << 30,
+        durability,
+        flush_interval_ms: 500,
+        cache_capacity: 8 << 20,
+        ..QueueConfig::default()
+    }
+}
+
+fn streams() -> Vec<String> {
+    vec!["a".to_owned(), "b".to_owned()]
+}
+
+fn lines(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .flat_map(|e| {
+            e.iter_lines()
+                .map(|l| String::from_utf8(l.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn append_is_one_entry_read_from_the_head_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.append("a", b"1\n2\n3\n", 3).await.unwrap();
+    q.append("b", b"x\n", 1).await.unwrap();
+    q.append("a", b"4\n", 1).await.unwrap();
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(head.len(), 2, "one entry per append");
+    assert_eq!(head[0].count, 3);
+    assert!(head[0].key < head[1].key);
+    assert_eq!(lines(&head), ["1\n", "2\n", "3\n", "4\n"]);
+    assert_eq!(q.queued_events("a"), 4);
+    assert_eq!(q.queued_events("b"), 1);
+    let skip: HashSet<u64> = [head[0].key].into();
+    let rest = q.read_head("a", &skip, 10, usize::MAX).unwrap();
+    assert_eq!(lines(&rest), ["4\n"]);
+    assert!(matches!(
+        q.append("zzz", b"1\n", 1).await,
+        Err(QueueError::UnknownStream(_))
+    ));
+}
+
+#[tokio::test]
+async fn settle_removes_exactly_the_accepted_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.append("a", b"1\n2\n3\n", 3).await.unwrap();
+    q.append("a", b"4\n", 1).await.unwrap();
+    let before = q.queued_bytes();
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    // Lines 1 and 3 accepted, 2 failed; the second entry fully accepted.
+    q.settle("a", &head[0], &[b"2\n"]).unwrap();
+    q.settle("a", &head[1], &[]).unwrap();
+    let left = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(lines(&left), ["2\n"]);
+    assert_eq!(
+        left[0].key, head[0].key,
+        "the remainder keeps its place at the head"
+    );
+    assert_eq!(left[0].enqueued_ms, head[0].enqueued_ms);
+    assert_eq!(q.queued_events("a"), 1);
+    assert_eq!(q.queued_bytes(), before - 4 - 2 - HEADER_LEN as u64);
+    // Settling with nothing delivered changes nothing.
+    q.settle("a", &left[0], &[b"2\n"]).unwrap();
+    assert_eq!(q.queued_events("a"), 1);
+    q.settle("a", &left[0], &[]).unwrap();
+    assert!(
+        q.read_head("a", &HashSet::new(), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(q.queued_bytes(), 0);
+    assert_eq!(q.queued_events("a"), 0);
+}
+
+#[tokio::test]
+async fn restart_keeps_order_counts_and_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let (last_key, bytes_before);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        for i in 0..20u32 {
+            q.append("a", format!("{i}\n").as_bytes(), 1).await.unwrap();
+        }
+        let head = q.read_head("a", &HashSet::new(), 5, usize::MAX).unwrap();
+        for e in &head {
+            q.settle("a", e, &[]).unwrap();
+        }
+        last_key = q
+            .read_head("a", &HashSet::new(), 100, usize::MAX)
+            .unwrap()
+            .last()
+            .unwrap()
+            .key;
+        bytes_before = q.queued_bytes();
+        q.close().unwrap();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!(q.queued_events("a"), 15);
+    assert_eq!(
+        q.queued_bytes(),
+        bytes_before,
+        "the budget is recounted at start"
+    );
+    q.append("a", b"new\n", 1).await.unwrap();
+    let all = q.read_head("a", &HashSet::new(), 100, usize::MAX).unwrap();
+    let got = lines(&all);
+    let want: Vec<String> = (5..20)
+        .map(|i| format!("{i}\n"))
+        .chain(["new\n".to_owned()])
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        all.last().unwrap().key > last_key,
+        "sequence resumes after the highest key"
+    );
+}
+
+#[tokio::test]
+async fn counters_survive_a_clean_close_and_are_recounted_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Interval);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.append("a", b"1\n2\n", 2).await.unwrap();
+        q.append("b", b"3\n", 1).await.unwrap();
+        let head = q.read_head("a", &HashSet::new(), 1, usize::MAX).unwrap();
+        q.dead_letter("a", &head[0], &[b"2\n"], &[]).unwrap();
+        q.append("a", b"4\n", 1).await.unwrap();
+        q.close().unwrap();
+    }
+    let (events, bytes);
+    {
+        // Clean: the saved counters are used, and the mark is cleared at once.
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        assert_eq!(
+            (
+                q.queued_events("a"),
+                q.queued_events("b"),
+                q.dead_letter_events("a")
+            ),
+            (1, 1, 1)
+        );
+        q.append("a", b"5\n6\n", 2).await.unwrap();
+        (events, bytes) = (q.queued_events("a"), q.queued_bytes());
+        q.crash();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!(
+        q.queued_events("a"),
+        events,
+        "a crash after a clean open forces a recount"
+    );
+    assert_eq!(q.queued_events("a"), 3);
+    assert_eq!(q.queued_bytes(), bytes);
+    assert_eq!(q.dead_letter_events("a"), 1);
+    q.append("a", b"7\n", 1).await.unwrap();
+    let keys: Vec<u64> = q
+        .read_head("a", &HashSet::new(), 10, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+}
+
+#[tokio::test]
+async fn budget_refuses_without_evicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Durability::Fsync);
+    cfg.max_bytes = 2 * (HEADER_LEN as u64 + 10) + 5;
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.append("a", b"123456789\n", 1).await.unwrap();
+    q.append("b", b"123456789\n", 1).await.unwrap();
+    let err = q.append("a", b"1234567\n", 1).await.unwrap_err();
+    assert!(matches!(err, QueueError::Full { .. }), "{err}");
+    let err = q.append("a", b"x\n", 1).await.unwrap_err();
+    assert!(
+        matches!(err, QueueError::Full { .. }),
+        "fits, but the queue is full: {err}"
+    );
+    assert_eq!(q.queued_events("a"), 1);
+    assert_eq!(q.queued_events("b"), 1);
+    assert!(q.is_full());
+    // Full stays full, even for what would fit, until the queue drains below 90%.
+    let head = q.read_head("b", &HashSet::new(), 10, usize::MAX).unwrap();
+    q.settle("b", &head[0], &[]).unwrap();
+    assert!(!q.is_full(), "half the budget is free");
+    q.append("a", b"x\n", 1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move { q.append("a", format!("{i}\n").as_bytes(), 1).await })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(TEST_WAIT, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    let flushes = q.flush_count();
+    assert_eq!(q.queued_events("a"), 1000);
+    let entries = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap();
+    assert!(
+        entries.len() < 500,
+        "requests written together share entries: {}",
+        entries.len()
+    );
+    let mut got: Vec<String> = lines(&entries);
+    got.sort();
+    let mut want: Vec<String> = (0..1000).map(|i| format!("{i}\n")).collect();
+    want.sort();
+    assert_eq!(got, want, "every request whole, once");
+    assert!(flushes >= 1);
+    assert!(
+        flushes < 500,
+        "1000 concurrent appends took {flushes} flushes: not shared"
+    );
+}
+
+#[tokio::test]
+async fn every_fsync_append_waits_for_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    for i in 1..=3u64 {
+        q.append("a", b"x\n", 1).await.unwrap();
+        assert_eq!(
+            q.flush_count(),
+            i,
+            "a lone append is answered only after its own flush"
+        );
+    }
+    let interval = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(interval.path(), Durability::Interval), &streams()).unwrap();
+    q.append("a", b"x\n", 1).await.unwrap();
+    assert_eq!(q.flush_count(), 0);
+    assert_eq!(q.queued_events("a"), 1);
+}
+
+#[tokio::test]
+async fn dead_letters_keep_the_refused_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.append("a", b"good\nbad\n", 2).await.unwrap();
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    q.dead_letter("a", &head[0], &[b"bad\n"], &[b"good\n"])
+        .unwrap();
+    assert_eq!(lines(&q.dead_letters("a").unwrap()), ["bad\n"]);
+    assert_eq!(
+        lines(&q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap()),
+        ["good\n"]
+    );
+    assert_eq!(q.queued_events("a"), 1);
+}
+
+#[test]
+fn a_blob_that_vanishes_before_its_sync_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    std::fs::write(blobs.join("1"), b"blob").unwrap();
+    // Listed but gone when opened, as when sled collects a blob mid-sync.
+    std::os::unix::fs::symlink(blobs.join("collected"), blobs.join("2")).unwrap();
+    let mut synced = HashSet::new();
+    commit::sync_new_blobs(dir.path(), &mut synced).unwrap();
+    assert!(synced.contains(std::ffi::OsStr::new("1")));
+    assert!(!synced.contains(std::ffi::OsStr::new("2")));
+}
+
+#[tokio::test]
+async fn closed_queue_refuses_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.close().unwrap();
+    assert!(matches!(
+        q.append("a", b"x\n", 1).await,
+        Err(QueueError::Closed)
+    ));
+}
+
+/// Free space as the test sets it.
+struct FakeFree(Arc<AtomicU64>);
+
+impl FreeSpace for FakeFree {
+    fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
+        Ok(self.0.load(Ordering::Acquire))
+    }
+}
+
+fn with_floor(dir: &Path, floor: u64, free: u64) -> (Queue, Arc<AtomicU64>) {
+    let reading = Arc::new(AtomicU64::new(free));
+    let mut cfg = config(dir, Durability::Fsync);
+    cfg.min_free_bytes = floor;
+    let q = Queue::open_with(&cfg, &streams(), Box::new(FakeFree(reading.clone()))).unwrap();
+    (q, reading)
+}
+
+#[tokio::test]
+async fn the_free_space_floor_refuses_and_resumes_with_hysteresis() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, free) = with_floor(dir.path(), 1000, 5000);
+    q.append("a", b"1\n", 1).await.unwrap();
+    free.store(900, Ordering::Release);
+    q.check_health_now();
+    let err = q.append("a", b"2\n", 1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::LowDisk {
+                free: 900,
+                min: 1000
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        q.unready_reason(),
+        Some("queue disk below its free-space floor")
+    );
+    free.store(1050, Ordering::Release);
+    q.check_health_now();
+    assert!(
+        q.append("a", b"3\n", 1).await.is_err(),
+        "needs 10 % above the floor"
+    );
+    free.store(1100, Ordering::Release);
+    q.check_health_now();
+    assert_eq!(q.unready_reason(), None);
+    q.append("a", b"4\n", 1).await.unwrap();
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(
+        lines(&head),
+        ["1\n", "4\n"],
+        "refused requests left nothing"
+    );
+}
+
+#[tokio::test]
+async fn failed_storage_answers_errors_leaves_nothing_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.append("a", b"kept\n", 1).await.unwrap();
+    // The value is written but its flush fails: the request is answered with an error and
+    // what it wrote is taken back.
+    q.fail_syncs(true);
+    assert!(q.append("a", b"refused-1\n", 1).await.is_err());
+    assert_eq!(q.unready_reason(), Some("queue storage failing"));
+    assert!(matches!(
+        q.append("a", b"refused-2\n", 1).await,
+        Err(QueueError::Failing)
+    ));
+    q.check_health_now();
+    assert_eq!(
+        q.unready_reason(),
+        Some("queue storage failing"),
+        "probe still fails"
+    );
+    q.fail_syncs(false);
+    q.check_health_now();
+    assert_eq!(q.unready_reason(), None, "recovered without a restart");
+    q.append("a", b"after\n", 1).await.unwrap();
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(lines(&head), ["kept\n", "after\n"]);
+    assert_eq!(q.queued_events("a"), 2);
+    let want: u64 = head.iter().map(|e| e.budget_bytes()).sum();
+    assert_eq!(q.queued_bytes(), want, "the budget matches what is stored");
+}
+
+#[tokio::test]
+async fn a_request_for_several_streams_is_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        let parts = vec![
+            ("a".to_owned(), b"a1\na2\n".to_vec(), 2),
+            ("b".to_owned(), b"b1\n".to_vec(), 1),
+        ];
+        q.append_parts(parts).await.unwrap();
+        q.fail_syncs(true);
+        let parts = vec![
+            ("a".to_owned(), b"x\n".to_vec(), 1),
+            ("b".to_owned(), b"y\n".to_vec(), 1),
+        ];
+        assert!(q.append_parts(parts).await.is_err());
+        q.crash();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    let a = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    let b = q.read_head("b", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(
+        (lines(&a), lines(&b)),
+        (
+            vec!["a1\n".to_owned(), "a2\n".to_owned()],
+            vec!["b1\n".to_owned()]
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_second_open_of_one_directory_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.append("a", b"1\n", 1).await.unwrap();
+    let err = Queue::open(&cfg, &streams()).err().expect("refused");
+    assert!(matches!(err, QueueError::InUse { .. }), "{err}");
+    assert!(
+        !dir.path()
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().contains("damaged") }),
+        "nothing was moved aside"
+    );
+    q.append("a", b"2\n", 1).await.unwrap();
+    assert_eq!(q.queued_events("a"), 2);
+}
+
+/// Opens the closed queue's sled database directly (as damage would) and runs `f` on it.
+fn tamper(cfg: &QueueConfig, f: impl FnOnce(&sled::Db)) {
+    let db = sled::Config::new()
+        .path(&cfg.path)
+        .segment_size(SEGMENT_SIZE)
+        .open()
+        .unwrap();
+    f(&db);
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_shorter_than_acknowledged_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.append("a", b"1\n2\n3\n", 3).await.unwrap();
+        q.append("a", b"4\n", 1).await.unwrap();
+        q.append("b", b"5\n", 1).await.unwrap();
+        // One entry delivered: a removal is never taken for a loss.
+        let head = q.read_head("b", &HashSet::new(), 10, usize::MAX).unwrap();
+        q.settle("b", &head[0], &[]).unwrap();
+        q.close().unwrap();
+    }
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    assert!(!report.damaged(), "{report:?}");
+    // The first entry of `a` vanishes (as a truncated log would lose it).
+    tamper(&cfg, |db| {
+        let tree = db.open_tree("q/a").unwrap();
+        let (k, _) = tree.first().unwrap().unwrap();
+        tree.remove(k).unwrap();
+    });
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    let a = &report.streams[0];
+    assert_eq!(
+        (a.stream.as_str(), a.expected, a.queued, a.missing),
+        ("a", Some(4), 1, 3)
+    );
+    assert!(report.damaged());
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        assert_eq!(q.queued_events("a"), 1);
+        q.close().unwrap();
+    }
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    assert!(
+        !report.damaged(),
+        "reported at the open, not again: {report:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_entry_is_kept_aside_reported_and_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.append("a", b"good\n", 1).await.unwrap();
+        q.append("a", b"soon bad\n", 1).await.unwrap();
+        q.close().unwrap();
+    }
+    tamper(&cfg, |db| {
+        let tree = db.open_tree("q/a").unwrap();
+        let (k, v) = tree.last().unwrap().unwrap();
+        let mut bad = v.to_vec();
+        *bad.last_mut().unwrap() ^= 0x20;
+        tree.insert(k, bad).unwrap();
+    });
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    assert_eq!(report.streams[0].damaged_entries, 1);
+    assert_eq!(report.streams[0].missing, 1);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(lines(&head), ["good\n"]);
+    q.close().unwrap();
+    drop(q);
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    assert_eq!(report.streams[0].quarantined, 1, "kept, not deleted");
+    assert!(!report.damaged(), "{report:?}");
+}
+
+#[tokio::test]
+async fn replayed_dead_letters_keep_the_budget_right_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.append("a", b"bad\n", 1).await.unwrap();
+        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        q.dead_letter("a", &head[0], &[b"bad\n"], &[]).unwrap();
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(q.replay_dead_letters("a").unwrap(), 1);
+        let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+        q.settle("a", &head[0], &[]).unwrap();
+        assert_eq!(q.queued_bytes(), 0);
+        q.close().unwrap();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!(q.queued_bytes(), 0, "the budget gauge is back to 0");
+    q.append("a", b"x\n", 1).await.unwrap();
+}
+
+fn batch(ids: &[&str]) -> Vec<BatchLine> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| BatchLine {
+            stream: if i % 2 == 0 { "a" } else { "b" }.to_owned(),
+            line: format!("{id}\n").into_bytes(),
+            message_id: Some((*id).to_owned()),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_stored_once_also_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        let first = q
+            .append_batch("web", batch(&["m1", "m2", "m3"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            BatchAppended {
+                stored: 3,
+                duplicates: 0
+            }
+        );
+        let again = q
+            .append_batch("web", batch(&["m1", "m2", "m3"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            BatchAppended {
+                stored: 0,
+                duplicates: 3
+            }
+        );
+        let other_source = q.append_batch("app", batch(&["m1"])).await.unwrap();
+        assert_eq!(other_source.stored, 1, "windows are per source");
+        q.crash();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    let mixed = q.append_batch("web", batch(&["m3", "m4"])).await.unwrap();
+    assert_eq!(
+        mixed,
+        BatchAppended {
+            stored: 1,
+            duplicates: 1
+        }
+    );
+    let a = lines(&q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap());
+    let b = lines(&q.read_head("b", &HashSet::new(), 10, usize::MAX).unwrap());
+    assert_eq!(a, ["m1\n", "m3\n", "m1\n"]);
+    assert_eq!(b, ["m2\n", "m4\n"]);
+}
+
+#[tokio::test]
+async fn a_failed_batch_leaves_its_ids_free_for_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.fail_syncs(true);
+    assert!(q.append_batch("web", batch(&["m1", "m2"])).await.is_err());
+    q.fail_syncs(false);
+    q.check_health_now();
+    let retry = q.append_batch("web", batch(&["m1", "m2"])).await.unwrap();
+    assert_eq!(
+        retry,
+        BatchAppended {
+            stored: 2,
+            duplicates: 0
+        }
+    );
+    assert_eq!(q.queued_events("a") + q.queued_events("b"), 2);
+}
+
+#[tokio::test]
+async fn a_large_queue_trusted_at_start_reports_its_shortfall_when_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        for i in 0..4 {
+            q.append("a", format!("{i}\n").as_bytes(), 1).await.unwrap();
+        }
+        q.close().unwrap();
+    }
+    tamper(&cfg, |db| {
+        let tree = db.open_tree("q/a").unwrap();
+        let (k, _) = tree.first().unwrap().unwrap();
+        tree.remove(k).unwrap();
+    });
+    // As for a queue too large to walk: the counts saved at the clean close are trusted.
+    open::WALK_BELOW_OVERRIDE.with(|o| o.set(Some(0)));
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    open::WALK_BELOW_OVERRIDE.with(|o| o.set(None));
+    assert_eq!(q.queued_events("a"), 4, "trusted, not walked");
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(lines(&head), ["1\n", "2\n", "3\n"]);
+    for e in &head {
+        q.settle("a", e, &[]).unwrap();
+    }
+    assert!(
+        q.read_head("a", &HashSet::new(), 10, usize::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(q.queued_events("a"), 0, "the counters follow the store");
+    assert_eq!(q.queued_bytes(), 0);
+    q.close().unwrap();
+    drop(q);
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    assert!(
+        !report.damaged(),
+        "the loss was reported once, at the drain: {report:?}"
+    );
+    assert_eq!(report.streams[0].expected, Some(0));
+}

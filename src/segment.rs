@@ -1,0 +1,557 @@
+//! The Segment-compatible API (`/v1/*`): Segment's HTTP Tracking API, as its SDKs (and
+//! RudderStack's) speak it, validated and encoded into one NDJSON line per message.
+//!
+//! Each message type is declared once, in [`KINDS`]: its name, the fields it requires, and
+//! its stream key. Every record of every type has the same keys (those of [`RECORD_KEYS`],
+//! `null` where a type or a client has none), so a stream holds one schema whichever types
+//! are mapped to it. Client values are copied byte for byte; the server adds `messageId`
+//! (when absent), `source`, `receivedAt`, the clock-skew-corrected `timestamp`
+//! (`receivedAt − (sentAt − originalTimestamp)`, as Segment documents it), `context.ip`, and
+//! keeps fields it has no column for in `extra`. A batch is all or nothing: one invalid
+//! message refuses the whole request (400), so nothing is half stored.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::{Iso8601, Rfc3339};
+
+use crate::config::SegmentConfig;
+use crate::event::{FieldError, check_raw};
+use crate::queue::BatchLine;
+
+/// A message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `track`: an action (`event`).
+    Track,
+    /// `identify`: who the user is (`traits`).
+    Identify,
+    /// `page`: a web page view.
+    Page,
+    /// `screen`: a mobile screen view.
+    Screen,
+    /// `group`: the user's organisation (`groupId`).
+    Group,
+    /// `alias`: one user, two ids (`previousId`).
+    Alias,
+}
+
+/// What a message type requires besides `userId` or `anonymousId`.
+struct Spec {
+    kind: Kind,
+    name: &'static str,
+    /// Short path analytics.js uses (`/v1/t`, …).
+    short: &'static str,
+    required: &'static [&'static str],
+}
+
+/// Every message type, declared once.
+const KINDS: [Spec; 6] = [
+    Spec {
+        kind: Kind::Track,
+        name: "track",
+        short: "t",
+        required: &["event"],
+    },
+    Spec {
+        kind: Kind::Identify,
+        name: "identify",
+        short: "i",
+        required: &[],
+    },
+    Spec {
+        kind: Kind::Page,
+        name: "page",
+        short: "p",
+        required: &[],
+    },
+    Spec {
+        kind: Kind::Screen,
+        name: "screen",
+        short: "s",
+        required: &[],
+    },
+    Spec {
+        kind: Kind::Group,
+        name: "group",
+        short: "g",
+        required: &["groupId"],
+    },
+    Spec {
+        kind: Kind::Alias,
+        name: "alias",
+        short: "a",
+        required: &["previousId", "userId"],
+    },
+];
+
+impl Kind {
+    fn spec(self) -> &'static Spec {
+        KINDS
+            .iter()
+            .find(|s| s.kind == self)
+            .expect("every kind is declared")
+    }
+
+    fn from_name(name: &str) -> Option<Kind> {
+        KINDS.iter().find(|s| s.name == name).map(|s| s.kind)
+    }
+
+    /// The stream this type goes to.
+    pub fn stream(self, config: &SegmentConfig) -> &str {
+        match self {
+            Kind::Track => &config.track,
+            Kind::Identify => &config.identify,
+            Kind::Page => &config.page,
+            Kind::Screen => &config.screen,
+            Kind::Group => &config.group,
+            Kind::Alias => &config.alias,
+        }
+    }
+}
+
+/// A `/v1` endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V1 {
+    /// `/v1/track` etc.: the body is one message of this type.
+    Single(Kind),
+    /// `/v1/batch` (and its older name `/v1/import`): `{"batch": [...]}`.
+    Batch,
+}
+
+impl V1 {
+    /// The endpoint at `path`, if it is one.
+    pub fn from_path(path: &str) -> Option<V1> {
+        let rest = path.strip_prefix("/v1/")?;
+        match rest {
+            "batch" | "import" => Some(V1::Batch),
+            _ => KINDS
+                .iter()
+                .find(|s| s.name == rest || s.short == rest)
+                .map(|s| V1::Single(s.kind)),
+        }
+    }
+
+    /// Metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            V1::Batch => "v1_batch",
+            V1::Single(Kind::Track) => "v1_track",
+            V1::Single(Kind::Identify) => "v1_identify",
+            V1::Single(Kind::Page) => "v1_page",
+            V1::Single(Kind::Screen) => "v1_screen",
+            V1::Single(Kind::Group) => "v1_group",
+            V1::Single(Kind::Alias) => "v1_alias",
+        }
+    }
+
+    /// Every endpoint's metric label.
+    pub const LABELS: [&'static str; 7] = [
+        "v1_batch",
+        "v1_track",
+        "v1_identify",
+        "v1_page",
+        "v1_screen",
+        "v1_group",
+        "v1_alias",
+    ];
+}
+
+/// The keys of every record, in order.
+pub const RECORD_KEYS: [&str; 19] = [
+    "type",
+    "messageId",
+    "source",
+    "userId",
+    "anonymousId",
+    "event",
+    "name",
+    "category",
+    "properties",
+    "traits",
+    "groupId",
+    "previousId",
+    "context",
+    "integrations",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+    "extra",
+];
+
+/// Message fields that have their own column (the rest go to `extra`).
+const COLUMNS: [&str; 16] = [
+    "type",
+    "messageId",
+    "userId",
+    "anonymousId",
+    "event",
+    "name",
+    "category",
+    "properties",
+    "traits",
+    "groupId",
+    "previousId",
+    "context",
+    "integrations",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+];
+
+/// Fields that are never stored: the write key is a secret; `receivedAt` is the server's.
+const DROPPED: [&str; 2] = ["writeKey", "receivedAt"];
+
+/// Why a `/v1` body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentError {
+    /// Messages break the spec; every offending field is listed.
+    Invalid(Vec<FieldError>),
+    /// Over Segment's size limits (a message or the batch).
+    TooLarge(String),
+}
+
+/// What the server knows about the request.
+pub struct Received<'a> {
+    /// When it arrived.
+    pub at: SystemTime,
+    /// The client's address (`context.ip` when the client sent none).
+    pub ip: Option<String>,
+    /// The source the write key maps to.
+    pub source: &'a str,
+}
+
+type Object<'a> = BTreeMap<String, &'a RawValue>;
+
+fn object(raw: &RawValue) -> Option<Object<'_>> {
+    raw.get()
+        .starts_with('{')
+        .then(|| serde_json::from_str(raw.get()).ok())
+        .flatten()
+}
+
+/// The `writeKey` field of a body, for browsers that send the key there.
+pub fn write_key(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    serde_json::from_slice::<Key>(body).ok()?.write_key
+}
+
+/// Validates and encodes a `/v1` body into one line per message, each for its stream.
+pub fn encode(
+    endpoint: V1,
+    body: &[u8],
+    received: &Received<'_>,
+    config: &SegmentConfig,
+) -> Result<Vec<BatchLine>, SegmentError> {
+    let invalid = |path: &str, reason: &str| {
+        SegmentError::Invalid(vec![FieldError {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        }])
+    };
+    let top: &RawValue = serde_json::from_slice(body)
+        .map_err(|e| invalid("$", &format!("body is not valid JSON: {e}")))?;
+    let top = object(top).ok_or_else(|| invalid("$", "must be an object"))?;
+    let (messages, prefix): (Vec<(&RawValue, Option<Kind>)>, bool) = match endpoint {
+        V1::Single(kind) => {
+            if body.len() > config.max_message_bytes {
+                return Err(SegmentError::TooLarge(format!(
+                    "message of {} bytes, over the limit of {}",
+                    body.len(),
+                    config.max_message_bytes
+                )));
+            }
+            let raw: &RawValue = serde_json::from_slice(body).expect("parsed above");
+            (vec![(raw, Some(kind))], false)
+        }
+        V1::Batch => {
+            if body.len() > config.max_batch_bytes {
+                return Err(SegmentError::TooLarge(format!(
+                    "batch of {} bytes, over the limit of {}",
+                    body.len(),
+                    config.max_batch_bytes
+                )));
+            }
+            let raw = top
+                .get("batch")
+                .ok_or_else(|| invalid("batch", "missing"))?;
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+                .map_err(|_| invalid("batch", "must be an array"))?;
+            if items.is_empty() {
+                return Err(invalid("batch", "must not be empty"));
+            }
+            (items.into_iter().map(|m| (m, None)).collect(), true)
+        }
+    };
+    let batch_sent_at = top.get("sentAt").copied();
+    let batch_context = top.get("context").and_then(|c| object(c));
+    let received_at = OffsetDateTime::from(received.at);
+    let mut errors = Vec::new();
+    let mut lines = Vec::with_capacity(messages.len());
+    for (i, (raw, kind)) in messages.into_iter().enumerate() {
+        let path = |field: &str| match (prefix, field) {
+            (true, "") => format!("batch[{i}]"),
+            (true, f) => format!("batch[{i}].{f}"),
+            (false, "") => "$".to_owned(),
+            (false, f) => f.to_owned(),
+        };
+        let mut fail = |field: &str, reason: String| {
+            errors.push(FieldError {
+                path: path(field),
+                reason,
+            })
+        };
+        if raw.get().len() > config.max_message_bytes {
+            return Err(SegmentError::TooLarge(format!(
+                "{} is {} bytes, over the limit of {} per message",
+                path(""),
+                raw.get().len(),
+                config.max_message_bytes
+            )));
+        }
+        let Some(msg) = object(raw) else {
+            fail("", "must be an object".to_owned());
+            continue;
+        };
+        let kind = match (kind, msg.get("type").map(|t| t.get())) {
+            (Some(kind), None) => kind,
+            (Some(kind), Some(t)) if t == format!("\"{}\"", kind.spec().name) => kind,
+            (Some(kind), Some(_)) => {
+                fail(
+                    "type",
+                    format!("must be \"{}\" at this endpoint", kind.spec().name),
+                );
+                continue;
+            }
+            (None, Some(t)) => match serde_json::from_str::<&str>(t)
+                .ok()
+                .and_then(Kind::from_name)
+            {
+                Some(kind) => kind,
+                None => {
+                    fail(
+                        "type",
+                        "must be one of track, identify, page, screen, group, alias".to_owned(),
+                    );
+                    continue;
+                }
+            },
+            (None, None) => {
+                fail("type", "missing".to_owned());
+                continue;
+            }
+        };
+        let before = errors.len();
+        let mut fail = |field: &str, reason: &str| {
+            errors.push(FieldError {
+                path: path(field),
+                reason: reason.to_owned(),
+            })
+        };
+        for field in [
+            "userId",
+            "anonymousId",
+            "event",
+            "name",
+            "category",
+            "groupId",
+            "previousId",
+            "messageId",
+        ] {
+            if let Some(v) = msg.get(field) {
+                let text = v.get();
+                let ok = text.starts_with('"') && text.len() > 2
+                    || text == "null" && !kind.spec().required.contains(&field);
+                if !ok {
+                    fail(field, "must be a non-empty string");
+                } else if let Err(reason) = check_raw(text.as_bytes()) {
+                    fail(field, &reason);
+                }
+            }
+        }
+        let present = |f: &str| msg.get(f).is_some_and(|v| v.get() != "null");
+        if !present("userId") && !present("anonymousId") {
+            fail("userId", "userId or anonymousId is required");
+        }
+        for field in kind.spec().required {
+            if !present(field) {
+                fail(field, "missing");
+            }
+        }
+        for field in ["properties", "traits", "context", "integrations"] {
+            if let Some(v) = msg.get(field) {
+                if !v.get().starts_with('{') && v.get() != "null" {
+                    fail(field, "must be an object");
+                } else if let Err(reason) = check_raw(v.get().as_bytes()) {
+                    fail(field, &reason);
+                }
+            }
+        }
+        let mut times = BTreeMap::new();
+        for field in ["timestamp", "originalTimestamp", "sentAt"] {
+            let Some(v) = msg.get(field).copied().filter(|v| v.get() != "null") else {
+                continue;
+            };
+            match parse_time(v) {
+                Some(t) => {
+                    times.insert(field, (v, t));
+                }
+                None => fail(field, "must be an ISO-8601 date-time string"),
+            }
+        }
+        let batch_sent = batch_sent_at.filter(|v| v.get() != "null").and_then(|v| {
+            let t = parse_time(v);
+            if t.is_none() {
+                fail("sentAt", "must be an ISO-8601 date-time string");
+            }
+            t.map(|t| (v, t))
+        });
+        if errors.len() > before {
+            continue;
+        }
+        // The device's time of the event, and when the device sent it.
+        let original = times
+            .get("timestamp")
+            .or(times.get("originalTimestamp"))
+            .copied();
+        let sent = times.get("sentAt").copied().or(batch_sent);
+        let corrected = match (original, sent) {
+            (Some((_, o)), Some((_, s))) => received_at - (s - o),
+            (Some((_, o)), None) => o,
+            (None, _) => received_at,
+        };
+        let line = write_record(
+            kind,
+            &msg,
+            batch_context.as_ref(),
+            received,
+            original.map(|(raw, _)| raw),
+            sent.map(|(raw, _)| raw),
+            corrected,
+        );
+        let message_id = msg
+            .get("messageId")
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
+        lines.push(BatchLine {
+            stream: kind.stream(config).to_owned(),
+            line,
+            message_id,
+        });
+    }
+    if errors.is_empty() {
+        Ok(lines)
+    } else {
+        Err(SegmentError::Invalid(errors))
+    }
+}
+
+fn parse_time(raw: &RawValue) -> Option<OffsetDateTime> {
+    let text: String = serde_json::from_str(raw.get()).ok()?;
+    OffsetDateTime::parse(&text, &Rfc3339)
+        .or_else(|_| OffsetDateTime::parse(&text, &Iso8601::DEFAULT))
+        .ok()
+}
+
+fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Writes one record: every key of [`RECORD_KEYS`] in order.
+fn write_record(
+    kind: Kind,
+    msg: &Object<'_>,
+    batch_context: Option<&Object<'_>>,
+    received: &Received<'_>,
+    original: Option<&RawValue>,
+    sent: Option<&RawValue>,
+    timestamp: OffsetDateTime,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let quoted = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let raw_or_null = |field: &str| msg.get(field).map_or("null", |v| v.get()).to_owned();
+    let message_id = match msg.get("messageId").filter(|v| v.get() != "null") {
+        Some(v) => v.get().to_owned(),
+        None => quoted(&uuid::Uuid::now_v7().to_string()),
+    };
+    let context = merged_context(msg.get("context"), batch_context, received.ip.as_deref());
+    let extra: Vec<(&String, &&RawValue)> = msg
+        .iter()
+        .filter(|(k, _)| !COLUMNS.contains(&k.as_str()) && !DROPPED.contains(&k.as_str()))
+        .collect();
+    let extra = if extra.is_empty() {
+        "null".to_owned()
+    } else {
+        join_object(extra.into_iter().map(|(k, v)| (k.as_str(), v.get())))
+    };
+    for key in RECORD_KEYS {
+        let value = match key {
+            "type" => quoted(kind.spec().name),
+            "messageId" => message_id.clone(),
+            "source" => quoted(received.source),
+            "context" => context.clone(),
+            "timestamp" => quoted(&format_time(timestamp)),
+            "originalTimestamp" => original.map_or("null", |v| v.get()).to_owned(),
+            "sentAt" => sent.map_or("null", |v| v.get()).to_owned(),
+            "receivedAt" => quoted(&format_time(OffsetDateTime::from(received.at))),
+            "extra" => extra.clone(),
+            field => raw_or_null(field),
+        };
+        out.push(if key == "type" { b'{' } else { b',' });
+        out.extend_from_slice(quoted(key).as_bytes());
+        out.push(b':');
+        // A CR or LF inside valid JSON can only be whitespace between tokens.
+        out.extend(value.bytes().filter(|&b| b != b'\n' && b != b'\r'));
+    }
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+/// The message's `context`, with the batch's `context` keys it lacks and `ip` when absent.
+fn merged_context(own: Option<&&RawValue>, batch: Option<&Object<'_>>, ip: Option<&str>) -> String {
+    let mut fields: BTreeMap<String, String> = own
+        .and_then(|c| object(c))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect();
+    for (k, v) in batch.into_iter().flatten() {
+        fields
+            .entry(k.clone())
+            .or_insert_with(|| v.get().to_owned());
+    }
+    if let Some(ip) = ip {
+        fields
+            .entry("ip".to_owned())
+            .or_insert_with(|| serde_json::to_string(ip).expect("a string serializes"));
+    }
+    join_object(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+fn join_object<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let parts: Vec<String> = fields
+        .map(|(k, v)| {
+            format!(
+                "{}:{v}",
+                serde_json::to_string(k).expect("a string serializes")
+            )
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
