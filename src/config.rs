@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 /// Prefix of environment overrides: `FIREHOSE_EDGE__QUEUE__PATH=/var/lib/q` sets `queue.path`.
 pub const ENV_PREFIX: &str = "FIREHOSE_EDGE__";
 
-/// Firehose's largest record: 1,000 KiB before base64.
-/// <https://docs.aws.amazon.com/firehose/latest/APIReference/API_PutRecordBatch.html>
-pub const FIREHOSE_MAX_RECORD_BYTES: usize = 1_024_000;
+/// Firehose's largest record (kept under this name for its users; the limits live in
+/// [`crate::firehose_limits`]).
+pub use crate::firehose_limits::MAX_RECORD_BYTES as FIREHOSE_MAX_RECORD_BYTES;
+use crate::firehose_limits::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DEAGGREGATED_LINES};
 
 /// Why a configuration was refused. The message always starts with the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -473,15 +474,15 @@ pub struct StreamOverrides {
 impl Default for FlusherConfig {
     fn default() -> Self {
         FlusherConfig {
-            max_batch_records: 500,
-            max_batch_bytes: 4 << 20,
+            max_batch_records: MAX_BATCH_RECORDS,
+            max_batch_bytes: MAX_BATCH_BYTES,
             linger_ms: 200,
             max_in_flight: 4,
             retry_base_ms: 100,
             retry_max_ms: 30_000,
             packing: true,
             pack_max_bytes: FIREHOSE_MAX_RECORD_BYTES,
-            pack_max_lines: 500,
+            pack_max_lines: MAX_DEAGGREGATED_LINES,
             per_stream: BTreeMap::new(),
         }
     }
@@ -557,20 +558,20 @@ impl Config {
     /// Checks the values that types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
         let f = &self.flusher;
-        if !(1..=500).contains(&f.max_batch_records) {
+        if !(1..=MAX_BATCH_RECORDS).contains(&f.max_batch_records) {
             return Err(ConfigError::invalid(
                 "flusher.max_batch_records",
                 format!(
-                    "{} is outside 1..=500 (Firehose's PutRecordBatch limit)",
+                    "{} is outside 1..={MAX_BATCH_RECORDS} (Firehose's PutRecordBatch limit)",
                     f.max_batch_records
                 ),
             ));
         }
-        if !(FIREHOSE_MAX_RECORD_BYTES..=4 << 20).contains(&f.max_batch_bytes) {
+        if !(FIREHOSE_MAX_RECORD_BYTES..=MAX_BATCH_BYTES).contains(&f.max_batch_bytes) {
             return Err(ConfigError::invalid(
                 "flusher.max_batch_bytes",
                 format!(
-                    "{} is outside {FIREHOSE_MAX_RECORD_BYTES}..=4194304 (one record .. Firehose's 4 MiB per call)",
+                    "{} is outside {FIREHOSE_MAX_RECORD_BYTES}..={MAX_BATCH_BYTES} (one record .. Firehose's 4 MiB per call)",
                     f.max_batch_bytes
                 ),
             ));
@@ -584,11 +585,11 @@ impl Config {
                 ),
             ));
         }
-        if !(1..=500).contains(&f.pack_max_lines) {
+        if !(1..=MAX_DEAGGREGATED_LINES).contains(&f.pack_max_lines) {
             return Err(ConfigError::invalid(
                 "flusher.pack_max_lines",
                 format!(
-                    "{} is outside 1..=500 (Firehose's de-aggregation limit)",
+                    "{} is outside 1..={MAX_DEAGGREGATED_LINES} (Firehose's de-aggregation limit)",
                     f.pack_max_lines
                 ),
             ));

@@ -766,7 +766,7 @@ mod tests {
             let p = Packing {
                 enabled: packing,
                 max_bytes: FIREHOSE_MAX_RECORD_BYTES,
-                max_lines: 500,
+                max_lines: crate::firehose_limits::MAX_DEAGGREGATED_LINES,
             };
             h.drain(sink.clone(), config(), p, 5000).await;
             let ratio = billed_ratio(&sink.calls.lock().unwrap());
@@ -784,7 +784,11 @@ mod tests {
         let got = h.drain(sink.clone(), config(), UNPACKED, 1200).await;
         assert_eq!(got.len(), 1200);
         let calls = sink.calls.lock().unwrap();
-        assert!(calls.iter().all(|c| c.len() <= 500));
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.len() <= crate::firehose_limits::MAX_BATCH_RECORDS)
+        );
         assert!(
             calls
                 .iter()

@@ -27,6 +27,7 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod event;
+pub mod firehose_limits;
 pub mod flusher;
 pub mod ingest;
 pub mod metrics;
