@@ -57,7 +57,7 @@ struct Knobs {
     measure: Duration,
     warmup: Duration,
     conns: Vec<usize>,
-    /// Case letters to run (`a`..`d`).
+    /// Case letters to run (`a`..`f`).
     cases: String,
     backlog_events: u64,
     server_threads: usize,
@@ -74,7 +74,7 @@ impl Knobs {
                 measure: Duration::from_millis(300),
                 warmup: Duration::from_millis(100),
                 conns: vec![8],
-                cases: "ac".to_owned(),
+                cases: "acef".to_owned(),
                 backlog_events: 20_000,
                 server_threads: 2,
                 client_threads: 1,
@@ -104,7 +104,7 @@ impl Knobs {
             measure: Duration::from_secs_f64(secs),
             warmup: Duration::from_secs_f64(if quick { 0.5 } else { 1.0 }),
             conns,
-            cases: var("THROUGHPUT_CASES").unwrap_or_else(|| "abcd".to_owned()),
+            cases: var("THROUGHPUT_CASES").unwrap_or_else(|| "abcdef".to_owned()),
             backlog_events: if quick { 200_000 } else { 1_000_000 },
             // As the service would run on this machine: one worker per core.
             server_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -119,6 +119,9 @@ struct Body {
     path: &'static str,
     bytes: Bytes,
     events: u64,
+    /// `@ID@` in `bytes` is replaced by an id unique to each request, so that every message
+    /// has its own `messageId` and the dedup window is checked and grown, never hit.
+    unique_ids: bool,
 }
 
 struct Case {
@@ -134,6 +137,37 @@ fn track(events: usize, user: usize) -> Body {
         path: "/track",
         bytes: common::track_body(events, user).into(),
         events: events as u64,
+        unique_ids: false,
+    }
+}
+
+/// A Segment message as analytics SDKs send it, with a `messageId` to make unique.
+fn segment_message(user: usize, k: usize) -> String {
+    format!(
+        r#"{{"type":"track","userId":"user-{user:06}","event":"page_view","properties":{{"path":"/p/{k:05}"}},"timestamp":"2026-11-24T08:56:02.123Z","messageId":"@ID@-{k}","context":{{"library":{{"name":"bench","version":"1"}}}}}}"#
+    )
+}
+
+fn v1_track(user: usize) -> Body {
+    Body {
+        path: "/v1/track",
+        bytes: segment_message(user, 0).into(),
+        events: 1,
+        unique_ids: true,
+    }
+}
+
+fn v1_batch(events: usize, user: usize) -> Body {
+    let batch: Vec<String> = (0..events).map(|k| segment_message(user, k)).collect();
+    Body {
+        path: "/v1/batch",
+        bytes: format!(
+            r#"{{"batch":[{}],"sentAt":"2026-11-24T08:56:03.000Z"}}"#,
+            batch.join(",")
+        )
+        .into(),
+        events: events as u64,
+        unique_ids: true,
     }
 }
 
@@ -153,11 +187,13 @@ fn cases() -> Vec<Case> {
                     path: "/alias",
                     bytes: common::alias_body(u).into(),
                     events: 1,
+                    unique_ids: false,
                 },
                 Body {
                     path: "/profile",
                     bytes: common::profile_body(u).into(),
                     events: 1,
+                    unique_ids: false,
                 },
             ]
         })
@@ -186,6 +222,18 @@ fn cases() -> Vec<Case> {
             name: "(d) mix 3:1:1, fsync",
             durability: Durability::Fsync,
             bodies: mix,
+        },
+        Case {
+            letter: 'e',
+            name: "(e) v1/track 1, dedup",
+            durability: Durability::Fsync,
+            bodies: (0..8).map(v1_track).collect(),
+        },
+        Case {
+            letter: 'f',
+            name: "(f) v1/batch 100, dedup",
+            durability: Durability::Fsync,
+            bodies: (0..8).map(|u| v1_batch(100, u)).collect(),
         },
     ]
 }
@@ -419,10 +467,17 @@ async fn client(
             tally.error(format!("connection closed: {e}"));
             break;
         }
+        let bytes = if body.unique_ids {
+            // Per request, so this copy is part of the generator's cost (it prints its ceiling).
+            let id = format!("{first}x{i}");
+            Bytes::from(String::from_utf8_lossy(&body.bytes).replace("@ID@", &id))
+        } else {
+            body.bytes.clone()
+        };
         let request = Request::post(body.path)
             .header(HOST, "127.0.0.1")
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body.bytes.clone()))
+            .body(Full::new(bytes))
             .expect("a valid request");
         let answer = match sender.send_request(request).await {
             Ok(response) => {
