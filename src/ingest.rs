@@ -302,6 +302,9 @@ impl Ingest {
                 BodyError::Corrupt(_) => IngestError::Corrupt,
                 BodyError::Read(e) => IngestError::BodyRead(e),
             })?;
+        // A UTF-8 byte-order mark is not part of the JSON value; Python's `json` (the
+        // replaced service) skipped it, so clients that send one keep working.
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
         let endpoint = match route {
             Route::Classic(endpoint) => endpoint,
             Route::V1(v1) => return self.accept_v1(v1, &body, source, peer).await,

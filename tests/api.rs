@@ -356,3 +356,33 @@ async fn admin_serves_health_and_readiness() {
         404
     );
 }
+
+/// The replaced Flask service read bodies with Python's `json`, which skips a UTF-8
+/// byte-order mark; clients that send one keep working (on `/v1` too).
+#[tokio::test]
+async fn a_body_with_a_utf8_byte_order_mark_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let client = reqwest::Client::new();
+    for (path, body) in [
+        ("/track", r#"{"userId":"u","events":[{"eventName":"bom"}]}"#),
+        ("/v1/track", r#"{"userId":"u","event":"bom-v1"}"#),
+    ] {
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend_from_slice(body.as_bytes());
+        let response = client
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    server.sink.wait_for_events(2).await;
+    server.stop().await;
+    let lines = lake_lines(&dir.path().join("lake"), "log_user_events");
+    assert_eq!(lines[0]["eventName"], "bom");
+    let v1 = lake_lines(&dir.path().join("lake"), "segment_tracks");
+    assert_eq!(v1[0]["event"], "bom-v1");
+}
