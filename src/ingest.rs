@@ -307,9 +307,9 @@ impl Ingest {
         let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
         let endpoint = match route {
             Route::Classic(endpoint) => endpoint,
-            Route::V1(v1) => return self.accept_v1(v1, &body, source, peer).await,
+            Route::V1(v1) => return self.accept_v1(v1, body, source, peer).await,
         };
-        let records = event::encode_with_limits(endpoint, &body, SystemTime::now(), self.limits)
+        let records = event::encode_with_limits(endpoint, body, SystemTime::now(), self.limits)
             .map_err(|e| match e {
                 EncodeError::Invalid(details) => IngestError::Invalid(details),
                 EncodeError::TooManyEvents { count, max } => {
