@@ -110,7 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Installed before anything else, so a SIGTERM during start-up is a graceful stop too
     // (the default action would kill the process).
     let stop = stop_signal()?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+    let prometheus = firehose_edge::metrics::exporter()
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     let ingest = TcpListener::bind(config.server.listen)

@@ -68,6 +68,26 @@ pub const REJECT_REASONS: &[&str] = &[
     "unavailable",
 ];
 
+/// Bucket bounds of the duration histograms, in seconds: from a fast fsync'd answer
+/// (sub-millisecond) to a Firehose call waiting out its timeout (tens of seconds).
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The Prometheus exporter as the service configures it: durations as histograms (which
+/// aggregate across replicas, unlike the exporter's default summaries). `main` installs it.
+pub fn exporter() -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::Matcher;
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for name in [REQUEST_DURATION, PUT_BATCH_DURATION] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), &DURATION_BUCKETS)
+            .expect("the buckets are not empty");
+    }
+    builder
+}
+
 /// Firehose bills each record rounded up to the next 5 KB.
 /// <https://aws.amazon.com/firehose/pricing/>
 pub const BILLING_INCREMENT: u64 = 5 * 1024;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::fake_firehose::{Behavior, FakeFirehose};
 use common::{Observed, TestServer, WAIT, post, test_config, track_body};
 use firehose_edge::sink::{FileSink, RecordOutcome, Sink, SinkError};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{Notify, Semaphore};
 
 /// One recorder for this test binary, as `main` installs one for the process.
@@ -18,7 +18,7 @@ fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            firehose_edge::metrics::exporter()
                 .install_recorder()
                 .expect("one recorder per process")
         })
@@ -130,6 +130,19 @@ async fn every_pinned_metric_appears_and_moves() {
         .unwrap()
             >= 5.0
     );
+    // A histogram (aggregatable across replicas), not a summary: buckets, no quantiles.
+    assert!(
+        sample(
+            &m,
+            "firehose_edge_request_duration_seconds_bucket",
+            &[("endpoint", "track"), ("le", "+Inf")]
+        )
+        .unwrap()
+            >= 5.0
+    );
+    assert!(m.contains("# TYPE firehose_edge_request_duration_seconds histogram"));
+    assert!(m.contains("# TYPE firehose_edge_put_batch_duration_seconds histogram"));
+    assert!(!m.contains("quantile="), "no summaries");
     assert_eq!(
         sample(
             &m,

@@ -23,7 +23,7 @@ fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            firehose_edge::metrics::exporter()
                 .install_recorder()
                 .expect("one recorder per process")
         })
