@@ -273,6 +273,14 @@ pub fn lake_lines(lake: &Path, stream: &str) -> Vec<serde_json::Value> {
     lines
 }
 
+/// Every NDJSON file below `dir`, sorted.
+pub fn lake_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    files
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
