@@ -7,22 +7,24 @@ set -euo pipefail
 SEGMENT_PYTHON="2.4.0"   # segment-analytics-python
 RUDDER_PYTHON="2.1.9"    # rudder-sdk-python
 DUCKDB="1.4.2"           # duckdb, for tests/lake.rs (not an SDK, but the same venv)
+SCHEMATHESIS="4.32.5"    # schemathesis, for tests/openapi.rs
 
 log() { printf 'ensure-sdks: %s\n' "$*" >&2; }
 py=".venv/bin/python"
 [ -x "$py" ] || { log "error: $py missing (scripts/ensure-moto.sh creates it)"; exit 1; }
 
-if "$py" - "$SEGMENT_PYTHON" "$RUDDER_PYTHON" "$DUCKDB" >/dev/null 2>&1 <<'PY'
+if "$py" - "$SEGMENT_PYTHON" "$RUDDER_PYTHON" "$DUCKDB" "$SCHEMATHESIS" >/dev/null 2>&1 <<'PY'
 import sys
 from importlib.metadata import version
-import segment.analytics, rudderstack.analytics, duckdb  # noqa: F401
-want = tuple(sys.argv[1:4])
-sys.exit(0 if (version("segment-analytics-python"), version("rudder-sdk-python"), version("duckdb")) == want else 1)
+import segment.analytics, rudderstack.analytics, duckdb, schemathesis  # noqa: F401
+names = ("segment-analytics-python", "rudder-sdk-python", "duckdb", "schemathesis")
+sys.exit(0 if tuple(version(n) for n in names) == tuple(sys.argv[1:5]) else 1)
 PY
 then
     log "python SDKs already installed"
 else
-    log "installing segment-analytics-python $SEGMENT_PYTHON, rudder-sdk-python $RUDDER_PYTHON, duckdb $DUCKDB"
+    log "installing segment-analytics-python $SEGMENT_PYTHON, rudder-sdk-python $RUDDER_PYTHON, duckdb $DUCKDB, schemathesis $SCHEMATHESIS"
     "$py" -m pip install --quiet --disable-pip-version-check \
-        "segment-analytics-python==$SEGMENT_PYTHON" "rudder-sdk-python==$RUDDER_PYTHON" "duckdb==$DUCKDB" >&2
+        "segment-analytics-python==$SEGMENT_PYTHON" "rudder-sdk-python==$RUDDER_PYTHON" \
+        "duckdb==$DUCKDB" "schemathesis==$SCHEMATHESIS" >&2
 fi

@@ -290,6 +290,13 @@ pub fn encode(
             (items.into_iter().map(|m| (m, None)).collect(), true)
         }
     };
+    if prefix
+        && top
+            .get("writeKey")
+            .is_some_and(|v| !v.get().starts_with('"'))
+    {
+        return Err(invalid("writeKey", "must be a string"));
+    }
     let batch_sent_at = top.get("sentAt").copied();
     let batch_context = top.get("context").and_then(|c| object(c));
     let received_at = OffsetDateTime::from(received.at);
@@ -376,6 +383,12 @@ pub fn encode(
                 }
             }
         }
+        if msg
+            .get("writeKey")
+            .is_some_and(|v| !v.get().starts_with('"'))
+        {
+            fail("writeKey", "must be a string");
+        }
         let present = |f: &str| msg.get(f).is_some_and(|v| v.get() != "null");
         if !present("userId") && !present("anonymousId") {
             fail("userId", "userId or anonymousId is required");
@@ -422,8 +435,19 @@ pub fn encode(
             .or(times.get("originalTimestamp"))
             .copied();
         let sent = times.get("sentAt").copied().or(batch_sent);
+        // Checked: client clocks can be anywhere in the years -9999..9999, and the correction
+        // of two such times may leave that range (found by schemathesis; it panicked).
         let corrected = match (original, sent) {
-            (Some((_, o)), Some((_, s))) => received_at - (s - o),
+            (Some((_, o)), Some((_, s))) => match received_at.checked_sub(s - o) {
+                Some(t) => t,
+                None => {
+                    errors.push(FieldError {
+                        path: path("sentAt"),
+                        reason: "too far from timestamp to correct the clock skew".to_owned(),
+                    });
+                    continue;
+                }
+            },
             (Some((_, o)), None) => o,
             (None, _) => received_at,
         };

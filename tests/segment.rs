@@ -98,6 +98,17 @@ async fn each_rule_is_a_400_naming_the_field_and_a_bad_message_refuses_its_whole
             "batch[0].type",
         ),
         ("/v1/batch", json!({"batch": []}), "batch"),
+        // Found by schemathesis: the skew correction overflowed and the task panicked.
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "e", "timestamp": "9999-12-31T00:00:00Z", "sentAt": "0001-01-01T00:00:00Z"}),
+            "sentAt",
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "e", "writeKey": 5}),
+            "writeKey",
+        ),
         (
             "/v1/batch",
             json!({"sentAt": "2026-01-01T00:00:00Z"}),
