@@ -12,9 +12,9 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::ingest::json_response;
 use crate::metrics;
 use crate::queue::Queue;
+use crate::response::json_response;
 
 /// State the admin endpoints report on.
 pub struct Admin {

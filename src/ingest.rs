@@ -21,6 +21,7 @@ use crate::cors::Cors;
 use crate::event::{self, EncodeError, Endpoint, FieldError, Limits};
 use crate::metrics;
 use crate::queue::{Queue, QueueError};
+use crate::response::json_response;
 use crate::segment::{self, SegmentError, V1};
 
 /// Seconds a client is told to wait when the queue cannot take more.
@@ -436,16 +437,6 @@ fn check_content_type(value: Option<&HeaderValue>) -> Result<(), IngestError> {
         "application/json" | "text/plain" => Ok(()),
         _ => Err(IngestError::UnsupportedMediaType),
     }
-}
-
-/// A response with a JSON body.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 #[cfg(test)]

@@ -8,15 +8,18 @@
 //!    CORS ([`cors`]), reads the body under a deadline and a decompressed-size cap
 //!    ([`body`]), and maps every refusal to a status code.
 //! 2. [`event`] validates a body against the original service's schemas and encodes it, once,
-//!    into the NDJSON lines that will land in the lake.
+//!    into the NDJSON lines that will land in the lake; [`segment`] does the same for
+//!    Segment's HTTP Tracking API (`/v1/*`), one line per message.
 //! 3. [`queue`] appends a request's lines to sled as one entry and answers when they are on
-//!    disk (group commit: concurrent requests share one flush).
+//!    disk (group commit: concurrent requests share one flush); it survives the faults of its
+//!    own disk and reports any loss.
 //! 4. [`flusher`] drains each stream's queue head in batches into a [`sink`], removes exactly
 //!    what the sink accepted and retries the rest with back-off, forever.
 //! 5. [`sink`] delivers batches: [`sink::FileSink`] writes a local lake laid out like
 //!    Firehose's S3 prefixes.
 //!
-//! Around it: [`config`] (typed TOML + environment overrides), [`admin`] (health and
+//! Around it: [`firehose_limits`] (Firehose's documented limits), [`response`] (shared HTTP
+//! answers), [`config`] (typed TOML + environment overrides), [`admin`] (health and
 //! Prometheus on a side port), [`metrics`] (every metric name) and [`app`] (wiring and the
 //! ordered shutdown).
 
@@ -32,6 +35,7 @@ pub mod flusher;
 pub mod ingest;
 pub mod metrics;
 pub mod queue;
+pub mod response;
 pub mod segment;
 pub mod server;
 pub mod sink;

@@ -108,7 +108,7 @@ pub fn events_rejected(endpoint: &'static str, reason: &'static str, n: u64) {
     counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(n);
 }
 
-/// One sink call of `records` Firehose records holding `events` events, and its outcome.
+/// The latency of one sink call of `stream`.
 pub fn put_batch(stream: &str, elapsed: Duration) {
     histogram!(PUT_BATCH_DURATION, "stream" => stream.to_owned()).record(elapsed.as_secs_f64());
 }
