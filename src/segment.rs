@@ -1,7 +1,7 @@
 //! The Segment-compatible API (`/v1/*`): Segment's HTTP Tracking API, as its SDKs (and
 //! RudderStack's) speak it, validated and encoded into one NDJSON line per message.
 //!
-//! Each message type is declared once, in [`KINDS`]: its name, the fields it requires, and
+//! Each message type is declared once, in `KINDS`: its name, the fields it requires, and
 //! its stream key. Every record of every type has the same keys (those of [`RECORD_KEYS`],
 //! `null` where a type or a client has none), so a stream holds one schema whichever types
 //! are mapped to it. Client values are copied byte for byte; the server adds `messageId`

@@ -4,14 +4,14 @@
 //!
 //! The files, one concern each:
 //! - [`entry`]: the value format (header, checksum, lines);
-//! - [`commit`]: the group commit — how an append becomes durable (check it against the
+//! - `commit.rs`: the group commit — how an append becomes durable (check it against the
 //!   README's promise there);
 //! - [`admission`]: whether an append is taken: byte budget, free-space floor, failed storage;
 //! - [`dedup`]: the durable window of accepted `messageId`s (idempotent ingest);
-//! - [`store`]: sled itself (opening it without panicking, trees, counting);
-//! - [`open`]: the start-up: lock, open or move aside, count, and compare with the manifest;
+//! - `store.rs`: sled itself (opening it without panicking, trees, counting);
+//! - `open.rs`: the start-up: lock, open or move aside, count, and compare with the manifest;
 //! - [`manifest`]: the independent record of what the queue must hold (loss detection);
-//! - [`health`]: the background round that reads free space, rewrites the manifest and
+//! - `health.rs`: the background round that reads free space, rewrites the manifest and
 //!   recovers failed storage (re-opening sled in the running process);
 //! - [`lock`]: one process per queue directory.
 //!
@@ -21,7 +21,7 @@
 //! blockers; a queue that must reopen its own files after an upgrade cannot sit on that.
 //! 0.34.7's known traps shape this module:
 //! - `flush_async` deadlocks under concurrency (sled #1241, #1357), so appends are made
-//!   durable by a **group commit** (see [`commit`]).
+//!   durable by a **group commit** (see `commit.rs`).
 //! - `apply_batch` and transactions take a process-wide write lock that stalls every other
 //!   writer, so a request's records for one stream are made **one value**; only a request
 //!   that spans several streams is written as a transaction.
