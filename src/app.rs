@@ -78,7 +78,10 @@ pub async fn run_with_sink(
         path: config.queue.path.display().to_string(),
         source,
     };
-    crate::metrics::init_counters(&streams, &crate::ingest::route_labels());
+    let mut counted = streams.clone();
+    counted.extend(config.all_delivery_streams());
+    counted.dedup();
+    crate::metrics::init_counters(&counted, &crate::ingest::route_labels());
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let grace = config.shutdown.grace();
 
@@ -96,7 +99,8 @@ pub async fn run_with_sink(
             sink.clone(),
             config.flusher.clone(),
             packing,
-        );
+        )
+        .deliver_to(config.delivery_streams(stream));
         flushers.spawn(flusher.run(flush_stop.clone()));
     }
 

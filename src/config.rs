@@ -15,10 +15,13 @@ use serde::{Deserialize, Serialize};
 /// Prefix of environment overrides: `FIREHOSE_EDGE__QUEUE__PATH=/var/lib/q` sets `queue.path`.
 pub const ENV_PREFIX: &str = "FIREHOSE_EDGE__";
 
+use crate::delivery::DeliveryStream;
 /// Firehose's largest record (kept under this name for its users; the limits live in
 /// [`crate::firehose_limits`]).
 pub use crate::firehose_limits::MAX_RECORD_BYTES as FIREHOSE_MAX_RECORD_BYTES;
-use crate::firehose_limits::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DEAGGREGATED_LINES};
+use crate::firehose_limits::{
+    DirectPutQuota, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_DEAGGREGATED_LINES, direct_put_quota,
+};
 
 /// Why a configuration was refused. The message always starts with the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -148,18 +151,18 @@ pub const DEFAULT_SOURCE: &str = "default";
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SegmentConfig {
-    /// Delivery stream of `track` messages.
-    pub track: String,
-    /// Delivery stream of `identify` messages.
-    pub identify: String,
-    /// Delivery stream of `page` messages.
-    pub page: String,
-    /// Delivery stream of `screen` messages.
-    pub screen: String,
-    /// Delivery stream of `group` messages.
-    pub group: String,
-    /// Delivery stream of `alias` messages.
-    pub alias: String,
+    /// Delivery stream(s) of `track` messages.
+    pub track: StreamList,
+    /// Delivery stream(s) of `identify` messages.
+    pub identify: StreamList,
+    /// Delivery stream(s) of `page` messages.
+    pub page: StreamList,
+    /// Delivery stream(s) of `screen` messages.
+    pub screen: StreamList,
+    /// Delivery stream(s) of `group` messages.
+    pub group: StreamList,
+    /// Delivery stream(s) of `alias` messages.
+    pub alias: StreamList,
     /// Largest message, as sent (Segment: 32 KB); 400 above it.
     pub max_message_bytes: usize,
     /// Largest `/v1/batch` body (Segment: 500 KB); 400 above it.
@@ -171,12 +174,12 @@ pub struct SegmentConfig {
 impl Default for SegmentConfig {
     fn default() -> Self {
         SegmentConfig {
-            track: "segment_tracks".to_owned(),
-            identify: "segment_identifies".to_owned(),
-            page: "segment_pages".to_owned(),
-            screen: "segment_screens".to_owned(),
-            group: "segment_groups".to_owned(),
-            alias: "segment_aliases".to_owned(),
+            track: "segment_tracks".into(),
+            identify: "segment_identifies".into(),
+            page: "segment_pages".into(),
+            screen: "segment_screens".into(),
+            group: "segment_groups".into(),
+            alias: "segment_aliases".into(),
             max_message_bytes: 32 * 1024,
             max_batch_bytes: 500 * 1024,
             trusted_proxies: Vec::new(),
@@ -412,25 +415,91 @@ impl Default for SinkConfig {
     }
 }
 
-/// `[streams]`: the delivery stream each endpoint writes to.
+/// `[streams]`: the delivery stream (or streams) each endpoint writes to.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamsConfig {
-    /// Stream of `POST /track`.
-    pub track: String,
-    /// Stream of `POST /alias`.
-    pub alias: String,
-    /// Stream of `POST /profile`.
-    pub profile: String,
+    /// Stream(s) of `POST /track`.
+    pub track: StreamList,
+    /// Stream(s) of `POST /alias`.
+    pub alias: StreamList,
+    /// Stream(s) of `POST /profile`.
+    pub profile: StreamList,
 }
 
 impl Default for StreamsConfig {
     fn default() -> Self {
         StreamsConfig {
-            track: "log_user_events".to_owned(),
-            alias: "link_users".to_owned(),
-            profile: "user_profiles".to_owned(),
+            track: "log_user_events".into(),
+            alias: "link_users".into(),
+            profile: "user_profiles".into(),
         }
+    }
+}
+
+/// An endpoint's delivery streams: one name (`track = "log_user_events"`) or a fan-out
+/// (`track = ["log_user_events-0", "log_user_events-1"]`). The endpoint's records are queued
+/// under the **first** name, and the flusher spreads them over all of them, so adding streams
+/// after the first keeps what is queued; replacing the first one leaves its queued records
+/// undelivered (the start-up log says so) until it is configured again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamList(Vec<String>);
+
+impl StreamList {
+    /// The name the endpoint's records are queued under: the first.
+    pub fn queue(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// Every delivery stream, in order.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<&str> for StreamList {
+    fn from(name: &str) -> StreamList {
+        StreamList(vec![name.to_owned()])
+    }
+}
+
+impl Serialize for StreamList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => serializer.serialize_str(one),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`, whose error ("did not match any variant") would
+// not say what the key takes.
+impl<'de> Deserialize<'de> for StreamList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = StreamList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a delivery stream name or a non-empty list of names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StreamList, E> {
+                Ok(StreamList::from(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StreamList, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                if names.is_empty() {
+                    return Err(serde::de::Error::invalid_length(0, &self));
+                }
+                Ok(StreamList(names))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -457,6 +526,18 @@ pub struct FlusherConfig {
     pub pack_max_bytes: usize,
     /// Most lines in one packed record (Firehose's de-aggregation limit: at most 500).
     pub pack_max_lines: usize,
+    /// Pace each delivery stream to its Direct PUT quota (token buckets, and a share of it that
+    /// shrinks on throttling and grows back, so replicas sharing a stream converge). Applies to
+    /// the Firehose sink only; the file sink has no quota.
+    pub pacing: bool,
+    /// A delivery stream's quota in bytes/s (before base64); default: the documented quota
+    /// of `sink.region` (5 MiB/s in us-east-1, us-west-2, eu-west-1; 1 MiB/s elsewhere).
+    pub quota_bytes_per_sec: Option<u64>,
+    /// A delivery stream's quota in PutRecordBatch calls/s; default: the region's (2,000 or
+    /// 1,000).
+    pub quota_requests_per_sec: Option<u64>,
+    /// A delivery stream's quota in records/s; default: the region's (500,000 or 100,000).
+    pub quota_records_per_sec: Option<u64>,
     /// Per-stream overrides, keyed by delivery stream name:
     /// `[flusher.per_stream.log_user_events] packing = false`.
     pub per_stream: BTreeMap<String, StreamOverrides>,
@@ -467,8 +548,15 @@ pub struct FlusherConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StreamOverrides {
     /// Overrides `flusher.packing` (e.g. `false` for a Lambda transform that expects one event
-    /// per record).
+    /// per record). Read for the endpoint's first stream, whose queue the records are packed
+    /// from.
     pub packing: Option<bool>,
+    /// Overrides `flusher.quota_bytes_per_sec` for this stream (a raised quota).
+    pub quota_bytes_per_sec: Option<u64>,
+    /// Overrides `flusher.quota_requests_per_sec` for this stream.
+    pub quota_requests_per_sec: Option<u64>,
+    /// Overrides `flusher.quota_records_per_sec` for this stream.
+    pub quota_records_per_sec: Option<u64>,
 }
 
 impl Default for FlusherConfig {
@@ -483,6 +571,10 @@ impl Default for FlusherConfig {
             packing: true,
             pack_max_bytes: FIREHOSE_MAX_RECORD_BYTES,
             pack_max_lines: MAX_DEAGGREGATED_LINES,
+            pacing: true,
+            quota_bytes_per_sec: None,
+            quota_requests_per_sec: None,
+            quota_records_per_sec: None,
             per_stream: BTreeMap::new(),
         }
     }
@@ -500,6 +592,32 @@ impl FlusherConfig {
             .get(stream)
             .and_then(|o| o.packing)
             .unwrap_or(self.packing)
+    }
+
+    /// The quota `stream` is paced to in `region`: its overrides, else the flusher's, else the
+    /// region's documented default.
+    pub fn quota_for(&self, stream: &str, region: &str) -> DirectPutQuota {
+        let region = direct_put_quota(region);
+        let over = self.per_stream.get(stream);
+        let pick =
+            |own: Option<u64>, all: Option<u64>, default: u64| own.or(all).unwrap_or(default);
+        DirectPutQuota {
+            bytes_per_sec: pick(
+                over.and_then(|o| o.quota_bytes_per_sec),
+                self.quota_bytes_per_sec,
+                region.bytes_per_sec,
+            ),
+            requests_per_sec: pick(
+                over.and_then(|o| o.quota_requests_per_sec),
+                self.quota_requests_per_sec,
+                region.requests_per_sec,
+            ),
+            records_per_sec: pick(
+                over.and_then(|o| o.quota_records_per_sec),
+                self.quota_records_per_sec,
+                region.records_per_sec,
+            ),
+        }
     }
 }
 
@@ -594,13 +712,6 @@ impl Config {
                 ),
             ));
         }
-        let streams = self.stream_names();
-        if let Some(name) = f.per_stream.keys().find(|n| !streams.contains(n)) {
-            return Err(ConfigError::invalid(
-                &format!("flusher.per_stream.{name}"),
-                format!("not a configured stream (streams: {})", streams.join(", ")),
-            ));
-        }
         if self.sink.connect_timeout_ms == 0 || self.sink.request_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "sink.request_timeout_ms",
@@ -676,24 +787,139 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for (key, name) in [
-            ("streams.track", &self.streams.track),
-            ("streams.alias", &self.streams.alias),
-            ("streams.profile", &self.streams.profile),
-        ] {
-            // Firehose's DeliveryStreamName pattern; the name also becomes a directory name.
-            let ok = (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            if !ok {
+        self.validate_streams()
+    }
+
+    /// Every endpoint's stream list: valid names, no repeats, and endpoints that share a queue
+    /// (the same first stream) share the whole list, so the queue has one set of destinations.
+    fn validate_streams(&self) -> Result<(), ConfigError> {
+        let lists = self.stream_lists();
+        for (key, list) in &lists {
+            for name in list.names() {
+                // Firehose's DeliveryStreamName pattern; the name also becomes a directory name.
+                let ok = (1..=64).contains(&name.len())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{name:?} is not a delivery stream name ([a-zA-Z0-9_.-]{{1,64}})"),
+                    ));
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = list.names().iter().find(|n| !seen.insert(*n)) {
                 return Err(ConfigError::invalid(
                     key,
-                    format!("{name:?} is not a delivery stream name ([a-zA-Z0-9_.-]{{1,64}})"),
+                    format!("{twice:?} is listed twice"),
+                ));
+            }
+            if let Some((other, _)) = lists
+                .iter()
+                .find(|(_, l)| l.queue() == list.queue() && l != list)
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "shares its first stream {:?} (its queue) with {other}, but not the rest \
+                         of the list; endpoints that share a queue must list the same streams",
+                        list.queue()
+                    ),
                 ));
             }
         }
+        let names: Vec<String> = lists
+            .iter()
+            .flat_map(|(_, l)| l.names().iter().cloned())
+            .collect();
+        let f = &self.flusher;
+        if let Some(name) = f.per_stream.keys().find(|n| !names.contains(n)) {
+            return Err(ConfigError::invalid(
+                &format!("flusher.per_stream.{name}"),
+                format!(
+                    "not a configured stream (streams: {})",
+                    self.stream_names().join(", ")
+                ),
+            ));
+        }
+        let overrides = f.per_stream.iter().map(|(name, o)| {
+            let key = format!("flusher.per_stream.{name}");
+            (
+                key,
+                [
+                    o.quota_bytes_per_sec,
+                    o.quota_requests_per_sec,
+                    o.quota_records_per_sec,
+                ],
+            )
+        });
+        let all = std::iter::once((
+            "flusher".to_owned(),
+            [
+                f.quota_bytes_per_sec,
+                f.quota_requests_per_sec,
+                f.quota_records_per_sec,
+            ],
+        ));
+        for (section, quotas) in all.chain(overrides) {
+            for (value, key) in quotas.iter().zip([
+                "quota_bytes_per_sec",
+                "quota_requests_per_sec",
+                "quota_records_per_sec",
+            ]) {
+                if *value == Some(0) {
+                    return Err(ConfigError::invalid(
+                        &format!("{section}.{key}"),
+                        "must be at least 1 (set flusher.pacing = false to turn pacing off)",
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Every endpoint's key and stream list, in endpoint order.
+    fn stream_lists(&self) -> Vec<(&'static str, &StreamList)> {
+        let (s, g) = (&self.streams, &self.segment);
+        vec![
+            ("streams.track", &s.track),
+            ("streams.alias", &s.alias),
+            ("streams.profile", &s.profile),
+            ("segment.track", &g.track),
+            ("segment.identify", &g.identify),
+            ("segment.page", &g.page),
+            ("segment.screen", &g.screen),
+            ("segment.group", &g.group),
+            ("segment.alias", &g.alias),
+        ]
+    }
+
+    /// Where the records queued under `queue` (an endpoint's first stream) are delivered, and
+    /// the quota each is paced to (`None` when not paced: the file sink, or pacing off).
+    pub fn delivery_streams(&self, queue: &str) -> Vec<DeliveryStream> {
+        let paced = self.flusher.pacing && self.sink.kind == SinkKind::Firehose;
+        self.stream_lists()
+            .into_iter()
+            .find(|(_, l)| l.queue() == queue)
+            .map(|(_, l)| l.names().to_vec())
+            .unwrap_or_else(|| vec![queue.to_owned()])
+            .into_iter()
+            .map(|name| DeliveryStream {
+                quota: paced.then(|| self.flusher.quota_for(&name, &self.sink.region)),
+                name,
+            })
+            .collect()
+    }
+
+    /// Every delivery stream, each once, in endpoint order (for metrics).
+    pub fn all_delivery_streams(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.stream_lists()
+            .into_iter()
+            .flat_map(|(_, l)| l.names().iter().cloned())
+            .filter(|n| seen.insert(n.clone()))
+            .collect()
     }
 
     /// The effective configuration as one line of JSON, for the start-up log. Nothing here is
@@ -702,23 +928,14 @@ impl Config {
         serde_json::to_string(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
     }
 
-    /// The distinct delivery streams, in endpoint order.
+    /// The distinct queue streams (each endpoint's first delivery stream), in endpoint order.
     pub fn stream_names(&self) -> Vec<String> {
-        let s = &self.segment;
-        let mut names = vec![
-            self.streams.track.clone(),
-            self.streams.alias.clone(),
-            self.streams.profile.clone(),
-            s.track.clone(),
-            s.identify.clone(),
-            s.page.clone(),
-            s.screen.clone(),
-            s.group.clone(),
-            s.alias.clone(),
-        ];
         let mut seen = std::collections::HashSet::new();
-        names.retain(|n| seen.insert(n.clone()));
-        names
+        self.stream_lists()
+            .into_iter()
+            .map(|(_, l)| l.queue().to_owned())
+            .filter(|n| seen.insert(n.clone()))
+            .collect()
     }
 }
 
@@ -964,5 +1181,88 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.stream_names(), ["a", "b", "s"]);
+    }
+
+    #[test]
+    fn an_endpoint_fans_out_over_a_list_of_streams_queued_under_the_first() {
+        let c = parse(
+            "[sink]\nkind = \"firehose\"\nregion = \"eu-central-1\"\n\
+             [streams]\ntrack = [\"ev-0\", \"ev-1\", \"ev-2\"]\n\
+             [flusher.per_stream.ev-1]\nquota_bytes_per_sec = 5242880\n",
+        )
+        .unwrap();
+        assert_eq!(c.streams.track.queue(), "ev-0");
+        assert_eq!(c.stream_names()[0], "ev-0");
+        assert!(!c.stream_names().contains(&"ev-1".to_owned()), "one queue");
+        let delivery = c.delivery_streams("ev-0");
+        let names: Vec<&str> = delivery.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["ev-0", "ev-1", "ev-2"]);
+        // eu-central-1's documented quota, but the raised one for ev-1.
+        assert_eq!(
+            delivery[0].quota,
+            Some(crate::firehose_limits::DIRECT_PUT_QUOTA_DEFAULT)
+        );
+        assert_eq!(delivery[1].quota.unwrap().bytes_per_sec, 5 << 20);
+        assert_eq!(delivery[1].quota.unwrap().requests_per_sec, 1_000);
+        assert!(c.all_delivery_streams().contains(&"ev-2".to_owned()));
+        // A single name stays valid, and the file sink is not paced.
+        let plain = parse("[streams]\ntrack = \"one\"").unwrap();
+        assert_eq!(plain.streams.track.names(), ["one".to_owned()]);
+        assert_eq!(plain.delivery_streams("one")[0].quota, None);
+        let unpaced = parse("[sink]\nkind = \"firehose\"\n[flusher]\npacing = false").unwrap();
+        assert_eq!(unpaced.delivery_streams("log_user_events")[0].quota, None);
+        let us = parse("[sink]\nkind = \"firehose\"").unwrap();
+        assert_eq!(
+            us.delivery_streams("log_user_events")[0].quota,
+            Some(crate::firehose_limits::DIRECT_PUT_QUOTA_LARGE)
+        );
+    }
+
+    #[test]
+    fn bad_stream_lists_name_their_key() {
+        for (text, key, says) in [
+            ("[streams]\ntrack = []", "streams.track", "non-empty list"),
+            (
+                "[streams]\ntrack = 5",
+                "streams.track",
+                "a delivery stream name or",
+            ),
+            ("[streams]\ntrack = [\"a\", 5]", "streams.track", "string"),
+            (
+                "[streams]\ntrack = [\"a\", \"a\"]",
+                "streams.track",
+                "twice",
+            ),
+            (
+                "[streams]\ntrack = [\"a\", \"b/c\"]",
+                "streams.track",
+                "not a delivery stream name",
+            ),
+            (
+                "[streams]\ntrack = [\"a\", \"b\"]\nalias = \"a\"",
+                "streams.track",
+                "with streams.alias",
+            ),
+            (
+                "[flusher.per_stream.nope]\npacking = false",
+                "flusher.per_stream.nope",
+                "not a configured stream",
+            ),
+            (
+                "[flusher]\nquota_bytes_per_sec = 0",
+                "flusher.quota_bytes_per_sec",
+                "at least 1",
+            ),
+        ] {
+            match parse(text).expect_err(text) {
+                ConfigError::Invalid { key: k, message } => {
+                    assert!(k.starts_with(key), "{text}: key {k}");
+                    assert!(message.contains(says), "{text}: {message}");
+                }
+                other => panic!("{text}: {other}"),
+            }
+        }
+        // Endpoints sharing a queue with the same list are fine.
+        parse("[streams]\ntrack = [\"a\", \"b\"]\nalias = [\"a\", \"b\"]").unwrap();
     }
 }

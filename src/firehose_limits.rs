@@ -23,6 +23,10 @@ pub const MAX_RECORD_BYTES: usize = 1_024_000;
 /// <https://docs.aws.amazon.com/firehose/latest/dev/dynamic-partitioning.html>
 pub const MAX_DEAGGREGATED_LINES: usize = 500;
 
+/// Firehose bills each record rounded up to the next 5 KB.
+/// <https://aws.amazon.com/firehose/pricing/>
+pub const BILLING_INCREMENT: u64 = 5 * 1024;
+
 // The flusher assumes any single record fits in one call; refuse to build if that ever breaks.
 const _: () = assert!(MAX_RECORD_BYTES <= MAX_BATCH_BYTES);
 

@@ -1,10 +1,11 @@
-//! The flusher: one task per delivery stream that drains the queue head into the sink.
+//! The flusher: one task per queue stream that drains the queue head into the sink.
 //!
 //! Each round reads the oldest entries not already in flight, packs their lines into sink
-//! records, and sends the batch once it is full or its oldest entry has lingered long enough.
-//! Several batches may be in flight. When a call returns, exactly the lines of accepted
-//! records leave the queue; lines of failed records stay at the head and are sent again after
-//! an exponential, fully jittered back-off that never gives up. A call refused for its content
+//! records, and sends the batch once it is full or its oldest entry has lingered long enough,
+//! to the delivery stream the policy in [`crate::delivery`] picks (one, or one of a fan-out),
+//! when that stream's pacing allows. Several batches may be in flight. When a call returns,
+//! exactly the lines of accepted records leave the queue; lines of failed records stay at the
+//! head and are sent again after a back-off that never gives up. A call refused for its content
 //! is split until the offending record is alone, and that record goes to the dead-letter tree.
 
 use std::collections::{HashMap, HashSet};
@@ -17,6 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FlusherConfig;
+use crate::delivery::{
+    Backoff, CallSize, Choice, Delivered, DeliveryStream, Pacer, Targets, deliver_batch,
+};
+use crate::firehose_limits::BILLING_INCREMENT;
 use crate::metrics;
 use crate::queue::{Entry, Queue};
 use crate::sink::{RecordOutcome, Sink, SinkError};
@@ -39,6 +44,41 @@ pub struct Flusher {
     sink: Arc<dyn Sink>,
     config: FlusherConfig,
     packing: Packing,
+    delivery: Vec<DeliveryStream>,
+}
+
+/// The most one call may carry: the configured batch limits, lowered to what pacing allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    records: usize,
+    bytes: usize,
+    packing: Packing,
+}
+
+impl Limits {
+    /// The limits of a call: `config`'s, lowered to `paced` (what the pacer lets through at
+    /// once) when the target is paced. Packed records then stay within one call, rounded down
+    /// to whole billing increments, so small calls do not cost partly empty 5 KB units.
+    fn new(config: &FlusherConfig, packing: Packing, paced: Option<CallSize>) -> Limits {
+        let Some(p) = paced else {
+            return Limits {
+                records: config.max_batch_records,
+                bytes: config.max_batch_bytes,
+                packing,
+            };
+        };
+        let bytes = config.max_batch_bytes.min(p.bytes.max(1));
+        let increment = BILLING_INCREMENT as usize;
+        let record = (bytes / increment * increment).max(increment);
+        Limits {
+            records: config.max_batch_records.min(p.records.max(1)),
+            bytes,
+            packing: Packing {
+                max_bytes: packing.max_bytes.min(record),
+                ..packing
+            },
+        }
+    }
 }
 
 /// A batch in flight: the entries it holds and how their lines map to records.
@@ -47,12 +87,17 @@ struct Batch {
     records: Vec<Bytes>,
     /// `ends[i]`: one past the last line (counted across `entries` in order) of record `i`.
     ends: Vec<usize>,
+    /// Bytes of the records.
+    bytes: usize,
 }
 
 impl Batch {
-    /// Packs lines of `entries` (in order) into records within the call and record limits.
-    /// Lines that do not fit stay out; their entry keeps them.
-    fn build(entries: Vec<Entry>, config: &FlusherConfig, packing: Packing) -> Batch {
+    /// Packs lines of `entries` (in order) into records within `limits`. Lines that do not fit
+    /// stay out; their entry keeps them. The first line always goes in, so that a line larger
+    /// than what pacing allows per call still goes, alone (it is within Firehose's limits:
+    /// ingest refuses larger ones).
+    fn build(entries: Vec<Entry>, limits: Limits) -> Batch {
+        let packing = limits.packing;
         let mut records = Vec::new();
         let mut ends = Vec::new();
         let mut current: Vec<u8> = Vec::new();
@@ -65,7 +110,7 @@ impl Batch {
                 && n > 0
                 && len <= packing.max_bytes
                 && n <= packing.max_lines
-                && total_bytes + len <= config.max_batch_bytes;
+                && total_bytes + len <= limits.bytes;
             if whole {
                 let joins_current = current_lines > 0
                     && current.len() + len <= packing.max_bytes
@@ -76,7 +121,7 @@ impl Batch {
                         ends.push(lines);
                         current_lines = 0;
                     }
-                    if records.len() == config.max_batch_records {
+                    if records.len() == limits.records {
                         break 'entries;
                     }
                 }
@@ -87,7 +132,7 @@ impl Batch {
                 continue;
             }
             for line in entry.iter_lines() {
-                if total_bytes + line.len() > config.max_batch_bytes {
+                if lines > 0 && total_bytes + line.len() > limits.bytes {
                     break 'entries;
                 }
                 let joins_current = packing.enabled
@@ -100,7 +145,7 @@ impl Batch {
                         ends.push(lines);
                         current_lines = 0;
                     }
-                    if records.len() == config.max_batch_records {
+                    if records.len() == limits.records {
                         break 'entries;
                     }
                 }
@@ -118,12 +163,34 @@ impl Batch {
             entries,
             records,
             ends,
+            bytes: total_bytes,
         }
     }
 
     fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.entries.iter().map(|e| e.key)
     }
+
+    fn size(&self) -> CallSize {
+        CallSize {
+            records: self.records.len(),
+            bytes: self.bytes,
+        }
+    }
+
+    /// Whether the batch is as large as `limits` allow, within a line's slack: the stream
+    /// then has more waiting than one call takes.
+    fn is_full(&self, limits: Limits) -> bool {
+        self.records.len() >= limits.records || self.bytes * 10 >= limits.bytes * 9
+    }
+}
+
+/// A batch on its way: where it went, and when.
+struct InFlight {
+    batch: Batch,
+    target: usize,
+    sent_at: Instant,
+    full: bool,
 }
 
 /// A queue update that the queue could not record (its storage failing) after the sink took
@@ -150,15 +217,37 @@ impl Unsettled {
     }
 }
 
-/// What one batch's delivery came to.
-struct Delivered {
-    outcomes: Vec<RecordOutcome>,
-    /// The first call-level error, which decides the back-off.
-    error: Option<SinkError>,
+/// Failures of the queue itself (reading the head, recording deliveries): they pause the whole
+/// flusher, whichever delivery stream is healthy.
+#[derive(Default)]
+struct QueueTrouble {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl QueueTrouble {
+    fn waiting(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|t| now < t)
+    }
+
+    fn failed(&mut self, backoff: &Backoff, storage: bool) {
+        self.failures += 1;
+        let delay = if storage {
+            backoff.storage_delay(self.failures)
+        } else {
+            backoff.delay(self.failures, false)
+        };
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    fn cleared(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
 }
 
 impl Flusher {
-    /// A flusher of `stream`.
+    /// A flusher of `stream`, delivering to the delivery stream of the same name, unpaced.
     pub fn new(
         stream: String,
         queue: Queue,
@@ -166,30 +255,55 @@ impl Flusher {
         config: FlusherConfig,
         packing: Packing,
     ) -> Flusher {
+        let delivery = vec![DeliveryStream {
+            name: stream.clone(),
+            quota: None,
+        }];
         Flusher {
             stream,
             queue,
             sink,
             config,
             packing,
+            delivery,
         }
+    }
+
+    /// Delivers to these streams instead (a fan-out when there are several), each paced to its
+    /// quota. An empty list keeps the default.
+    pub fn deliver_to(mut self, delivery: Vec<DeliveryStream>) -> Flusher {
+        if !delivery.is_empty() {
+            self.delivery = delivery;
+        }
+        self
     }
 
     /// Drains until `shutdown` fires, then waits for the calls in flight and returns;
     /// everything not yet delivered stays in the queue for the next start. Callers bound the
     /// wait with their grace period.
     pub async fn run(self, shutdown: CancellationToken) {
+        let backoff = Backoff::from_millis(self.config.retry_base_ms, self.config.retry_max_ms);
+        let start = Instant::now();
+        let mut targets = Targets::new(
+            self.delivery
+                .iter()
+                .map(|d| (d.name.clone(), d.quota.map(|q| Pacer::new(q, start))))
+                .collect(),
+            self.config.max_in_flight,
+            backoff,
+        );
+        for i in 0..targets.len() {
+            metrics::pacing_share(targets.stream(i), targets.share(i));
+        }
         let mut in_flight: JoinSet<Delivered> = JoinSet::new();
-        let mut batches: HashMap<Id, Batch> = HashMap::new();
+        let mut batches: HashMap<Id, InFlight> = HashMap::new();
         let mut held: HashSet<u64> = HashSet::new();
         let mut unsettled: Vec<Unsettled> = Vec::new();
-        let mut failures: u32 = 0;
-        let mut retry_at: Option<Instant> = None;
+        let mut trouble = QueueTrouble::default();
         let mut stopping = false;
         loop {
-            let mut linger_until = None;
-            let mut backing_off = retry_at.is_some_and(|t| Instant::now() < t);
-            if !unsettled.is_empty() && !backing_off && !stopping {
+            let mut wake_at: Option<Instant> = None;
+            if !unsettled.is_empty() && !trouble.waiting(Instant::now()) && !stopping {
                 let before = unsettled.len();
                 unsettled.retain(|u| match u.apply(&self.queue, &self.stream) {
                     Ok(()) => {
@@ -200,47 +314,59 @@ impl Flusher {
                 });
                 if unsettled.is_empty() {
                     tracing::info!(stream = %self.stream, entries = before, "the queue records deliveries again; resuming");
-                    failures = 0;
-                    retry_at = None;
+                    trouble.cleared();
                 } else {
-                    failures += 1;
-                    retry_at = Some(Instant::now() + self.storage_backoff(failures));
-                    backing_off = true;
+                    trouble.failed(&backoff, true);
                 }
             }
             // Deliveries pause while the queue cannot record them: whatever is sent now could
             // not be settled either, and would be sent again.
-            while !stopping
-                && !backing_off
-                && unsettled.is_empty()
-                && in_flight.len() < self.config.max_in_flight
-            {
-                match self.next_entries(&held) {
+            while !stopping && !trouble.waiting(Instant::now()) && unsettled.is_empty() {
+                let now = Instant::now();
+                let target = match targets.choose(now) {
+                    Choice::Now(i) => i,
+                    Choice::At(at) => {
+                        wake_at = Some(at);
+                        break;
+                    }
+                    Choice::Busy => break,
+                };
+                let limits = Limits::new(&self.config, self.packing, targets.max_call(target));
+                match self.next_entries(&held, limits) {
                     Ok(Some(entries)) => {
                         // Decided from the entries' headers: packing a batch only to drop it
                         // while lingering would cost a copy of up to 4 MiB per append.
                         let wait = self.linger_left(&entries);
-                        if !wait.is_zero() && !self.surely_full(&entries) {
-                            linger_until = Some(Instant::now() + wait);
+                        if !wait.is_zero() && !surely_full(&entries, limits) {
+                            wake_at = Some(now + wait);
                             break;
                         }
-                        let batch = Batch::build(entries, &self.config, self.packing);
+                        let batch = Batch::build(entries, limits);
                         held.extend(batch.keys());
+                        targets.sent(target, batch.size(), now);
                         let (sink, stream, records) = (
                             self.sink.clone(),
-                            self.stream.clone(),
+                            targets.stream(target).to_owned(),
                             batch.records.clone(),
                         );
                         let id = in_flight
                             .spawn(async move { deliver_batch(&*sink, &stream, records).await })
                             .id();
-                        batches.insert(id, batch);
+                        let full = batch.is_full(limits);
+                        batches.insert(
+                            id,
+                            InFlight {
+                                batch,
+                                target,
+                                sent_at: now,
+                                full,
+                            },
+                        );
                     }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!(stream = %self.stream, error = %e, "cannot read the queue");
-                        failures += 1;
-                        retry_at = Some(Instant::now() + self.backoff(failures, false));
+                        trouble.failed(&backoff, false);
                         break;
                     }
                 }
@@ -251,7 +377,8 @@ impl Flusher {
                 }
                 return;
             }
-            let wake_at = match (linger_until, retry_at.filter(|t| *t > Instant::now())) {
+            let queue_retry = trouble.retry_at.filter(|t| *t > Instant::now());
+            let wake_at = match (wake_at, queue_retry) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
@@ -260,33 +387,31 @@ impl Flusher {
                     let (id, delivered) = match done {
                         Ok((id, d)) => (id, d),
                         Err(e) => {
-                            let n = batches.get(&e.id()).map_or(0, |b| b.records.len());
+                            let n = batches.get(&e.id()).map_or(0, |b| b.batch.records.len());
                             (e.id(), Delivered {
                                 outcomes: vec![RecordOutcome::Retry { code: "panic".to_owned() }; n],
                                 error: Some(SinkError::Retriable { code: "panic".to_owned(), message: e.to_string() }),
                             })
                         }
                     };
-                    let batch = batches.remove(&id).expect("every task has its batch");
+                    let InFlight { batch, target, sent_at, full } =
+                        batches.remove(&id).expect("every task has its batch");
                     for key in batch.keys() {
                         held.remove(&key);
                     }
-                    let (retry, stuck) = self.settle(&batch, &delivered);
+                    let report = delivered.report(sent_at, full);
+                    targets.returned(target, report, Instant::now());
+                    metrics::pacing_share(targets.stream(target), targets.share(target));
+                    let stuck = self.settle(&batch, &delivered, targets.stream(target));
                     if !stuck.is_empty() {
                         if unsettled.is_empty() {
                             tracing::error!(stream = %self.stream, entries = stuck.len(), "the queue cannot record deliveries (storage failing); pausing deliveries, nothing is sent again until it can");
                         }
                         held.extend(stuck.iter().map(|u| u.entry.key));
                         unsettled.extend(stuck);
-                        failures += 1;
-                        retry_at = Some(Instant::now() + self.storage_backoff(failures));
-                    } else if retry {
-                        failures += 1;
-                        let config_error = matches!(delivered.error, Some(SinkError::Config { .. }));
-                        retry_at = Some(Instant::now() + self.backoff(failures, config_error));
-                    } else {
-                        failures = 0;
-                        retry_at = None;
+                        trouble.failed(&backoff, true);
+                    } else if unsettled.is_empty() {
+                        trouble.cleared();
                     }
                 }
                 _ = self.queue.appended(&self.stream), if !stopping => {}
@@ -301,34 +426,17 @@ impl Flusher {
     fn next_entries(
         &self,
         held: &HashSet<u64>,
+        limits: Limits,
     ) -> Result<Option<Vec<Entry>>, crate::queue::QueueError> {
-        let max_lines = if self.packing.enabled {
-            self.packing.max_lines
+        let max_lines = if limits.packing.enabled {
+            limits.packing.max_lines
         } else {
             1
         };
-        let entries = self.queue.read_head(
-            &self.stream,
-            held,
-            self.config.max_batch_records * max_lines,
-            self.config.max_batch_bytes,
-        )?;
+        let entries =
+            self.queue
+                .read_head(&self.stream, held, limits.records * max_lines, limits.bytes)?;
         Ok((!entries.is_empty()).then_some(entries))
-    }
-
-    /// Whether these entries fill a batch for certain: a lower bound on the records they
-    /// pack into reaches the call limit, or their bytes reach the byte limit.
-    fn surely_full(&self, entries: &[Entry]) -> bool {
-        let bytes: usize = entries.iter().map(|e| e.lines.len()).sum();
-        let lines: usize = entries.iter().map(|e| e.count as usize).sum();
-        let records = if self.packing.enabled {
-            bytes
-                .div_ceil(self.packing.max_bytes)
-                .max(lines.div_ceil(self.packing.max_lines))
-        } else {
-            lines
-        };
-        bytes >= self.config.max_batch_bytes || records >= self.config.max_batch_records
     }
 
     /// How much longer the oldest of these entries should wait for company.
@@ -341,15 +449,14 @@ impl Flusher {
         self.config.linger().saturating_sub(age)
     }
 
-    /// Applies a batch's outcomes to the queue; returns whether anything needs a retry, and the
-    /// updates the queue could not record.
-    fn settle(&self, batch: &Batch, delivered: &Delivered) -> (bool, Vec<Unsettled>) {
+    /// Applies a batch's outcomes to the queue (its metrics count for `target`, the delivery
+    /// stream it went to); returns the updates the queue could not record.
+    fn settle(&self, batch: &Batch, delivered: &Delivered, target: &str) -> Vec<Unsettled> {
         let mut stuck = Vec::new();
         let stream = &self.stream;
         let mut line = 0usize;
         let mut record = 0usize;
         let mut accepted_events = 0u64;
-        let mut retry = delivered.error.is_some();
         let in_batch = batch.ends.last().copied().unwrap_or(0);
         for entry in &batch.entries {
             let n = entry.count as usize;
@@ -392,10 +499,7 @@ impl Flusher {
                 {
                     Some(RecordOutcome::Accepted) => accepted_events += 1,
                     Some(RecordOutcome::Reject { .. }) => dead.push(text),
-                    Some(RecordOutcome::Retry { .. }) => {
-                        retry = true;
-                        remaining.push(text);
-                    }
+                    Some(RecordOutcome::Retry { .. }) => remaining.push(text),
                     // Not in this batch (it was full): stays for the next one.
                     None => remaining.push(text),
                 }
@@ -426,36 +530,29 @@ impl Flusher {
             .zip(&delivered.outcomes)
             .filter(|(_, o)| **o == RecordOutcome::Accepted)
             .map(|(r, _)| r.len());
-        metrics::delivered(stream, accepted_events, accepted_sizes);
+        metrics::delivered(target, accepted_events, accepted_sizes);
         for outcome in &delivered.outcomes {
             if let RecordOutcome::Retry { code } | RecordOutcome::Reject { code } = outcome {
-                metrics::failures(stream, code, 1);
+                metrics::failures(target, code, 1);
             }
         }
-        (retry, stuck)
+        stuck
     }
+}
 
-    /// Delay before retrying a queue update: the back-off, but never zero, so that the retry
-    /// is always a timer the loop wakes for (a zero delay would pass before the loop sleeps).
-    fn storage_backoff(&self, failures: u32) -> Duration {
-        self.backoff(failures, false)
-            .max(Duration::from_millis(self.config.retry_base_ms.max(1)))
-    }
-
-    /// Delay before the next attempt after `failures` consecutive failed rounds: full jitter
-    /// over an exponentially growing window, capped; configuration errors wait the cap.
-    fn backoff(&self, failures: u32, config_error: bool) -> Duration {
-        let cap = self.config.retry_max_ms;
-        if config_error {
-            return Duration::from_millis(cap);
-        }
-        let window = self
-            .config
-            .retry_base_ms
-            .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
-            .min(cap);
-        Duration::from_millis(fastrand::u64(0..=window))
-    }
+/// Whether these entries fill a batch for certain: a lower bound on the records they pack
+/// into reaches the call limit, or their bytes reach the byte limit.
+fn surely_full(entries: &[Entry], limits: Limits) -> bool {
+    let bytes: usize = entries.iter().map(|e| e.lines.len()).sum();
+    let lines: usize = entries.iter().map(|e| e.count as usize).sum();
+    let records = if limits.packing.enabled {
+        bytes
+            .div_ceil(limits.packing.max_bytes)
+            .max(lines.div_ceil(limits.packing.max_lines))
+    } else {
+        lines
+    };
+    bytes >= limits.bytes || records >= limits.records
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -465,104 +562,11 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Delivers one batch. If splitting found *every* record invalid, the cause is not a poison
-/// record but the stream's setup (e.g. a wrong record format for a transform): nothing is
-/// dead-lettered, and the batch is retried after the configuration-error back-off.
-async fn deliver_batch(sink: &dyn Sink, stream: &str, records: Vec<Bytes>) -> Delivered {
-    let n = records.len();
-    let delivered = deliver(sink, stream, records).await;
-    let all_rejected = delivered
-        .outcomes
-        .iter()
-        .all(|o| matches!(o, RecordOutcome::Reject { .. }));
-    if n > 1 && all_rejected {
-        let message = format!("all {n} records of a batch were refused as invalid");
-        return failed_call(
-            stream,
-            n,
-            SinkError::Config {
-                code: "InvalidArgumentException".to_owned(),
-                message,
-            },
-        );
-    }
-    delivered
-}
-
-/// Sends `records`, splitting a batch refused for its content until each offending record is
-/// alone (then it is rejected for good). Always answers one outcome per record.
-fn deliver<'a>(
-    sink: &'a dyn Sink,
-    stream: &'a str,
-    records: Vec<Bytes>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Delivered> + Send + 'a>> {
-    Box::pin(async move {
-        let n = records.len();
-        let started = std::time::Instant::now();
-        let result = sink.put_batch(stream, records.clone()).await;
-        metrics::put_batch(stream, started.elapsed());
-        match result {
-            Ok(outcomes) if outcomes.len() == n => Delivered {
-                outcomes,
-                error: None,
-            },
-            Ok(outcomes) => {
-                let message = format!("{} outcomes for {n} records", outcomes.len());
-                failed_call(
-                    stream,
-                    n,
-                    SinkError::Retriable {
-                        code: "bad_response".to_owned(),
-                        message,
-                    },
-                )
-            }
-            Err(SinkError::InvalidBatch { code, message }) if n > 1 => {
-                tracing::warn!(stream, records = n, %code, %message, "batch refused for its content; splitting it to isolate the record");
-                let mut right = records;
-                let left = right.drain(..n / 2).collect();
-                let mut first = deliver(sink, stream, left).await;
-                let second = deliver(sink, stream, right).await;
-                first.outcomes.extend(second.outcomes);
-                Delivered {
-                    outcomes: first.outcomes,
-                    error: first.error.or(second.error),
-                }
-            }
-            Err(SinkError::InvalidBatch { code, .. }) => Delivered {
-                outcomes: vec![RecordOutcome::Reject { code }],
-                error: None,
-            },
-            Err(e) => failed_call(stream, n, e),
-        }
-    })
-}
-
-fn failed_call(stream: &str, n: usize, error: SinkError) -> Delivered {
-    match &error {
-        SinkError::Config { code, message } => tracing::error!(
-            stream,
-            %code,
-            %message,
-            "sink configuration error: check that the delivery stream exists and this service may write to it; records are kept"
-        ),
-        e => tracing::warn!(stream, error = %e, records = n, "sink call failed; will retry"),
-    }
-    Delivered {
-        outcomes: vec![
-            RecordOutcome::Retry {
-                code: error.code().to_owned()
-            };
-            n
-        ],
-        error: Some(error),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Durability, FIREHOSE_MAX_RECORD_BYTES, QueueConfig};
+    use crate::firehose_limits::DirectPutQuota;
     use async_trait::async_trait;
     use std::sync::Mutex;
     use tokio::sync::watch;
@@ -575,6 +579,10 @@ mod tests {
         script: Box<Script>,
         calls: Mutex<Vec<Vec<Bytes>>>,
         accepted: watch::Sender<Vec<String>>,
+        /// Every call's delivery stream, (paused-clock) time and bytes.
+        sent: Mutex<Vec<(String, Instant, usize)>>,
+        /// A delivery stream that is down: its calls fail, the script is not asked.
+        down: Mutex<Option<String>>,
     }
 
     impl Scripted {
@@ -588,6 +596,8 @@ mod tests {
                 script: Box::new(script),
                 calls: Mutex::default(),
                 accepted: watch::channel(Vec::new()).0,
+                sent: Mutex::default(),
+                down: Mutex::default(),
             })
         }
     }
@@ -596,9 +606,20 @@ mod tests {
     impl Sink for Scripted {
         async fn put_batch(
             &self,
-            _: &str,
+            stream: &str,
             records: Vec<Bytes>,
         ) -> Result<Vec<RecordOutcome>, SinkError> {
+            let bytes = records.iter().map(Bytes::len).sum();
+            self.sent
+                .lock()
+                .unwrap()
+                .push((stream.to_owned(), Instant::now(), bytes));
+            if self.down.lock().unwrap().as_deref() == Some(stream) {
+                return Err(SinkError::Retriable {
+                    code: "connection".to_owned(),
+                    message: "down".to_owned(),
+                });
+            }
             let n = {
                 let mut calls = self.calls.lock().unwrap();
                 calls.push(records.clone());
@@ -686,6 +707,18 @@ mod tests {
             packing: Packing,
             n: usize,
         ) -> Vec<String> {
+            self.drain_to(sink, config, packing, Vec::new(), n).await
+        }
+
+        /// [`Harness::drain`] over these delivery streams (empty: the queue stream's own).
+        async fn drain_to(
+            &self,
+            sink: Arc<Scripted>,
+            config: FlusherConfig,
+            packing: Packing,
+            delivery: Vec<DeliveryStream>,
+            n: usize,
+        ) -> Vec<String> {
             let stop = CancellationToken::new();
             let flusher = Flusher::new(
                 "s".to_owned(),
@@ -693,7 +726,8 @@ mod tests {
                 sink.clone(),
                 config,
                 packing,
-            );
+            )
+            .deliver_to(delivery);
             let task = tokio::spawn(flusher.run(stop.clone()));
             let mut rx = sink.accepted.subscribe();
             tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|a| a.len() >= n))
@@ -965,63 +999,108 @@ mod tests {
         assert_eq!(h.queue.queued_events("s"), 0);
     }
 
-    #[tokio::test]
-    async fn a_batch_refused_whole_is_a_configuration_error_not_dead_letters() {
-        let h = Harness::with_lines(10, 1).await;
-        let refuse_all = |_: usize, _: &[Bytes]| -> Result<Vec<RecordOutcome>, SinkError> {
-            Err(SinkError::InvalidBatch {
-                code: "InvalidArgumentException".to_owned(),
-                message: "bad".to_owned(),
+    fn unpaced(names: &[&str]) -> Vec<DeliveryStream> {
+        names
+            .iter()
+            .map(|n| DeliveryStream {
+                name: (*n).to_owned(),
+                quota: None,
             })
-        };
-        let delivered = deliver_batch(
-            &*Scripted::new(refuse_all),
-            "s",
-            vec![Bytes::from_static(b"a\n"), Bytes::from_static(b"b\n")],
-        )
-        .await;
-        assert!(matches!(delivered.error, Some(SinkError::Config { .. })));
-        assert!(
-            delivered
-                .outcomes
-                .iter()
-                .all(|o| matches!(o, RecordOutcome::Retry { .. }))
-        );
-        assert_eq!(h.queue.dead_letter_events("s"), 0);
+            .collect()
     }
 
-    #[test]
-    fn backoff_window_doubles_up_to_the_cap_with_full_jitter() {
-        let dir = tempfile::tempdir().unwrap();
-        let qc = QueueConfig {
-            path: dir.path().join("q"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
+    #[tokio::test]
+    async fn fan_out_uses_every_stream_and_delivers_each_line_once() {
+        let h = Harness::with_lines(3000, 10).await;
+        let sink = Scripted::new(all_ok);
         let cfg = FlusherConfig {
-            retry_base_ms: 100,
-            retry_max_ms: 1600,
-            ..FlusherConfig::default()
+            max_batch_records: 10,
+            ..config()
         };
-        let f = Flusher::new("s".to_owned(), queue, Scripted::new(all_ok), cfg, PACKED);
-        fastrand::seed(7);
-        for (failures, window) in [(1, 100), (2, 200), (3, 400), (5, 1600), (40, 1600)] {
-            let samples: Vec<u64> = (0..400)
-                .map(|_| f.backoff(failures, false).as_millis() as u64)
-                .collect();
-            let max = *samples.iter().max().unwrap();
-            let min = *samples.iter().min().unwrap();
-            assert!(max <= window, "failures {failures}: {max} > {window}");
+        let streams = unpaced(&["a", "b", "c"]);
+        let mut got = h.drain_to(sink.clone(), cfg, UNPACKED, streams, 3000).await;
+        got.sort();
+        assert_eq!(got, expected(3000), "every line delivered exactly once");
+        let sent = sink.sent.lock().unwrap();
+        for name in ["a", "b", "c"] {
+            let calls = sent.iter().filter(|(s, ..)| s == name).count();
             assert!(
-                max > window * 9 / 10,
-                "failures {failures}: window not used ({max})"
+                calls >= 50,
+                "stream {name} got {calls} of {} calls",
+                sent.len()
             );
-            assert!(min < window / 10, "failures {failures}: no jitter ({min})");
         }
-        assert_eq!(
-            f.backoff(1, true),
-            Duration::from_millis(1600),
-            "configuration errors wait the cap"
+        assert_eq!(h.queue.queued_events("s"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_down_does_not_stall_the_others() {
+        let h = Harness::with_lines(2000, 10).await;
+        let sink = Scripted::new(all_ok);
+        *sink.down.lock().unwrap() = Some("b".to_owned());
+        let cfg = FlusherConfig {
+            max_batch_records: 10,
+            retry_base_ms: 200,
+            retry_max_ms: 5_000,
+            ..config()
+        };
+        let streams = unpaced(&["a", "b", "c"]);
+        let mut got = tokio::time::timeout(
+            Duration::from_secs(20),
+            h.drain_to(sink.clone(), cfg, UNPACKED, streams, 2000),
+        )
+        .await
+        .expect("the healthy streams drain the queue");
+        got.sort();
+        assert_eq!(got, expected(2000), "every line delivered exactly once");
+        let sent = sink.sent.lock().unwrap();
+        let to = |name: &str| sent.iter().filter(|(s, ..)| s == name).count();
+        assert!(to("a") > 50 && to("c") > 50, "a {} c {}", to("a"), to("c"));
+        // The down stream is backed off, not hammered: a few calls while the others did ~200.
+        assert!(to("b") <= 10, "the down stream got {} calls", to("b"));
+    }
+
+    /// Paced to a tiny quota, on the paused clock: the flusher never sends more than the quota
+    /// allows over any second, and still delivers everything at about the quota's rate.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_flusher_keeps_to_the_quota() {
+        let h = Harness::with_lines(20_000, 100).await;
+        let sink = Scripted::new(all_ok);
+        let quota = DirectPutQuota {
+            bytes_per_sec: 40_000,
+            requests_per_sec: 20,
+            records_per_sec: 2_000,
+        };
+        let streams = vec![DeliveryStream {
+            name: "paced".to_owned(),
+            quota: Some(quota),
+        }];
+        let started = Instant::now();
+        // 20,000 lines of 11 bytes = 220,000 bytes: 5.5 s of a 40,000 bytes/s quota.
+        let got = h
+            .drain_to(sink.clone(), config(), PACKED, streams, 20_000)
+            .await;
+        let took = started.elapsed();
+        assert_eq!(got.len(), 20_000);
+        assert!(
+            took >= Duration::from_secs(5),
+            "faster than the quota: {took:?}"
         );
+        assert!(took <= Duration::from_secs(8), "too slow: {took:?}");
+        let sent = sink.sent.lock().unwrap();
+        // The pacer's slice for a quota of 20 calls/s: long enough to hold two calls (0.1 s).
+        let slice = 0.1;
+        for (i, (_, at, _)) in sent.iter().enumerate() {
+            let window: Vec<_> = sent[i..]
+                .iter()
+                .take_while(|(_, t, _)| *t - *at < Duration::from_secs(1))
+                .collect();
+            let bytes: usize = window.iter().map(|(.., b)| b).sum();
+            let calls = window.len() as f64;
+            let allowed = quota.bytes_per_sec as f64 * (1.0 + slice);
+            assert!(bytes as f64 <= allowed, "{bytes} bytes in one second");
+            let allowed_calls = quota.requests_per_sec as f64 * (1.0 + slice) + 1.0;
+            assert!(calls <= allowed_calls, "{calls} calls in one second");
+        }
     }
 }

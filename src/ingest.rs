@@ -205,9 +205,9 @@ impl Ingest {
             keys,
             cors: Cors::new(&config.cors),
             streams: [
-                config.streams.track.clone(),
-                config.streams.alias.clone(),
-                config.streams.profile.clone(),
+                config.streams.track.queue().to_owned(),
+                config.streams.alias.queue().to_owned(),
+                config.streams.profile.queue().to_owned(),
             ],
             segment: config.segment.clone(),
         })

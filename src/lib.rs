@@ -14,7 +14,9 @@
 //!    disk (group commit: concurrent requests share one flush); it survives the faults of its
 //!    own disk and reports any loss.
 //! 4. [`flusher`] drains each stream's queue head in batches into a [`sink`], removes exactly
-//!    what the sink accepted and retries the rest with back-off, forever.
+//!    what the sink accepted and retries the rest with back-off, forever; [`delivery`] is its
+//!    policy: pacing to each delivery stream's quota, fan-out over several, back-off,
+//!    splitting.
 //! 5. [`sink`] delivers batches: [`sink::FileSink`] writes a local lake laid out like
 //!    Firehose's S3 prefixes.
 //!
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod cors;
+pub mod delivery;
 pub mod event;
 pub mod firehose_limits;
 pub mod flusher;

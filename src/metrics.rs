@@ -51,6 +51,9 @@ pub const QUEUE_DISK_FREE_BYTES: &str = "firehose_edge_queue_disk_free_bytes";
 /// Messages answered as accepted but not queued again: their `messageId` was already
 /// accepted from that source within the dedup window, by source.
 pub const EVENTS_DUPLICATE: &str = "firehose_edge_events_duplicate_total";
+/// The share of its Firehose quota a delivery stream is paced to (1 = the whole quota; it
+/// shrinks on throttling and grows back), by delivery stream.
+pub const PACING_SHARE: &str = "firehose_edge_pacing_quota_share";
 
 /// Every `reason` label of [`EVENTS_REJECTED`].
 pub const REJECT_REASONS: &[&str] = &[
@@ -88,9 +91,7 @@ pub fn exporter() -> metrics_exporter_prometheus::PrometheusBuilder {
     builder
 }
 
-/// Firehose bills each record rounded up to the next 5 KB.
-/// <https://aws.amazon.com/firehose/pricing/>
-pub const BILLING_INCREMENT: u64 = 5 * 1024;
+pub use crate::firehose_limits::BILLING_INCREMENT;
 
 /// One answered request.
 pub fn request(endpoint: &'static str, status: u16, elapsed: Duration) {
@@ -144,6 +145,11 @@ pub fn queue_flush() {
 /// `n` messages from `source` skipped as duplicates.
 pub fn events_duplicate(source: &str, n: u64) {
     counter!(EVENTS_DUPLICATE, "source" => source.to_owned()).increment(n);
+}
+
+/// The pacing share of delivery stream `stream` (see [`PACING_SHARE`]).
+pub fn pacing_share(stream: &str, share: f64) {
+    gauge!(PACING_SHARE, "stream" => stream.to_owned()).set(share);
 }
 
 /// `n` acknowledged events of `stream` found missing.

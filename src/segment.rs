@@ -99,15 +99,15 @@ impl Kind {
         KINDS.iter().find(|s| s.name == name).map(|s| s.kind)
     }
 
-    /// The stream this type goes to.
+    /// The stream this type is queued under.
     pub fn stream(self, config: &SegmentConfig) -> &str {
         match self {
-            Kind::Track => &config.track,
-            Kind::Identify => &config.identify,
-            Kind::Page => &config.page,
-            Kind::Screen => &config.screen,
-            Kind::Group => &config.group,
-            Kind::Alias => &config.alias,
+            Kind::Track => config.track.queue(),
+            Kind::Identify => config.identify.queue(),
+            Kind::Page => config.page.queue(),
+            Kind::Screen => config.screen.queue(),
+            Kind::Group => config.group.queue(),
+            Kind::Alias => config.alias.queue(),
         }
     }
 }

@@ -157,6 +157,7 @@ async fn batches_and_packed_records_stay_within_firehose_limits() {
         "link_users".to_owned(),
         firehose_edge::config::StreamOverrides {
             packing: Some(false),
+            ..Default::default()
         },
     );
     let server = TestServer::start_firehose(config, &fake.endpoint_url()).await;
@@ -243,6 +244,7 @@ async fn moto_lands_every_acknowledged_event_in_s3_exactly_as_encoded() {
         "user_profiles".to_owned(),
         firehose_edge::config::StreamOverrides {
             packing: Some(false),
+            ..Default::default()
         },
     );
     let server = TestServer::start_firehose(config, &moto.endpoint_url()).await;

@@ -55,9 +55,9 @@ async fn every_pinned_metric_appears_and_moves() {
     fake.set_poison(Some(b"POISON".to_vec()));
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.streams.track = "m_track".to_owned();
-    config.streams.alias = "m_alias".to_owned();
-    config.streams.profile = "m_profile".to_owned();
+    config.streams.track = "m_track".into();
+    config.streams.alias = "m_alias".into();
+    config.streams.profile = "m_profile".into();
     config.flusher.packing = false;
     config.flusher.linger_ms = 100;
     config.sink.connect_timeout_ms = 300;
