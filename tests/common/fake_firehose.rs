@@ -5,7 +5,9 @@
 //! throttling, 5xx, partial failures by position, slow answers, poisoned
 //! records and outages in which connections are refused. It records every call
 //! and checks each one against Firehose's real limits, so a test can assert
-//! that the proxy never sends what real Firehose would reject.
+//! that the proxy never sends what real Firehose would reject. With
+//! [`FakeFirehose::set_quota`] it meters a stream as Firehose meters a Direct PUT
+//! stream (requests, records and bytes per second) and throttles what is over.
 //!
 //! ```text
 //! let fake = FakeFirehose::start().await;
@@ -15,7 +17,7 @@
 //! assert!(fake.limit_violations().is_empty());
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,49 @@ pub const MAX_RECORDS_PER_CALL: usize = 500;
 pub const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
 /// Most decoded bytes one record may carry (1,000 KiB).
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
+
+/// A Direct PUT delivery stream's throughput quota, as AWS documents it: "Amazon Data
+/// Firehose quota" (<https://docs.aws.amazon.com/firehose/latest/dev/limits.html>). Kept
+/// apart from the service's own copy so that the fake checks the service, not itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes per second, of the records' data before base64.
+    pub bytes_per_sec: u64,
+    /// `PutRecordBatch` calls per second.
+    pub requests_per_sec: u64,
+    /// Records per second.
+    pub records_per_sec: u64,
+}
+
+/// us-east-1, us-west-2 and eu-west-1: 5 MiB/s, 2,000 requests/s, 500,000 records/s.
+pub const QUOTA_LARGE_REGIONS: Quota = Quota {
+    bytes_per_sec: 5 * 1024 * 1024,
+    requests_per_sec: 2_000,
+    records_per_sec: 500_000,
+};
+
+/// Every other region: 1 MiB/s, 1,000 requests/s, 100,000 records/s.
+pub const QUOTA_OTHER_REGIONS: Quota = Quota {
+    bytes_per_sec: 1024 * 1024,
+    requests_per_sec: 1_000,
+    records_per_sec: 100_000,
+};
+
+/// What the fake saw of one stream, counted as calls are answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Calls answered.
+    pub calls: u64,
+    /// Calls refused whole for being over the quota.
+    pub throttled_calls: u64,
+    /// Records answered with `ServiceUnavailableException` in a call that was
+    /// otherwise taken, for being over the quota.
+    pub throttled_records: u64,
+    /// Records accepted.
+    pub accepted_records: u64,
+    /// Bytes (decoded) of the accepted records.
+    pub accepted_bytes: u64,
+}
 
 /// How the fake answers one `PutRecordBatch` call; queued with [`FakeFirehose::push`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,12 +174,102 @@ struct Shared {
     progress: watch::Sender<Progress>,
 }
 
-#[derive(Default)]
 struct State {
     script: VecDeque<Behavior>,
     poison: Option<Vec<u8>>,
     calls: Vec<Call>,
     violations: Vec<String>,
+    meters: HashMap<String, Meter>,
+    stats: HashMap<String, StreamStats>,
+    /// `false`: calls are recorded without their records' data (long measurements).
+    keep_records: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            script: VecDeque::new(),
+            poison: None,
+            calls: Vec::new(),
+            violations: Vec::new(),
+            meters: HashMap::new(),
+            stats: HashMap::new(),
+            keep_records: true,
+        }
+    }
+}
+
+/// One stream's quota as token buckets of one second of each rate, refilled continuously:
+/// AWS states the quotas per second and throttles above them; a call that finds the buckets
+/// short is answered as Firehose answers then (see [`Meter::admit`]).
+struct Meter {
+    quota: Quota,
+    /// Requests, records, bytes.
+    tokens: [f64; 3],
+    refilled: tokio::time::Instant,
+}
+
+/// How much of a call a [`Meter`] lets through.
+enum Admit {
+    All,
+    /// The first `n` records; the rest are answered `ServiceUnavailableException` per record.
+    First(usize),
+    /// None: the call is refused whole with `ServiceUnavailableException` "Slow down.".
+    Nothing,
+}
+
+impl Meter {
+    fn new(quota: Quota) -> Meter {
+        let mut meter = Meter {
+            quota,
+            tokens: [0.0; 3],
+            refilled: tokio::time::Instant::now(),
+        };
+        meter.tokens = meter.rates();
+        meter
+    }
+
+    fn rates(&self) -> [f64; 3] {
+        [
+            self.quota.requests_per_sec as f64,
+            self.quota.records_per_sec as f64,
+            self.quota.bytes_per_sec as f64,
+        ]
+    }
+
+    /// A call without a request token is refused whole; otherwise its records are taken in
+    /// order while record and byte tokens last, and the rest fail one by one, which is how
+    /// PutRecordBatch reports records it could not take ("FailedPutCount", per-record
+    /// `ErrorCode` `ServiceUnavailableException`); a call none of whose records fit is
+    /// refused whole.
+    fn admit(&mut self, records: &[Vec<u8>]) -> Admit {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        let rates = self.rates();
+        for i in 0..3 {
+            self.tokens[i] = (self.tokens[i] + rates[i] * elapsed).min(rates[i]);
+        }
+        if self.tokens[0] < 1.0 {
+            return Admit::Nothing;
+        }
+        self.tokens[0] -= 1.0;
+        let mut taken = 0;
+        for record in records {
+            let len = record.len() as f64;
+            if self.tokens[1] < 1.0 || self.tokens[2] < len {
+                break;
+            }
+            self.tokens[1] -= 1.0;
+            self.tokens[2] -= len;
+            taken += 1;
+        }
+        match taken {
+            0 => Admit::Nothing,
+            n if n == records.len() => Admit::All,
+            n => Admit::First(n),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -194,6 +329,32 @@ impl FakeFirehose {
     /// the script lines up with the calls; an empty script means success.
     pub fn push(&self, behavior: Behavior) {
         self.shared.lock().script.push_back(behavior);
+    }
+
+    /// Meters `stream` to `quota` from now on: calls over it are throttled as
+    /// [`Meter::admit`] says. Each call still consumes a scripted behaviour, which
+    /// applies only if the quota let the whole call through.
+    pub fn set_quota(&self, stream: &str, quota: Quota) {
+        self.shared
+            .lock()
+            .meters
+            .insert(stream.to_owned(), Meter::new(quota));
+    }
+
+    /// What the fake saw of `stream` so far.
+    pub fn stream_stats(&self, stream: &str) -> StreamStats {
+        self.shared
+            .lock()
+            .stats
+            .get(stream)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// `false`: record calls without their data from now on (a long measurement would
+    /// otherwise keep every byte); counts and [`FakeFirehose::stream_stats`] still hold.
+    pub fn keep_records(&self, keep: bool) {
+        self.shared.lock().keep_records = keep;
     }
 
     /// Any later call with a record whose decoded data contains `marker` fails as a
@@ -333,13 +494,44 @@ impl Shared {
             .expect("fake Firehose state lock poisoned")
     }
 
-    fn record(&self, call: Call) {
+    fn record(&self, mut call: Call, throttled: Throttled) {
         let mut state = self.lock();
-        let accepted = match &call.outcome {
-            CallOutcome::Success => call.records.len(),
-            CallOutcome::PartialFailure { failed } => call.records.len() - failed.len(),
-            CallOutcome::Rejected { .. } => 0,
+        let failed: &[usize] = match &call.outcome {
+            CallOutcome::Success => &[],
+            CallOutcome::PartialFailure { failed } => failed,
+            CallOutcome::Rejected { .. } => &[],
         };
+        let rejected = matches!(call.outcome, CallOutcome::Rejected { .. });
+        let accepted_bytes: usize = if rejected {
+            0
+        } else {
+            let (mut next, mut bytes) = (failed.iter().peekable(), 0);
+            for (i, r) in call.records.iter().enumerate() {
+                if next.peek() == Some(&&i) {
+                    next.next();
+                } else {
+                    bytes += r.len();
+                }
+            }
+            bytes
+        };
+        let accepted = if rejected {
+            0
+        } else {
+            call.records.len() - failed.len()
+        };
+        let stats = state.stats.entry(call.stream.clone()).or_default();
+        stats.calls += 1;
+        stats.accepted_records += accepted as u64;
+        stats.accepted_bytes += accepted_bytes as u64;
+        match throttled {
+            Throttled::No => {}
+            Throttled::Call => stats.throttled_calls += 1,
+            Throttled::Records(n) => stats.throttled_records += n as u64,
+        }
+        if !state.keep_records {
+            call.records = Vec::new();
+        }
         state.calls.push(call);
         self.progress.send_modify(|p| {
             p.calls += 1;
@@ -430,7 +622,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
             return Ok(aws_error(400, "SerializationException", &message));
         }
     };
-    let (response, outcome) = match decide(&shared, &stream, &records, &behavior) {
+    let (decision, throttled) = decide(&shared, &stream, &records, &behavior);
+    let (response, outcome) = match decision {
         Ok((failed, error_code)) => {
             if let Behavior::Delay(delay) = behavior {
                 tokio::time::sleep(delay).await;
@@ -439,28 +632,65 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         }
         Err((status, error_type, message)) => rejected(status, error_type, &message),
     };
-    shared.record(Call {
+    let call = Call {
         stream,
         records,
         outcome,
-    });
+    };
+    shared.record(call, throttled);
     Ok(response)
 }
 
+/// Whether a call met its stream's quota.
+#[derive(Debug, Clone, Copy)]
+enum Throttled {
+    No,
+    /// Refused whole.
+    Call,
+    /// This many of its records were refused.
+    Records(usize),
+}
+
 /// Limits and poison come first (real Firehose validates a call before anything
-/// else can happen to it), then the scripted behaviour.
-fn decide(shared: &Shared, stream: &str, records: &[Vec<u8>], behavior: &Behavior) -> Decision {
+/// else can happen to it), then the stream's quota, then the scripted behaviour.
+fn decide(
+    shared: &Shared,
+    stream: &str,
+    records: &[Vec<u8>],
+    behavior: &Behavior,
+) -> (Decision, Throttled) {
     let mut state = shared.lock();
     let broken = broken_limits(records);
     if !broken.is_empty() {
         let violations = broken.iter().map(|b| format!("stream {stream}: {b}"));
         state.violations.extend(violations);
-        return Err((400, Some(INVALID_ARGUMENT), broken.join("; ")));
+        let refused = Err((400, Some(INVALID_ARGUMENT), broken.join("; ")));
+        return (refused, Throttled::No);
     }
     let poison = state.poison.as_deref();
     if poison.is_some_and(|p| records.iter().any(|r| contains(r, p))) {
-        return Err((400, Some(INVALID_ARGUMENT), "Record is poisoned".into()));
+        let refused = Err((400, Some(INVALID_ARGUMENT), "Record is poisoned".into()));
+        return (refused, Throttled::No);
     }
+    if let Some(meter) = state.meters.get_mut(stream) {
+        match meter.admit(records) {
+            Admit::All => {}
+            Admit::First(n) => {
+                let over = (n..records.len()).collect();
+                let throttled = Throttled::Records(records.len() - n);
+                return (Ok((over, SERVICE_UNAVAILABLE.to_owned())), throttled);
+            }
+            Admit::Nothing => {
+                let refused = Err((400, Some(SERVICE_UNAVAILABLE), "Slow down.".into()));
+                return (refused, Throttled::Call);
+            }
+        }
+    }
+    (scripted(stream, behavior), Throttled::No)
+}
+
+/// The scripted answer to a call that passed the checks.
+fn scripted(stream: &str, behavior: &Behavior) -> Decision {
     let (status, error_type, message) = match behavior {
         Behavior::Ok | Behavior::Delay(_) => return Ok((Vec::new(), String::new())),
         Behavior::FailPositions(failed, code) => return Ok((failed.clone(), code.clone())),
