@@ -247,8 +247,8 @@ impl Meter {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.refilled = now;
         let rates = self.rates();
-        for i in 0..3 {
-            self.tokens[i] = (self.tokens[i] + rates[i] * elapsed).min(rates[i]);
+        for (tokens, rate) in self.tokens.iter_mut().zip(rates) {
+            *tokens = (*tokens + rate * elapsed).min(rate);
         }
         if self.tokens[0] < 1.0 {
             return Admit::Nothing;
