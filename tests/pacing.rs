@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::fake_firehose::{FakeFirehose, Quota};
 use common::{TestServer, WAIT, post, test_config};
