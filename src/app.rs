@@ -86,23 +86,7 @@ pub async fn run_with_sink(
     let grace = config.shutdown.grace();
 
     let flush_stop = CancellationToken::new();
-    let mut flushers = JoinSet::new();
-    for stream in &streams {
-        let packing = Packing {
-            enabled: config.flusher.packing_for(stream),
-            max_bytes: config.flusher.pack_max_bytes,
-            max_lines: config.flusher.pack_max_lines,
-        };
-        let flusher = Flusher::new(
-            stream.clone(),
-            queue.clone(),
-            sink.clone(),
-            config.flusher.clone(),
-            packing,
-        )
-        .deliver_to(config.delivery_streams(stream));
-        flushers.spawn(flusher.run(flush_stop.clone()));
-    }
+    let mut flushers = start_flushers(&config, &queue, &sink, &flush_stop);
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ingest = Arc::new(Ingest::new(queue.clone(), &config)?);
@@ -172,4 +156,111 @@ pub async fn run_with_sink(
         "stopped"
     );
     result
+}
+
+/// One flusher per queue stream, each delivering to that stream's delivery streams.
+fn start_flushers(
+    config: &Config,
+    queue: &Queue,
+    sink: &Arc<dyn Sink>,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
+    let mut flushers = JoinSet::new();
+    for stream in config.stream_names() {
+        let packing = Packing {
+            enabled: config.flusher.packing_for(&stream),
+            max_bytes: config.flusher.pack_max_bytes,
+            max_lines: config.flusher.pack_max_lines,
+        };
+        let delivery = config.delivery_streams(&stream);
+        let flusher = Flusher::new(
+            stream,
+            queue.clone(),
+            sink.clone(),
+            config.flusher.clone(),
+            packing,
+        )
+        .deliver_to(delivery);
+        flushers.spawn(flusher.run(stop.clone()));
+    }
+    flushers
+}
+
+/// What [`drain`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Events that left the queue: delivered, or refused for good and dead-lettered.
+    pub delivered: u64,
+    /// Events still queued (0 unless stopped early).
+    pub remaining: u64,
+    /// Events in the dead-letter trees, which a drain does not deliver (see `dead-letters`).
+    pub dead_letters: u64,
+}
+
+/// Delivers everything queued under `config.queue.path` and returns once the queue is empty
+/// (or when `stop` resolves first): no listener, no new events. For a queue whose replica is
+/// gone (scale-in), run as `firehose-edge drain`. Retries never give up, as in [`run`]; the
+/// caller's `stop` bounds it.
+pub async fn drain(
+    config: Config,
+    sink: Arc<dyn Sink>,
+    stop: impl Future<Output = ()>,
+) -> Result<Drained, AppError> {
+    let streams = config.stream_names();
+    let queue_error = |source| AppError::Queue {
+        path: config.queue.path.display().to_string(),
+        source,
+    };
+    let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
+    let queued = |q: &Queue| streams.iter().map(|s| q.queued_events(s)).sum::<u64>();
+    let at_start = queued(&queue);
+    tracing::info!(queued_events = at_start, "draining the queue");
+    let flush_stop = CancellationToken::new();
+    let mut flushers = start_flushers(&config, &queue, &sink, &flush_stop);
+    tokio::pin!(stop);
+    // The queue has no "settled" signal to await: a short tick reads two counters.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    let mut last_report = Instant::now();
+    loop {
+        let left = queued(&queue);
+        if left == 0 {
+            break;
+        }
+        if last_report.elapsed() >= std::time::Duration::from_secs(10) {
+            tracing::info!(queued_events = left, "draining");
+            last_report = Instant::now();
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => {
+                tracing::warn!(queued_events = left, "stopped before the queue was empty; what is left stays queued");
+                break;
+            }
+        }
+    }
+    flush_stop.cancel();
+    if tokio::time::timeout(config.shutdown.grace(), async {
+        while flushers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        flushers.abort_all();
+        while flushers.join_next().await.is_some() {}
+    }
+    let remaining = queued(&queue);
+    let dead_letters = streams.iter().map(|s| queue.dead_letter_events(s)).sum();
+    queue.close().map_err(queue_error)?;
+    let drained = Drained {
+        delivered: at_start.saturating_sub(remaining),
+        remaining,
+        dead_letters,
+    };
+    tracing::info!(
+        delivered = drained.delivered,
+        remaining,
+        dead_letters,
+        "drain finished"
+    );
+    Ok(drained)
 }

@@ -1,5 +1,6 @@
-//! The sub-commands of the binary: offline tools on the queue directory and the container's
-//! health check. (`anyhow` is fine here: this is the command line, not the library.)
+//! The sub-commands of the binary: offline tools on the queue directory, the drain of an
+//! orphaned queue and the container's health check. (`anyhow` is fine here: this is the
+//! command line, not the library.)
 
 use firehose_edge::config::Config;
 use firehose_edge::queue::Queue;
@@ -103,7 +104,9 @@ pub fn healthcheck(config: &Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let check = async {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{addr}/healthz: {e}"))?;
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             let connection = tokio::spawn(connection);
@@ -122,4 +125,31 @@ pub fn healthcheck(config: &Config) -> anyhow::Result<()> {
             .await
             .map_err(|_| anyhow::anyhow!("{addr}/healthz did not answer within 3 s"))?
     })
+}
+
+/// `drain`: deliver the whole queue, then exit 0; `stop_signal` installs the signal handlers
+/// that end it early (exit 1).
+pub fn drain<S, F>(config: Config, stop_signal: S) -> anyhow::Result<()>
+where
+    S: FnOnce() -> std::io::Result<F>,
+    F: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let drained = runtime.block_on(async {
+        let stop = stop_signal()?;
+        let sink = firehose_edge::app::build_sink(&config).await?;
+        anyhow::Ok(firehose_edge::app::drain(config, sink, stop).await?)
+    })?;
+    eprintln!(
+        "drained: {} events left the queue, {} remain, {} dead letters kept",
+        drained.delivered, drained.remaining, drained.dead_letters
+    );
+    anyhow::ensure!(
+        drained.remaining == 0,
+        "stopped with {} events still queued",
+        drained.remaining
+    );
+    Ok(())
 }

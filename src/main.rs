@@ -24,7 +24,8 @@ const EXIT_CONFIG: u8 = 64;
 struct Cli {
     /// Configuration file (TOML). Without it the embedded defaults apply: a local file sink
     /// under ./data, no AWS needed. `FIREHOSE_EDGE__SECTION__KEY` variables override it.
-    #[arg(long, short, value_name = "FILE")]
+    /// Accepted before or after a sub-command.
+    #[arg(long, short, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration (file and environment) and exit: 0 if valid, 64 if not.
     #[arg(long)]
@@ -52,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         action: commands::QueueAction,
     },
+    /// Deliver everything in the queue directory and exit 0 once it is empty; no listener,
+    /// no new events. For the volume of a replica that was scaled in. Retries through sink
+    /// outages without end; SIGTERM stops it (exit 1, what is left stays queued). Refused
+    /// while another process holds the queue.
+    Drain,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +81,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Queue { action }) => Some(commands::queue(&config, &action)),
         Some(Command::Healthcheck) => Some(commands::healthcheck(&config)),
+        Some(Command::Drain) => {
+            init_logging(&config);
+            Some(commands::drain(config.clone(), stop_signal))
+        }
         None => None,
     };
     if let Some(result) = result {

@@ -171,3 +171,23 @@ fn queue_verify_checks_a_stopped_queue_and_refuses_a_running_one() {
         "{stdout}"
     );
 }
+
+/// The image's HEALTHCHECK runs `healthcheck --config FILE` (the flag after the sub-command):
+/// that parses, reads the file's admin address, and fails (exit 1, not a usage error) when
+/// nothing answers there.
+#[test]
+fn healthcheck_takes_the_config_after_the_sub_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    // A port nothing listens on: bind one, note it, let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(&path, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let out = run(&["healthcheck", "--config", path.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
