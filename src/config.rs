@@ -457,6 +457,19 @@ impl StreamList {
     }
 }
 
+impl TryFrom<Vec<String>> for StreamList {
+    type Error = &'static str;
+
+    /// A fan-out over `names`, queued under the first; refused when empty.
+    fn try_from(names: Vec<String>) -> Result<StreamList, Self::Error> {
+        if names.is_empty() {
+            Err("a stream list names at least one delivery stream")
+        } else {
+            Ok(StreamList(names))
+        }
+    }
+}
+
 impl From<&str> for StreamList {
     fn from(name: &str) -> StreamList {
         StreamList(vec![name.to_owned()])

@@ -1088,8 +1088,9 @@ mod tests {
         );
         assert!(took <= Duration::from_secs(8), "too slow: {took:?}");
         let sent = sink.sent.lock().unwrap();
-        // The pacer's slice for a quota of 20 calls/s: long enough to hold two calls (0.1 s).
-        let slice = 0.1;
+        // The pacer's bucket for a quota of 20 calls/s: two slices long enough to hold two calls
+        // each (2 x 0.1 s).
+        let slice = 0.2;
         for (i, (_, at, _)) in sent.iter().enumerate() {
             let window: Vec<_> = sent[i..]
                 .iter()

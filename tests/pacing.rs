@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::fake_firehose::{FakeFirehose, Quota};
 use common::{TestServer, WAIT, post, test_config};
 use firehose_edge::config::{Config, StreamList};
@@ -107,10 +106,7 @@ async fn fan_out_uses_every_stream() {
     }
     let dir = tempfile::tempdir().unwrap();
     let list: Vec<String> = streams.iter().map(|s| (*s).to_owned()).collect();
-    let track = toml::Value::try_from(&list)
-        .unwrap()
-        .try_into::<StreamList>()
-        .unwrap();
+    let track = StreamList::try_from(list).unwrap();
     let server =
         TestServer::start_firehose(paced_config(dir.path(), track), &fake.endpoint_url()).await;
     let started = std::time::Instant::now();
@@ -156,10 +152,7 @@ async fn a_throttled_stream_does_not_stall_the_others() {
     );
     fake.set_quota("fast", QUOTA);
     let dir = tempfile::tempdir().unwrap();
-    let track = toml::Value::try_from(["slow", "fast"])
-        .unwrap()
-        .try_into::<StreamList>()
-        .unwrap();
+    let track = StreamList::try_from(vec!["slow".to_owned(), "fast".to_owned()]).unwrap();
     // The process-wide recorder, as `main` installs it (the only test here that reads it).
     let handle = firehose_edge::metrics::exporter()
         .install_recorder()

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use crate::firehose_limits::DirectPutQuota;
 
-/// The bucket depth and the largest call: what the quota carries in this long. Short, so a call
+/// The largest call: what the quota carries in this long (a bucket holds two, so that a call
+/// smaller than the largest, and the timer's rounding, cost no throughput). Short, so a call
 /// never bursts far above the rate (Firehose meters per second) and a backlogged stream sends
 /// many small calls rather than a few large ones: a throttle then costs one small call, and the
 /// controller hears about an overload sooner (a throttled call's records wait out a back-off).
@@ -31,13 +32,16 @@ use crate::firehose_limits::DirectPutQuota;
 /// multiples of that).
 pub const SLICE: Duration = Duration::from_millis(10);
 
-/// Multiplicative decrease: the share kept after a throttle. 0.85 keeps the sawtooth of a
-/// converged group between 85 % and 100 % of the quota (TCP's 0.5 would average 75 %).
-pub const DECREASE: f64 = 0.85;
+/// Multiplicative decrease: the share kept after a throttle. The dip it makes is short (the
+/// group regrows within ~2 s and then runs over the quota until Firehose's own burst
+/// allowance is spent), so a deeper cut costs little throughput and makes replicas of unequal
+/// shares converge faster: each cut narrows the gap between them by a fifth. (TCP's 0.5 would
+/// leave much of each cycle below the quota.)
+pub const DECREASE: f64 = 0.8;
 
 /// Additive increase: share of the quota gained per second while backlogged and not
-/// throttled. Two replicas regain a decrease of 15 % in ~2.5 s.
-pub const INCREASE_PER_SEC: f64 = 0.03;
+/// throttled. Two replicas regain a cut of 20 % in ~2 s.
+pub const INCREASE_PER_SEC: f64 = 0.05;
 
 /// The smallest share: a stream keeps moving, however often it is throttled.
 pub const MIN_SHARE: f64 = 0.01;
@@ -108,23 +112,23 @@ impl Pacer {
     }
 
     /// The largest call to build: one [`SLICE`] of the quota (at least one record of one byte; a
-    /// single line larger than that still goes, alone, when the bucket is full).
+    /// single line larger than a bucket still goes, alone, when the bucket is full).
     pub fn max_call(&self) -> CallSize {
         CallSize {
-            records: self.depth(RECORDS) as usize,
-            bytes: self.depth(BYTES) as usize,
+            records: self.call(RECORDS) as usize,
+            bytes: self.call(BYTES) as usize,
         }
     }
 
-    /// When a call of `size` may go: `now` if the buckets hold its cost. A call larger than a
-    /// bucket waits for a full bucket and then takes it into debt, which later calls wait out,
-    /// so the average rate holds whatever the sizes.
+    /// When a call of `size` may go: `now` if the buckets hold its cost. A call larger than the
+    /// largest waits for that much and then takes the bucket into debt, which later calls wait
+    /// out, so the average rate holds whatever the sizes.
     pub fn ready_at(&mut self, size: CallSize, now: Instant) -> Instant {
         self.refill(now);
         let cost = size.cost();
         let mut wait: f64 = 0.0;
         for i in [REQUESTS, RECORDS, BYTES] {
-            let need = cost[i].min(self.depth(i));
+            let need = cost[i].min(self.call(i));
             // A hair of tolerance: refilling at the computed instant may fall a rounding
             // error short, and the caller must not wake, find it short, and sleep again.
             let short = need - self.tokens[i] - need * 1e-9;
@@ -182,14 +186,21 @@ impl Pacer {
         self.quota[i] * self.share
     }
 
-    /// A bucket's capacity: one slice of the whole quota (never less than one unit), whatever
-    /// the share. Calls are then the same size in every replica, and the share sets how often
-    /// they go: a replica with a larger share sends more calls, so more of the throttles of a
-    /// shared overload fall on it and it shrinks more. (Were calls sized to the share, the
-    /// larger replica's calls would take each refill of Firehose's bucket first and the
-    /// smaller's would meet an empty one: it would starve.)
-    fn depth(&self, i: usize) -> f64 {
+    /// The largest call in dimension `i`: one slice of the whole quota (never less than one
+    /// unit), whatever the share. Calls are then the same size in every replica, and the share
+    /// sets how often they go: a replica with a larger share sends more calls, so more of the
+    /// throttles of a shared overload fall on it and it shrinks more. (Were calls sized to the
+    /// share, the larger replica's calls would take each refill of Firehose's bucket first and
+    /// the smaller's would meet an empty one: it would starve.)
+    fn call(&self, i: usize) -> f64 {
         (self.quota[i] * self.slice_secs()).max(1.0)
+    }
+
+    /// A bucket's capacity: two of the largest calls. A call waits until its bucket holds the
+    /// largest call; what it leaves, and what accrues while the timer rounds up, stays for
+    /// the next, so the rate is the paced one however the calls' sizes fall.
+    fn depth(&self, i: usize) -> f64 {
+        2.0 * self.call(i)
     }
 
     /// [`SLICE`], or longer when the request quota is so low that a slice would not hold two
@@ -281,9 +292,9 @@ mod tests {
                 let worst = worst_window(&sent, size, Duration::from_secs(1));
                 let cost = size.cost();
                 for i in 0..3 {
-                    // Over any second: the quota, plus the one slice the bucket starts with
-                    // (or one call, when a call is larger than the slice).
-                    let slack = (limits[i] * SLICE.as_secs_f64()).max(cost[i]);
+                    // Over any second: the quota, plus the two slices the bucket starts with
+                    // (or one call, when a call is larger than that).
+                    let slack = (2.0 * limits[i] * SLICE.as_secs_f64()).max(cost[i]);
                     assert!(
                         worst[i] <= limits[i] + slack,
                         "{quota:?} {size:?} dimension {i}: {} in one second",

@@ -1,0 +1,394 @@
+//! Scale figures against quota-limited delivery streams: the service's real flusher and
+//! Firehose sink (aws-sdk-firehose over HTTP) against the fake Firehose of the tests, which
+//! meters every delivery stream as AWS meters a Direct PUT stream (requests, records and bytes
+//! per second; `ServiceUnavailableException` over it, per call or per record).
+//!
+//! ```sh
+//! cargo run --release --example scale
+//! ```
+//! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
+//! `pair`, `drain`; default all).
+//!
+//! Cases, every stream at the quota of regions other than us-east-1, us-west-2 and eu-west-1
+//! (1 MiB/s, 1,000 calls/s, 100,000 records/s), the service configured with `sink.region =
+//! "eu-central-1"` so it paces to that documented default with no quota keys set:
+//! - `fan`: one instance, one endpoint fanned out over 1, 2 and 4 streams, a backlog larger
+//!   than the measured window: delivered bytes/s as a share of the sum of the quotas, and the
+//!   share of calls Firehose throttled, measured after a warm-up;
+//! - `pair`: two instances (each its own queue, flushers, pacers and Firehose client, in one
+//!   process here), both fanned out over the same two streams: each one's share over time,
+//!   their sum, and the throttled calls;
+//! - `drain`: a backlog left by an outage, drained into two streams: time to empty against
+//!   the quota's bound (backlog ÷ the streams' quotas).
+//!
+//! The instances are the library's `run_with_sink`, as `main` runs it, minus logging and the
+//! metrics recorder. Lines are ~200-byte records like /track's; packing is on, as by default.
+
+#[path = "../tests/common/fake_firehose.rs"]
+mod fake_firehose;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_firehose::config::{Credentials, SharedCredentialsProvider};
+use bytes::Bytes;
+use fake_firehose::{FakeFirehose, QUOTA_OTHER_REGIONS, StreamStats};
+use firehose_edge::config::{Config, Durability, SinkKind, StreamList};
+use firehose_edge::queue::Queue;
+use firehose_edge::sink::{FirehoseSink, RecordOutcome, Sink, SinkError};
+use firehose_edge::{Listeners, run_with_sink};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const LINE_BYTES: usize = 200;
+
+/// Counts what one instance got accepted, so that two instances on the same streams can be
+/// told apart (the fake counts per stream).
+struct Counting {
+    inner: FirehoseSink,
+    accepted_bytes: AtomicU64,
+}
+
+#[async_trait]
+impl Sink for Counting {
+    async fn put_batch(
+        &self,
+        stream: &str,
+        records: Vec<Bytes>,
+    ) -> Result<Vec<RecordOutcome>, SinkError> {
+        let sizes: Vec<usize> = records.iter().map(Bytes::len).collect();
+        let outcomes = self.inner.put_batch(stream, records).await?;
+        let accepted: usize = sizes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == RecordOutcome::Accepted)
+            .map(|(s, _)| s)
+            .sum();
+        self.accepted_bytes
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+}
+
+/// One service instance on its own runtime and threads, over its own queue.
+struct Instance {
+    sink: Arc<Counting>,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+    filled_bytes: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Instance {
+    /// Fills a fresh queue with `backlog` bytes of lines for `streams`' endpoint, then starts
+    /// the service over it, delivering to `fake`.
+    fn start(fake: &FakeFirehose, streams: &[&str], backlog: u64) -> Instance {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        config.queue.path = dir.path().join("queue");
+        config.queue.durability = Durability::Interval;
+        config.queue.min_free_bytes = 16 << 20;
+        config.sink.kind = SinkKind::Firehose;
+        config.sink.region = "eu-central-1".to_owned();
+        config.sink.endpoint_url = Some(fake.endpoint_url());
+        config.streams.track =
+            StreamList::try_from(streams.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let filled_bytes = fill(&config, streams[0], backlog);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let credentials =
+            SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "scale"));
+        let sink = Arc::new(Counting {
+            inner: runtime.block_on(FirehoseSink::connect(&config.sink, Some(credentials))),
+            accepted_bytes: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        let (run_sink, run_stop) = (sink.clone() as Arc<dyn Sink>, stop.clone());
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let ingest = TcpListener::bind(config.server.listen).await.unwrap();
+                let admin = TcpListener::bind(config.admin.listen).await.unwrap();
+                run_with_sink(
+                    config,
+                    Listeners { ingest, admin },
+                    run_sink,
+                    None,
+                    run_stop.cancelled_owned(),
+                )
+                .await
+                .expect("the service runs");
+            })
+        });
+        Instance {
+            sink,
+            stop,
+            thread,
+            filled_bytes,
+            _dir: dir,
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.sink.accepted_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backlog lasted (a figure measured on an empty queue would be meaningless).
+    fn has_backlog(&self) -> bool {
+        self.accepted() < self.filled_bytes
+    }
+
+    fn stop(self) {
+        self.stop.cancel();
+        self.thread.join().expect("the instance stops");
+    }
+}
+
+/// Appends `bytes` worth of 200-byte lines under `queue_stream`, 100 to an entry (a 100-event
+/// request each); returns the bytes queued.
+fn fill(config: &Config, queue_stream: &str, bytes: u64) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queue = Queue::open(&config.queue, &config.stream_names()).expect("the queue opens");
+    let entries = bytes.div_ceil((LINE_BYTES * 100) as u64);
+    runtime.block_on(async {
+        for e in 0..entries {
+            let lines: String = (0..100)
+                .map(|i| {
+                    let head =
+                        format!(r#"{{"userId":"u{e}","eventName":"e{i}","metadata":{{"pad":""#);
+                    let pad = LINE_BYTES - head.len() - 4;
+                    format!("{head}{}\"}}}}\n", "x".repeat(pad))
+                })
+                .collect();
+            debug_assert_eq!(lines.len(), LINE_BYTES * 100);
+            queue
+                .append(queue_stream, lines.as_bytes(), 100)
+                .await
+                .expect("append");
+        }
+    });
+    queue.close().expect("the queue closes");
+    entries * (LINE_BYTES * 100) as u64
+}
+
+/// The fake's counts summed over `streams`.
+fn totals(fake: &FakeFirehose, streams: &[&str]) -> StreamStats {
+    let mut t = StreamStats::default();
+    for s in streams {
+        let x = fake.stream_stats(s);
+        t.calls += x.calls;
+        t.throttled_calls += x.throttled_calls;
+        t.throttled_records += x.throttled_records;
+        t.accepted_records += x.accepted_records;
+        t.accepted_bytes += x.accepted_bytes;
+    }
+    t
+}
+
+fn delta(a: StreamStats, b: StreamStats) -> StreamStats {
+    StreamStats {
+        calls: b.calls - a.calls,
+        throttled_calls: b.throttled_calls - a.throttled_calls,
+        throttled_records: b.throttled_records - a.throttled_records,
+        accepted_records: b.accepted_records - a.accepted_records,
+        accepted_bytes: b.accepted_bytes - a.accepted_bytes,
+    }
+}
+
+fn quota_bytes() -> f64 {
+    QUOTA_OTHER_REGIONS.bytes_per_sec as f64
+}
+
+fn fan(fake: &FakeFirehose, measure: Duration) {
+    println!(
+        "\n## fan-out: one instance, N streams of 1 MiB/s each (warm-up 5 s, then {} s)",
+        measure.as_secs()
+    );
+    println!(
+        "| streams | sum of quotas | delivered | share | calls | throttled calls | throttled records |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let warmup = Duration::from_secs(5);
+    for n in [1usize, 2, 4] {
+        let names: Vec<String> = (0..n).map(|i| format!("fan{n}-{i}")).collect();
+        let streams: Vec<&str> = names.iter().map(String::as_str).collect();
+        for s in &streams {
+            fake.set_quota(s, QUOTA_OTHER_REGIONS);
+        }
+        let backlog = (quota_bytes() * n as f64 * (warmup + measure).as_secs_f64() * 1.3) as u64;
+        let instance = Instance::start(fake, &streams, backlog);
+        std::thread::sleep(warmup);
+        let (t0, s0) = (Instant::now(), totals(fake, &streams));
+        std::thread::sleep(measure);
+        let (t1, s1) = (Instant::now(), totals(fake, &streams));
+        let d = delta(s0, s1);
+        let rate = d.accepted_bytes as f64 / (t1 - t0).as_secs_f64();
+        let sum = quota_bytes() * n as f64;
+        let lasted = instance.has_backlog();
+        instance.stop();
+        println!(
+            "| {n} | {:.2} MiB/s | {:.3} MiB/s | {:.1} % | {} | {} ({:.2} %) | {} of {} |{}",
+            sum / 1048576.0,
+            rate / 1048576.0,
+            100.0 * rate / sum,
+            d.calls,
+            d.throttled_calls,
+            100.0 * d.throttled_calls as f64 / d.calls.max(1) as f64,
+            d.throttled_records,
+            d.accepted_records + d.throttled_records,
+            if lasted {
+                ""
+            } else {
+                " (backlog ran out: figure invalid)"
+            }
+        );
+    }
+}
+
+fn pair(fake: &FakeFirehose, measure: Duration) {
+    let streams = ["pair-0", "pair-1"];
+    for s in streams {
+        fake.set_quota(s, QUOTA_OTHER_REGIONS);
+    }
+    let warmup = Duration::from_secs(10);
+    let sum = quota_bytes() * streams.len() as f64;
+    println!(
+        "\n## two instances sharing {} streams of 1 MiB/s (sum {:.0} MiB/s); the second starts 5 s after the first",
+        streams.len(),
+        sum / 1048576.0
+    );
+    let total = warmup + measure + Duration::from_secs(5);
+    let backlog = (sum * total.as_secs_f64() * 1.3) as u64;
+    let a = Instance::start(fake, &streams, backlog);
+    // The first has the streams to itself for a while, as before a scale-out.
+    std::thread::sleep(Duration::from_secs(5));
+    let b = Instance::start(fake, &streams, backlog);
+    println!("| seconds since the second started | first | second | together |");
+    println!("|---|---|---|---|");
+    let started = Instant::now();
+    let (mut last, mut at) = ([a.accepted(), b.accepted()], Instant::now());
+    let mut measured = ([0u64; 2], Duration::ZERO, totals(fake, &streams));
+    while started.elapsed() < warmup + measure {
+        std::thread::sleep(Duration::from_secs(5));
+        let now = [a.accepted(), b.accepted()];
+        let secs = at.elapsed().as_secs_f64();
+        let shares = [0, 1].map(|i| (now[i] - last[i]) as f64 / secs / sum);
+        println!(
+            "| {:.0} | {:.1} % | {:.1} % | {:.1} % |",
+            started.elapsed().as_secs_f64(),
+            100.0 * shares[0],
+            100.0 * shares[1],
+            100.0 * (shares[0] + shares[1])
+        );
+        if started.elapsed() > warmup {
+            measured.0[0] += now[0] - last[0];
+            measured.0[1] += now[1] - last[1];
+            measured.1 += at.elapsed();
+        } else {
+            measured.2 = totals(fake, &streams);
+        }
+        (last, at) = (now, Instant::now());
+    }
+    let d = delta(measured.2, totals(fake, &streams));
+    let secs = measured.1.as_secs_f64();
+    let shares = measured.0.map(|b| b as f64 / secs / sum);
+    let lasted = a.has_backlog() && b.has_backlog();
+    a.stop();
+    b.stop();
+    println!(
+        "converged ({:.0} s after the warm-up): first {:.1} %, second {:.1} %, together {:.1} % of the quotas; {} of {} calls throttled ({:.2} %), {} records throttled{}",
+        secs,
+        100.0 * shares[0],
+        100.0 * shares[1],
+        100.0 * (shares[0] + shares[1]),
+        d.throttled_calls,
+        d.calls,
+        100.0 * d.throttled_calls as f64 / d.calls.max(1) as f64,
+        d.throttled_records,
+        if lasted {
+            ""
+        } else {
+            " (a backlog ran out: figures invalid)"
+        }
+    );
+}
+
+fn drain(fake: &FakeFirehose, measure: Duration) {
+    let streams = ["drain-0", "drain-1"];
+    for s in streams {
+        fake.set_quota(s, QUOTA_OTHER_REGIONS);
+    }
+    let sum = quota_bytes() * streams.len() as f64;
+    let backlog = (sum * measure.as_secs_f64()) as u64;
+    println!(
+        "\n## drain after an outage: {:.1} MiB queued, {} streams of 1 MiB/s",
+        backlog as f64 / 1048576.0,
+        streams.len()
+    );
+    let started = Instant::now();
+    let instance = Instance::start(fake, &streams, backlog);
+    let filled = started.elapsed();
+    let draining = Instant::now();
+    while instance.has_backlog() {
+        // A measurement: poll the counter a few times a second.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = draining.elapsed();
+    let queued = instance.filled_bytes;
+    let bound = queued as f64 / sum;
+    let stats = totals(fake, &streams);
+    instance.stop();
+    println!(
+        "filled in {:.1} s; drained {:.1} MiB in {:.1} s; the quotas' bound is {:.1} s ({:.1} % of it); {} throttled calls of {}",
+        filled.as_secs_f64(),
+        queued as f64 / 1048576.0,
+        took.as_secs_f64(),
+        bound,
+        100.0 * bound / took.as_secs_f64(),
+        stats.throttled_calls,
+        stats.calls
+    );
+}
+
+fn main() {
+    let measure = Duration::from_secs(
+        std::env::var("SCALE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let cases = std::env::var("SCALE_CASES").unwrap_or_else(|_| "fan,pair,drain".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = runtime.block_on(FakeFirehose::start());
+    fake.keep_records(false);
+    println!(
+        "fake Firehose on {} (1 thread); every stream metered at 1 MiB/s, 1,000 calls/s, 100,000 records/s",
+        fake.endpoint_url()
+    );
+    if cases.contains("fan") {
+        fan(&fake, measure);
+    }
+    if cases.contains("pair") {
+        pair(&fake, measure);
+    }
+    if cases.contains("drain") {
+        drain(&fake, measure);
+    }
+    let violations = fake.limit_violations();
+    assert!(
+        violations.is_empty(),
+        "calls real Firehose would refuse: {violations:?}"
+    );
+    runtime.block_on(fake.shutdown());
+}
