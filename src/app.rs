@@ -41,6 +41,14 @@ pub enum AppError {
     /// The configuration could not be applied (e.g. the API keys file vanished).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// `drain` was pointed at a directory that holds no queue.
+    #[error(
+        "no queue at {path} (no sled database or manifest there): nothing to drain; check queue.path"
+    )]
+    NoQueue {
+        /// `queue.path`.
+        path: String,
+    },
 }
 
 /// Builds the sink `config` names.
@@ -211,6 +219,14 @@ pub async fn drain(
         path: config.queue.path.display().to_string(),
         source,
     };
+    // Opening a path that holds nothing would make an empty queue there and report it
+    // drained: a mistyped path or an unmounted volume must not look like an empty queue.
+    let path = &config.queue.path;
+    if !path.join("db").exists() && !path.join(crate::queue::manifest::MANIFEST_FILE).exists() {
+        return Err(AppError::NoQueue {
+            path: path.display().to_string(),
+        });
+    }
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let queued = |q: &Queue| streams.iter().map(|s| q.queued_events(s)).sum::<u64>();
     let at_start = queued(&queue);

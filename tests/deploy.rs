@@ -640,6 +640,15 @@ fn each_replica_keeps_its_queue_on_a_claim_sized_for_the_budget() {
 
     // And the Job's command line really drains: run exactly its arguments (the config path
     // pointed at a copy of the ConfigMap) over an empty queue: it finishes at once, exit 0.
+    let orphan = dir.path().join("orphan");
+    let queue_config = firehose_edge::config::QueueConfig {
+        path: orphan.clone(),
+        ..Default::default()
+    };
+    firehose_edge::queue::Queue::open(&queue_config, &["log_user_events".to_owned()])
+        .unwrap()
+        .close()
+        .unwrap();
     let (in_pod, text) = config_file(&m, job);
     let copy = dir.path().join("firehose.toml");
     std::fs::write(&copy, &text).unwrap();
@@ -659,7 +668,7 @@ fn each_replica_keeps_its_queue_on_a_claim_sized_for_the_budget() {
         .args(&args)
         .env_clear()
         .envs(process_env(container(job)))
-        .env("FIREHOSE_EDGE__QUEUE__PATH", dir.path().join("orphan"))
+        .env("FIREHOSE_EDGE__QUEUE__PATH", &orphan)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();

@@ -179,3 +179,20 @@ async fn a_stopped_drain_keeps_what_is_left() {
         "{verify}"
     );
 }
+
+/// A mistyped path or an unmounted volume holds no queue: `drain` says so and fails, rather
+/// than make an empty queue there and report it drained (after which an operator would delete
+/// the real volume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_a_path_that_holds_no_queue() {
+    let fake = FakeFirehose::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (drain, mut log) = start(dir.path(), &fake, &["drain"]);
+    let refused = wait_line(&mut log, "no queue at").await;
+    assert!(
+        refused.contains(&dir.path().join("queue").display().to_string()),
+        "{refused}"
+    );
+    assert_eq!(exit_code(drain).await, Some(1));
+    assert!(!dir.path().join("queue").exists(), "nothing created");
+}
