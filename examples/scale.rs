@@ -7,7 +7,9 @@
 //! cargo run --release --example scale
 //! ```
 //! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
-//! `pair`, `drain`; default all).
+//! `pair`, `drain`; default all), `SCALE_LATENCY_MS` (how long the fake takes to answer a
+//! call, default 50: real Firehose answers in tens of milliseconds, and a flusher that
+//! waited for each answer would never reach the quota).
 //!
 //! Cases, every stream at the quota of regions other than us-east-1, us-west-2 and eu-west-1
 //! (1 MiB/s, 1,000 calls/s, 100,000 records/s), the service configured with `sink.region =
@@ -372,9 +374,17 @@ fn main() {
         .unwrap();
     let fake = runtime.block_on(FakeFirehose::start());
     fake.keep_records(false);
+    let latency = Duration::from_millis(
+        std::env::var("SCALE_LATENCY_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(50),
+    );
+    fake.set_latency(latency);
     println!(
-        "fake Firehose on {} (1 thread); every stream metered at 1 MiB/s, 1,000 calls/s, 100,000 records/s",
-        fake.endpoint_url()
+        "fake Firehose on {} (1 thread), answering every call after {} ms; every stream metered at 1 MiB/s, 1,000 calls/s, 100,000 records/s",
+        fake.endpoint_url(),
+        latency.as_millis()
     );
     if cases.contains("fan") {
         fan(&fake, measure);

@@ -526,7 +526,8 @@ pub struct FlusherConfig {
     pub max_batch_bytes: usize,
     /// How long a record may wait for a fuller batch, in milliseconds.
     pub linger_ms: u64,
-    /// Calls in flight per stream.
+    /// Calls in flight per delivery stream. A paced stream may have up to 32 regardless (its
+    /// calls are small and its pacing is what bounds it; see `delivery::pacing::MAX_IN_FLIGHT`).
     pub max_in_flight: usize,
     /// First retry delay in milliseconds; doubles per consecutive failure (full jitter).
     pub retry_base_ms: u64,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::pacing::{CallSize, Pacer};
+use super::pacing::{self, CallSize, Pacer};
 
 /// One delivery stream of a fan-out.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ pub struct Targets {
 
 impl Targets {
     /// Targets for `streams`, each with its pacer (`None`: unpaced), at most `max_in_flight`
-    /// calls each, retried with `backoff`.
+    /// calls each (a paced one at least [`pacing::MAX_IN_FLIGHT`]), retried with `backoff`.
     pub fn new(
         streams: Vec<(String, Option<Pacer>)>,
         max_in_flight: usize,
@@ -120,7 +120,11 @@ impl Targets {
         for k in 0..n {
             let i = (self.next + k) % n;
             let t = &mut self.targets[i];
-            if t.in_flight >= self.max_in_flight {
+            let limit = match t.pacer {
+                Some(_) => self.max_in_flight.max(pacing::MAX_IN_FLIGHT),
+                None => self.max_in_flight,
+            };
+            if t.in_flight >= limit {
                 continue;
             }
             let mut ready = t.retry_at.filter(|r| *r > now).unwrap_or(now);
@@ -228,6 +232,17 @@ mod tests {
         secs: u64,
         answer: impl Fn(usize, Instant, CallSize) -> CallReport,
     ) -> Vec<usize> {
+        run_with_latency(targets, start, secs, Duration::from_millis(20), answer)
+    }
+
+    /// [`run`], each call answered after `latency`.
+    fn run_with_latency(
+        targets: &mut Targets,
+        start: Instant,
+        secs: u64,
+        latency: Duration,
+        answer: impl Fn(usize, Instant, CallSize) -> CallReport,
+    ) -> Vec<usize> {
         let mut sent = vec![0usize; targets.len()];
         let mut pending: Vec<(Instant, usize, CallReport)> = Vec::new();
         let mut now = start;
@@ -244,7 +259,7 @@ mod tests {
                     let size = targets.max_call(i).unwrap();
                     targets.sent(i, size, now);
                     sent[i] += size.bytes;
-                    pending.push((now + Duration::from_millis(20), i, answer(i, now, size)));
+                    pending.push((now + latency, i, answer(i, now, size)));
                 }
                 Choice::At(t) => {
                     now = pending.first().map_or(t, |p| p.0.min(t));
@@ -264,6 +279,21 @@ mod tests {
         for (i, bytes) in sent.iter().enumerate() {
             let share = *bytes as f64 / quota;
             assert!((0.97..=1.06).contains(&share), "stream {i}: {share:.3}");
+        }
+    }
+
+    /// Real Firehose answers in tens to hundreds of milliseconds: small paced calls must still
+    /// add up to the quota, so a paced stream keeps enough of them in flight.
+    #[test]
+    fn a_slow_firehose_still_gets_the_whole_quota() {
+        let t0 = Instant::now();
+        let mut targets = paced(2, t0);
+        let latency = Duration::from_millis(250);
+        let sent = run_with_latency(&mut targets, t0, 10, latency, |_, at, _| ok(at, true));
+        let quota = DIRECT_PUT_QUOTA_DEFAULT.bytes_per_sec as f64 * 10.0;
+        for (i, bytes) in sent.iter().enumerate() {
+            let share = *bytes as f64 / quota;
+            assert!((0.95..=1.06).contains(&share), "stream {i}: {share:.3}");
         }
     }
 

@@ -32,6 +32,12 @@ use crate::firehose_limits::DirectPutQuota;
 /// multiples of that).
 pub const SLICE: Duration = Duration::from_millis(10);
 
+/// Calls in flight a paced stream may have, whatever `flusher.max_in_flight` says (that limit
+/// is for unpaced streams, where nothing else bounds the rate). At the quota's rate a call
+/// leaves every [`SLICE`], so reaching the quota takes one call in flight per slice of
+/// Firehose's latency: 32 covers answers of up to ~300 ms. The pacer, not this, holds the rate.
+pub const MAX_IN_FLIGHT: usize = 32;
+
 /// Multiplicative decrease: the share kept after a throttle. The dip it makes is short (the
 /// group regrows within ~2 s and then runs over the quota until Firehose's own burst
 /// allowance is spent), so a deeper cut costs little throughput and makes replicas of unequal

@@ -183,6 +183,8 @@ struct State {
     stats: HashMap<String, StreamStats>,
     /// `false`: calls are recorded without their records' data (long measurements).
     keep_records: bool,
+    /// How long every call takes to answer, as real Firehose takes tens of milliseconds.
+    latency: Duration,
 }
 
 impl Default for State {
@@ -195,6 +197,7 @@ impl Default for State {
             meters: HashMap::new(),
             stats: HashMap::new(),
             keep_records: true,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -349,6 +352,11 @@ impl FakeFirehose {
             .get(stream)
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Every later call is answered after `latency` (on top of a scripted delay).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
     }
 
     /// `false`: record calls without their data from now on (a long measurement would
@@ -623,6 +631,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<HttpRespo
         }
     };
     let (decision, throttled) = decide(&shared, &stream, &records, &behavior);
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let (response, outcome) = match decision {
         Ok((failed, error_code)) => {
             if let Behavior::Delay(delay) = behavior {
