@@ -7,7 +7,7 @@
 //! cargo run --release --example scale
 //! ```
 //! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
-//! `pair`, `drain`; default all), `SCALE_LATENCY_MS` (how long the fake takes to answer a
+//! `unpaced`, `pair`, `drain`; default all), `SCALE_LATENCY_MS` (how long the fake takes to answer a
 //! call, default 50: real Firehose answers in tens of milliseconds, and a flusher that
 //! waited for each answer would never reach the quota).
 //!
@@ -17,6 +17,8 @@
 //! - `fan`: one instance, one endpoint fanned out over 1, 2 and 4 streams, a backlog larger
 //!   than the measured window: delivered bytes/s as a share of the sum of the quotas, and the
 //!   share of calls Firehose throttled, measured after a warm-up;
+//! - `unpaced`: one stream with `flusher.pacing = false`, the flusher finding the quota by
+//!   being throttled, for comparison;
 //! - `pair`: two instances (each its own queue, flushers, pacers and Firehose client, in one
 //!   process here), both fanned out over the same two streams: each one's share over time,
 //!   their sum, and the throttled calls;
@@ -87,6 +89,11 @@ impl Instance {
     /// Fills a fresh queue with `backlog` bytes of lines for `streams`' endpoint, then starts
     /// the service over it, delivering to `fake`.
     fn start(fake: &FakeFirehose, streams: &[&str], backlog: u64) -> Instance {
+        Instance::start_with(fake, streams, backlog, true)
+    }
+
+    /// [`Instance::start`], with pacing on or off.
+    fn start_with(fake: &FakeFirehose, streams: &[&str], backlog: u64, paced: bool) -> Instance {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -97,6 +104,7 @@ impl Instance {
         config.sink.kind = SinkKind::Firehose;
         config.sink.region = "eu-central-1".to_owned();
         config.sink.endpoint_url = Some(fake.endpoint_url());
+        config.flusher.pacing = paced;
         config.streams.track =
             StreamList::try_from(streams.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
                 .unwrap();
@@ -254,6 +262,36 @@ fn fan(fake: &FakeFirehose, measure: Duration) {
     }
 }
 
+/// The same backlog into one stream with pacing off: what the flusher did before, finding the
+/// quota by being throttled.
+fn unpaced(fake: &FakeFirehose, measure: Duration) {
+    let stream = "unpaced-0";
+    fake.set_quota(stream, QUOTA_OTHER_REGIONS);
+    println!(
+        "\n## pacing off (flusher.pacing = false), one stream of 1 MiB/s (warm-up 5 s, then {} s)",
+        measure.as_secs()
+    );
+    let warmup = Duration::from_secs(5);
+    let backlog = (quota_bytes() * (warmup + measure).as_secs_f64() * 1.3) as u64;
+    let instance = Instance::start_with(fake, &[stream], backlog, false);
+    std::thread::sleep(warmup);
+    let (t0, s0) = (Instant::now(), totals(fake, &[stream]));
+    std::thread::sleep(measure);
+    let d = delta(s0, totals(fake, &[stream]));
+    let rate = d.accepted_bytes as f64 / t0.elapsed().as_secs_f64();
+    instance.stop();
+    println!(
+        "delivered {:.3} MiB/s ({:.1} % of the quota); {} of {} calls throttled ({:.1} %), {} of {} records throttled",
+        rate / 1048576.0,
+        100.0 * rate / quota_bytes(),
+        d.throttled_calls,
+        d.calls,
+        100.0 * d.throttled_calls as f64 / d.calls.max(1) as f64,
+        d.throttled_records,
+        d.accepted_records + d.throttled_records
+    );
+}
+
 fn pair(fake: &FakeFirehose, measure: Duration) {
     let streams = ["pair-0", "pair-1"];
     for s in streams {
@@ -366,7 +404,8 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(30),
     );
-    let cases = std::env::var("SCALE_CASES").unwrap_or_else(|_| "fan,pair,drain".to_owned());
+    let cases =
+        std::env::var("SCALE_CASES").unwrap_or_else(|_| "fan,unpaced,pair,drain".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -388,6 +427,9 @@ fn main() {
     );
     if cases.contains("fan") {
         fan(&fake, measure);
+    }
+    if cases.contains("unpaced") {
+        unpaced(&fake, measure);
     }
     if cases.contains("pair") {
         pair(&fake, measure);
