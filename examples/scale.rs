@@ -4,7 +4,7 @@
 //! per second; `ServiceUnavailableException` over it, per call or per record).
 //!
 //! ```sh
-//! cargo run --release --example scale
+//! cargo build --release && cargo run --release --example scale
 //! ```
 //! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
 //! `unpaced`, `pair`, `drain`; default all), `SCALE_LATENCY_MS` (how long the fake takes to answer a
@@ -19,18 +19,20 @@
 //!   share of calls Firehose throttled, measured after a warm-up;
 //! - `unpaced`: one stream with `flusher.pacing = false`, the flusher finding the quota by
 //!   being throttled, for comparison;
-//! - `pair`: two instances (each its own queue, flushers, pacers and Firehose client, in one
-//!   process here), both fanned out over the same two streams: each one's share over time,
-//!   their sum, and the throttled calls;
+//! - `pair`: two service processes (the release binary: `cargo build --release` first), both
+//!   fanned out over the same two streams: each one's share over time, their sum, and the
+//!   throttled calls;
 //! - `drain`: a backlog left by an outage, drained into two streams: time to empty against
 //!   the quota's bound (backlog ÷ the streams' quotas).
 //!
-//! The instances are the library's `run_with_sink`, as `main` runs it, minus logging and the
-//! metrics recorder. Lines are ~200-byte records like /track's; packing is on, as by default.
+//! The in-process instances are the library's `run_with_sink`, as `main` runs it, minus
+//! logging and the metrics recorder; the `pair` case runs the binary itself. Lines are ~200-byte records like /track's; packing is on, as by default.
 
 #[path = "../tests/common/fake_firehose.rs"]
 mod fake_firehose;
 
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -95,19 +97,8 @@ impl Instance {
     /// [`Instance::start`], with pacing on or off.
     fn start_with(fake: &FakeFirehose, streams: &[&str], backlog: u64, paced: bool) -> Instance {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin.listen = "127.0.0.1:0".parse().unwrap();
-        config.queue.path = dir.path().join("queue");
-        config.queue.durability = Durability::Interval;
-        config.queue.min_free_bytes = 16 << 20;
-        config.sink.kind = SinkKind::Firehose;
-        config.sink.region = "eu-central-1".to_owned();
-        config.sink.endpoint_url = Some(fake.endpoint_url());
+        let mut config = service_config(fake, streams, dir.path());
         config.flusher.pacing = paced;
-        config.streams.track =
-            StreamList::try_from(streams.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-                .unwrap();
         let filled_bytes = fill(&config, streams[0], backlog);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -158,6 +149,109 @@ impl Instance {
     fn stop(self) {
         self.stop.cancel();
         self.thread.join().expect("the instance stops");
+    }
+}
+
+/// The service's configuration for these runs: loopback, a queue under `dir`, the Firehose
+/// sink at `fake` in a 1 MiB/s region, `streams` behind `/track`.
+fn service_config(fake: &FakeFirehose, streams: &[&str], dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.queue.path = dir.join("queue");
+    config.queue.durability = Durability::Interval;
+    config.queue.min_free_bytes = 16 << 20;
+    config.sink.kind = SinkKind::Firehose;
+    config.sink.region = "eu-central-1".to_owned();
+    config.sink.endpoint_url = Some(fake.endpoint_url());
+    config.streams.track =
+        StreamList::try_from(streams.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    config
+}
+
+/// A service **process**: the release binary (`cargo build --release`), over a queue filled
+/// first, with its configuration in a file; what it delivered is read from its `/metrics`.
+struct Process {
+    child: std::process::Child,
+    admin: String,
+    filled_bytes: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(fake: &FakeFirehose, streams: &[&str], backlog: u64) -> Process {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.parent()?.join("firehose-edge")))
+            .filter(|b| b.exists())
+            .expect("the service binary next to this example: run `cargo build --release` first");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = service_config(fake, streams, dir.path());
+        let filled_bytes = fill(&config, streams[0], backlog);
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, toml::to_string(&config).expect("the config as TOML")).unwrap();
+        let mut child = std::process::Command::new(binary)
+            .arg("--config")
+            .arg(&file)
+            .env_clear()
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the service starts");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let admin = loop {
+            let line = lines
+                .next()
+                .expect("the service exits before listening")
+                .unwrap();
+            if let Some(rest) = line.split("admin=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep reading its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Process {
+            child,
+            admin,
+            filled_bytes,
+            _dir: dir,
+        }
+    }
+
+    /// Bytes delivered: the service's delivered-events counters (every line is
+    /// [`LINE_BYTES`] long).
+    fn accepted(&self) -> u64 {
+        let mut stream = std::net::TcpStream::connect(&self.admin).expect("the admin port");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.admin
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let events: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("firehose_edge_records_delivered_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        events as u64 * LINE_BYTES as u64
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.accepted() < self.filled_bytes
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(killed.is_ok_and(|s| s.success()), "SIGTERM to {pid}");
+        let status = self.child.wait().expect("the service exits");
+        assert!(status.success(), "the service exited with {status}");
     }
 }
 
@@ -300,16 +394,16 @@ fn pair(fake: &FakeFirehose, measure: Duration) {
     let warmup = Duration::from_secs(10);
     let sum = quota_bytes() * streams.len() as f64;
     println!(
-        "\n## two instances sharing {} streams of 1 MiB/s (sum {:.0} MiB/s); the second starts 5 s after the first",
+        "\n## two service processes sharing {} streams of 1 MiB/s (sum {:.0} MiB/s); the second starts 5 s after the first",
         streams.len(),
         sum / 1048576.0
     );
     let total = warmup + measure + Duration::from_secs(5);
     let backlog = (sum * total.as_secs_f64() * 1.3) as u64;
-    let a = Instance::start(fake, &streams, backlog);
+    let a = Process::start(fake, &streams, backlog);
     // The first has the streams to itself for a while, as before a scale-out.
     std::thread::sleep(Duration::from_secs(5));
-    let b = Instance::start(fake, &streams, backlog);
+    let b = Process::start(fake, &streams, backlog);
     println!("| seconds since the second started | first | second | together |");
     println!("|---|---|---|---|");
     let started = Instant::now();
