@@ -5,9 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Stdio;
 
-use common::binary::{Load, firehose_env, spawn, terminate};
+use common::binary::{Load, command, exit_code, firehose_env, spawn, terminate};
 use common::fake_firehose::FakeFirehose;
 use common::{WAIT, event_names, fake_lines};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -21,15 +20,8 @@ fn start(
     fake: &FakeFirehose,
     args: &[&str],
 ) -> (Child, mpsc::UnboundedReceiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+    let mut child = command(dir, &firehose_env(fake))
         .args(args)
-        .env_clear()
-        .envs(firehose_env(fake))
-        .env("FIREHOSE_EDGE__QUEUE__PATH", dir.join("queue"))
-        .env("FIREHOSE_EDGE__FLUSHER__LINGER_MS", "5")
-        .env("FIREHOSE_EDGE__LOG__LEVEL", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -54,14 +46,6 @@ async fn wait_line(rx: &mut mpsc::UnboundedReceiver<String>, text: &str) -> Stri
     })
     .await
     .unwrap_or_else(|_| panic!("no {text:?} in time"))
-}
-
-async fn exit_code(mut child: Child) -> Option<i32> {
-    tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("the binary exits in time")
-        .unwrap()
-        .code()
 }
 
 /// Leaves a queue behind: the service takes events while Firehose is down, then stops.

@@ -8,10 +8,12 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::binary::{Load, firehose_env, spawn, spawn_with_admin, terminate, wait_for_lake};
+use common::binary::{
+    Load, exit_code, firehose_env, spawn, spawn_with_admin, terminate, wait_for_lake,
+};
 use common::fake_firehose::FakeFirehose;
 use common::{WAIT, lake_lines};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Sum of every sample of `name` in a Prometheus text page.
 fn sum(text: &str, name: &str) -> f64 {
@@ -29,14 +31,6 @@ async fn metrics(admin: &str) -> String {
         .text()
         .await
         .unwrap()
-}
-
-async fn exit_code(mut child: Child) -> Option<i32> {
-    tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("the binary exits in time")
-        .unwrap()
-        .code()
 }
 
 /// Runs the binary to completion with the queue at `dir/queue`.

@@ -17,9 +17,12 @@ pub async fn spawn(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String) 
     (child, ingest)
 }
 
-/// [`spawn`], also returning the admin address.
-pub async fn spawn_with_admin(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-edge"))
+/// The binary over `dir` (queue and lake under it, loopback ports, quick batching, info
+/// logs on a piped stderr), with only `extra_env` of the caller's environment; add arguments
+/// and spawn it.
+pub fn command(dir: &Path, extra_env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_firehose-edge"));
+    command
         .env_clear()
         .envs(extra_env.iter().map(|(k, v)| (*k, v)))
         .env("FIREHOSE_EDGE__SERVER__LISTEN", "127.0.0.1:0")
@@ -29,9 +32,22 @@ pub async fn spawn_with_admin(dir: &Path, extra_env: &[(&str, String)]) -> (Chil
         .env("FIREHOSE_EDGE__FLUSHER__LINGER_MS", "5")
         .env("FIREHOSE_EDGE__LOG__LEVEL", "info")
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
+        .kill_on_drop(true);
+    command
+}
+
+/// The exit code of `child`, which must exit within [`WAIT`].
+pub async fn exit_code(mut child: Child) -> Option<i32> {
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the binary exits in time")
+        .unwrap()
+        .code()
+}
+
+/// [`spawn`], also returning the admin address.
+pub async fn spawn_with_admin(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String, String) {
+    let mut child = command(dir, extra_env).spawn().expect("the binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let field = |line: &str, key: &str| {
         line.split(&format!("{key}="))
