@@ -86,10 +86,11 @@ pub async fn run_with_sink(
         path: config.queue.path.display().to_string(),
         source,
     };
-    let mut counted = streams.clone();
-    counted.extend(config.all_delivery_streams());
-    counted.dedup();
-    crate::metrics::init_counters(&counted, &crate::ingest::route_labels());
+    // Every delivery stream, queue names (each endpoint's first) among them.
+    crate::metrics::init_counters(
+        &config.all_delivery_streams(),
+        &crate::ingest::route_labels(),
+    );
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let grace = config.shutdown.grace();
 
