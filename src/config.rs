@@ -1145,6 +1145,28 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_can_be_set_from_the_environment() {
+        let env = vec![(
+            "FIREHOSE_EDGE__STREAMS__TRACK".to_owned(),
+            r#"["ev-0", "ev-1"]"#.to_owned(),
+        )];
+        let c = Config::from_toml("", "t", env).unwrap();
+        assert_eq!(
+            c.streams.track.names(),
+            ["ev-0".to_owned(), "ev-1".to_owned()]
+        );
+        let one = vec![("FIREHOSE_EDGE__STREAMS__TRACK".to_owned(), "ev".to_owned())];
+        assert_eq!(
+            Config::from_toml("", "t", one)
+                .unwrap()
+                .streams
+                .track
+                .queue(),
+            "ev"
+        );
+    }
+
+    #[test]
     fn env_overrides_ignore_other_variables_and_refuse_ours_when_not_utf8() {
         use std::ffi::OsString;
         use std::os::unix::ffi::OsStringExt;
