@@ -857,6 +857,26 @@ impl Config {
                 ),
             ));
         }
+        // Packing is decided where batches are built: per queue, i.e. for an endpoint's first
+        // stream. On another stream of a fan-out it would silently do nothing.
+        let queues = self.stream_names();
+        if let Some(name) = f
+            .per_stream
+            .iter()
+            .find(|(n, o)| o.packing.is_some() && !queues.contains(n))
+            .map(|(n, _)| n)
+        {
+            let first = lists
+                .iter()
+                .find(|(_, l)| l.names().contains(name))
+                .map_or("", |(_, l)| l.queue());
+            return Err(ConfigError::invalid(
+                &format!("flusher.per_stream.{name}.packing"),
+                format!(
+                    "packing is set per queue, for an endpoint's first stream: set it on {first:?}, which {name:?} shares a queue with"
+                ),
+            ));
+        }
         let overrides = f.per_stream.iter().map(|(name, o)| {
             let key = format!("flusher.per_stream.{name}");
             (
@@ -1288,6 +1308,11 @@ mod tests {
                 "[flusher]\nquota_bytes_per_sec = 0",
                 "flusher.quota_bytes_per_sec",
                 "at least 1",
+            ),
+            (
+                "[streams]\ntrack = [\"a\", \"b\"]\n[flusher.per_stream.b]\npacking = false",
+                "flusher.per_stream.b.packing",
+                "set it on \"a\"",
             ),
         ] {
             match parse(text).expect_err(text) {
