@@ -57,8 +57,9 @@ struct Limits {
 
 impl Limits {
     /// The limits of a call: `config`'s, lowered to `paced` (what the pacer lets through at
-    /// once) when the target is paced. Packed records then stay within one call, rounded down
-    /// to whole billing increments, so small calls do not cost partly empty 5 KB units.
+    /// once) when the target is paced. A paced call's bytes are then rounded down to whole
+    /// billing increments (at least one), and so are its packed records: a small call must
+    /// not end in a small record, billed as a whole 5 KB unit (that cost ~48 % more).
     fn new(config: &FlusherConfig, packing: Packing, paced: Option<CallSize>) -> Limits {
         let Some(p) = paced else {
             return Limits {
@@ -67,14 +68,14 @@ impl Limits {
                 packing,
             };
         };
-        let bytes = config.max_batch_bytes.min(p.bytes.max(1));
         let increment = BILLING_INCREMENT as usize;
-        let record = (bytes / increment * increment).max(increment);
+        let units = (p.bytes / increment * increment).max(increment);
+        let bytes = config.max_batch_bytes.min(units);
         Limits {
             records: config.max_batch_records.min(p.records.max(1)),
             bytes,
             packing: Packing {
-                max_bytes: packing.max_bytes.min(record),
+                max_bytes: packing.max_bytes.min(bytes),
                 ..packing
             },
         }
@@ -1103,5 +1104,63 @@ mod tests {
             let allowed_calls = quota.requests_per_sec as f64 * (1.0 + slice) + 1.0;
             assert!(calls <= allowed_calls, "{calls} calls in one second");
         }
+    }
+
+    /// Paced calls carry one slice of the quota, in records of whole 5 KB billing units: small
+    /// calls must not cost partly empty units.
+    #[tokio::test(start_paused = true)]
+    async fn paced_calls_are_one_slice_in_records_of_whole_billing_units() {
+        // 5,000 entries of 4 lines of 100 bytes: 2 MB, ~2 s of a 1 MiB/s quota.
+        let dir = tempfile::tempdir().unwrap();
+        let qc = QueueConfig {
+            path: dir.path().join("q"),
+            durability: Durability::Interval,
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
+        let line = format!("{}\n", "x".repeat(99));
+        for _ in 0..5_000 {
+            queue
+                .append("s", line.repeat(4).as_bytes(), 4)
+                .await
+                .unwrap();
+        }
+        let h = Harness { queue, _dir: dir };
+        let sink = Scripted::new(all_ok);
+        let quota = crate::firehose_limits::DIRECT_PUT_QUOTA_DEFAULT;
+        let streams = vec![DeliveryStream {
+            name: "paced".to_owned(),
+            quota: Some(quota),
+        }];
+        let packing = Packing {
+            enabled: true,
+            max_bytes: FIREHOSE_MAX_RECORD_BYTES,
+            max_lines: crate::firehose_limits::MAX_DEAGGREGATED_LINES,
+        };
+        h.drain_to(sink.clone(), config(), packing, streams, 20_000)
+            .await;
+        let slice = Pacer::new(quota, Instant::now()).max_call().bytes;
+        let unit = BILLING_INCREMENT as usize;
+        let calls = sink.calls.lock().unwrap();
+        assert!(calls.len() > 100, "{} calls", calls.len());
+        for call in calls.iter() {
+            let bytes: usize = call.iter().map(Bytes::len).sum();
+            assert!(
+                bytes <= slice,
+                "a call of {bytes} bytes, over the {slice}-byte slice"
+            );
+            assert!(
+                call.iter().all(|r| r.len() <= 2 * unit),
+                "records within whole units"
+            );
+        }
+        let records = calls.iter().flatten();
+        let billed: u64 = records
+            .clone()
+            .map(|r| metrics::billed_bytes(r.len() as u64))
+            .sum();
+        let payload: u64 = records.map(|r| r.len() as u64).sum();
+        let ratio = billed as f64 / payload as f64;
+        assert!(ratio < 1.03, "billed / payload = {ratio:.3}");
     }
 }
