@@ -680,7 +680,7 @@ mod tests {
     }
 
     impl Harness {
-        async fn with_lines(n: usize, per_request: usize) -> Harness {
+        fn empty() -> Harness {
             let dir = tempfile::tempdir().unwrap();
             let qc = QueueConfig {
                 path: dir.path().join("q"),
@@ -688,6 +688,24 @@ mod tests {
                 ..QueueConfig::default()
             };
             let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
+            Harness { queue, _dir: dir }
+        }
+
+        /// `entries` entries of `per_entry` copies of `line` (which ends in `\n`).
+        async fn with_entries(line: &str, per_entry: usize, entries: usize) -> Harness {
+            let h = Harness::empty();
+            let body = line.repeat(per_entry);
+            for _ in 0..entries {
+                h.queue
+                    .append("s", body.as_bytes(), per_entry as u32)
+                    .await
+                    .unwrap();
+            }
+            h
+        }
+
+        async fn with_lines(n: usize, per_request: usize) -> Harness {
+            let Harness { queue, _dir: dir } = Harness::empty();
             for start in (0..n).step_by(per_request) {
                 let end = (start + per_request).min(n);
                 let lines: String = (start..end).map(|i| format!("line-{i:05}\n")).collect();
@@ -741,6 +759,17 @@ mod tests {
         }
     }
 
+    /// What Firehose bills for these calls' records, over their bytes.
+    fn billed_ratio(calls: &[Vec<Bytes>]) -> f64 {
+        let records = calls.iter().flatten();
+        let billed: u64 = records
+            .clone()
+            .map(|r| metrics::billed_bytes(r.len() as u64))
+            .sum();
+        let payload: u64 = records.map(|r| r.len() as u64).sum();
+        billed as f64 / payload as f64
+    }
+
     fn expected(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("line-{i:05}")).collect()
     }
@@ -773,30 +802,8 @@ mod tests {
     async fn packing_cuts_the_firehose_bill_for_small_events() {
         // 200-byte events: alone, each is billed as 5 KB (25.6x); packed, ~1x.
         let line = format!("{}\n", "x".repeat(199));
-        let billed_ratio = |calls: &[Vec<Bytes>]| {
-            let records = calls.iter().flatten();
-            let billed: u64 = records
-                .clone()
-                .map(|r| metrics::billed_bytes(r.len() as u64))
-                .sum();
-            let payload: u64 = records.map(|r| r.len() as u64).sum();
-            billed as f64 / payload as f64
-        };
         for (packing, lo, hi) in [(true, 1.0, 1.05), (false, 25.59, 25.61)] {
-            let dir = tempfile::tempdir().unwrap();
-            let qc = QueueConfig {
-                path: dir.path().join("q"),
-                durability: Durability::Interval,
-                ..QueueConfig::default()
-            };
-            let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
-            for _ in 0..50 {
-                queue
-                    .append("s", line.repeat(100).as_bytes(), 100)
-                    .await
-                    .unwrap();
-            }
-            let h = Harness { queue, _dir: dir };
+            let h = Harness::with_entries(&line, 100, 50).await;
             let sink = Scripted::new(all_ok);
             let p = Packing {
                 enabled: packing,
@@ -1111,21 +1118,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn paced_calls_are_one_slice_in_records_of_whole_billing_units() {
         // 5,000 entries of 4 lines of 100 bytes: 2 MB, ~2 s of a 1 MiB/s quota.
-        let dir = tempfile::tempdir().unwrap();
-        let qc = QueueConfig {
-            path: dir.path().join("q"),
-            durability: Durability::Interval,
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&qc, &["s".to_owned()]).unwrap();
-        let line = format!("{}\n", "x".repeat(99));
-        for _ in 0..5_000 {
-            queue
-                .append("s", line.repeat(4).as_bytes(), 4)
-                .await
-                .unwrap();
-        }
-        let h = Harness { queue, _dir: dir };
+        let h = Harness::with_entries(&format!("{}\n", "x".repeat(99)), 4, 5_000).await;
         let sink = Scripted::new(all_ok);
         let quota = crate::firehose_limits::DIRECT_PUT_QUOTA_DEFAULT;
         let streams = vec![DeliveryStream {
@@ -1154,13 +1147,7 @@ mod tests {
                 "records within whole units"
             );
         }
-        let records = calls.iter().flatten();
-        let billed: u64 = records
-            .clone()
-            .map(|r| metrics::billed_bytes(r.len() as u64))
-            .sum();
-        let payload: u64 = records.map(|r| r.len() as u64).sum();
-        let ratio = billed as f64 / payload as f64;
+        let ratio = billed_ratio(&calls);
         assert!(ratio < 1.03, "billed / payload = {ratio:.3}");
     }
 }
