@@ -36,7 +36,8 @@ pub enum IngestError {
     /// An ingest path with a method other than POST.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// A content type other than JSON or text/plain, or an unknown content encoding.
+    /// A content type other than JSON or text/plain (classic API only), or an unknown
+    /// content encoding.
     #[error("unsupported content type or encoding")]
     UnsupportedMediaType,
     /// No valid API key.
@@ -174,6 +175,19 @@ impl Route {
             Route::V1(v) => v.name(),
         }
     }
+
+    /// Whether the declared `Content-Type` must say JSON. Only our own API insists: its
+    /// clients are ours to fix. A compatibility API serves clients that someone else wrote
+    /// and that cannot be changed, so it reads the body as its protocol defines it whatever
+    /// the label says (RudderStack's Node SDK labels its gzipped JSON batches
+    /// `application/x-www-form-urlencoded`, its HTTP client's default, and drops a batch
+    /// answered 4xx); a body that is not JSON is still a 400 that says why.
+    fn checks_content_type(self) -> bool {
+        match self {
+            Route::Classic(_) => true,
+            Route::V1(_) => false,
+        }
+    }
 }
 
 /// Metric label of every route (and `other`).
@@ -282,7 +296,9 @@ impl Ingest {
             return Err(IngestError::Unauthorized);
         }
         let peer = client_ip(&request, &self.segment.trusted_proxies);
-        check_content_type(request.headers().get(CONTENT_TYPE))?;
+        if route.checks_content_type() {
+            check_content_type(request.headers().get(CONTENT_TYPE))?;
+        }
         let encoding =
             body::encoding(request.headers()).map_err(|_| IngestError::UnsupportedMediaType)?;
         let limit = self.max_body_bytes;

@@ -269,3 +269,97 @@ async fn a_batch_resent_after_a_kill_9_lands_once() {
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!((ids.len(), distinct.len()), (50, 50), "every message once");
 }
+
+/// The compatibility API reads every body as JSON whatever its label (RudderStack's Node SDK
+/// sends gzipped JSON as `application/x-www-form-urlencoded`, and drops a batch answered
+/// 4xx); what is not JSON after that is a 400 saying so, never a 415. The classic API keeps
+/// its strict rule.
+#[tokio::test]
+async fn v1_reads_json_whatever_the_content_type_says() {
+    use flate2::{Compression, write::GzEncoder};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    let client = reqwest::Client::new();
+    let send = |label: Option<&'static str>, gzip: bool, body: Vec<u8>| {
+        let mut request = client
+            .post(server.url("/v1/batch"))
+            .basic_auth(KEY, Some(""));
+        if let Some(label) = label {
+            request = request.header("content-type", label);
+        }
+        let body = if gzip {
+            let mut e = GzEncoder::new(Vec::new(), Compression::default());
+            e.write_all(&body).unwrap();
+            request = request.header("content-encoding", "gzip");
+            e.finish().unwrap()
+        } else {
+            body
+        };
+        async move {
+            let response = request.body(body).send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let labels = [
+        Some("application/x-www-form-urlencoded"),
+        Some("application/x-www-form-urlencoded; charset=utf-8"),
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/json; charset=ISO-8859-1"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/octet-stream"),
+        Some(""),
+        None,
+    ];
+    let mut want = Vec::new();
+    for (i, label) in labels.into_iter().enumerate() {
+        for gzip in [false, true] {
+            let id = format!("label-{i}-{gzip}");
+            let body = json!({"batch": [track(&id)]}).to_string().into_bytes();
+            let answer = send(label, gzip, body).await;
+            assert_eq!(
+                answer,
+                (200, json!({"success": true})),
+                "{label:?} gzip {gzip}"
+            );
+            want.push(id);
+        }
+    }
+    // A body that really is a form (or anything else that is not JSON): a 400 saying why.
+    for gzip in [false, true] {
+        let (status, answer) = send(
+            Some("application/x-www-form-urlencoded"),
+            gzip,
+            b"batch=%5B%5D&writeKey=x".to_vec(),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["details"][0]["path"], "$", "{answer}");
+        let reason = answer["details"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains("not valid JSON"), "{answer}");
+    }
+    // The classic API still insists on its label.
+    let response = client
+        .post(server.url("/track"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .basic_auth(KEY, Some(""))
+        .body(r#"{"userId":"u1","events":[{"eventName":"signup"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    server.sink.wait_for_events(want.len()).await;
+    server.stop().await;
+    let mut got: Vec<String> = records(dir.path(), "segment_tracks")
+        .iter()
+        .map(|r| r["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each landed once");
+}
