@@ -2,7 +2,8 @@
 //!
 //! A key may come as `Authorization: Bearer KEY`, as HTTP Basic with the key as user name
 //! and an empty password (Segment's writeKey convention), as `X-Api-Key: KEY`, or as
-//! `?api_key=KEY` (for `navigator.sendBeacon`, which cannot set headers). Keys are kept only
+//! `?api_key=KEY` or `?writeKey=KEY` (for `navigator.sendBeacon`, which cannot set headers;
+//! the second is RudderStack's). Keys are kept only
 //! as SHA-256 digests and compared in constant time against every configured key, so neither
 //! the position of a mismatch nor which key matched shows in the timing.
 
@@ -93,8 +94,9 @@ fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(value.trim().to_owned());
     }
+    // `writeKey` is where RudderStack's browser SDK puts it for its beacons.
     form_urlencoded::parse(query?.as_bytes())
-        .find(|(name, _)| name == "api_key")
+        .find(|(name, _)| name == "api_key" || name == "writeKey")
         .map(|(_, value)| value.into_owned())
 }
 
@@ -124,6 +126,7 @@ mod tests {
         assert!(keys.allows(&headers("x-api-key", KEY), None));
         assert!(keys.allows(&HeaderMap::new(), Some(&format!("a=1&api_key={KEY}"))));
         assert!(keys.allows(&HeaderMap::new(), Some("api_key=k3y%2D0123456789abcdef")));
+        assert!(keys.allows(&HeaderMap::new(), Some(&format!("writeKey={KEY}"))));
     }
 
     #[test]

@@ -2,14 +2,18 @@
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, ORIGIN, VARY,
+    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::CorsConfig;
 
-/// Request headers the clients need: JSON bodies, API keys, compressed bodies.
+/// Request headers every client needs (JSON bodies, API keys, compressed bodies), allowed
+/// when a preflight names none.
 const ALLOWED_HEADERS: &str = "content-type, authorization, x-api-key, content-encoding";
+
+/// Most request headers a preflight may ask for; past it the default list is answered.
+const MAX_REQUESTED_HEADERS: usize = 32;
 
 /// The allowed origins and preflight lifetime.
 pub struct Cors {
@@ -56,18 +60,81 @@ impl Cors {
         }
     }
 
-    /// Adds the headers of a successful preflight answer.
-    pub fn preflight(&self, origin: &HeaderValue, response: &mut HeaderMap) {
+    /// Adds the headers of a successful preflight answer to `request` (a preflight from an
+    /// allowed origin).
+    pub fn preflight(&self, origin: &HeaderValue, request: &HeaderMap, response: &mut HeaderMap) {
         response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         response.insert(
             ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("POST"),
         );
-        response.insert(
-            ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(ALLOWED_HEADERS),
-        );
+        response.insert(ACCESS_CONTROL_ALLOW_HEADERS, allowed_headers(request));
         response.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         response.append(VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+/// The request headers a preflight is allowed: the ones it asks for, when they are a list
+/// of header names. SDKs add headers of their own (RudderStack's browser SDK `AnonymousId`,
+/// `SentAt` and `Rsa-Retry-*`, analytics.js `X-Retry-Count` on a retry), and a header left
+/// off the list blocks the request in the browser, where the SDK retries it in vain. A header
+/// grants nothing here (the origin and the key do), so allowing what is asked is safe.
+fn allowed_headers(request: &HeaderMap) -> HeaderValue {
+    let asked = request
+        .get(ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let valid = !asked.is_empty()
+        && asked.len() <= MAX_REQUESTED_HEADERS
+        && asked
+            .iter()
+            .all(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok());
+    if !valid {
+        return HeaderValue::from_static(ALLOWED_HEADERS);
+    }
+    let mut names: Vec<String> = ALLOWED_HEADERS.split(", ").map(str::to_owned).collect();
+    for h in asked {
+        let h = h.to_ascii_lowercase();
+        if !names.contains(&h) {
+            names.push(h);
+        }
+    }
+    HeaderValue::from_str(&names.join(", ")).expect("header names are valid header text")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asking(value: &str) -> String {
+        let mut request = HeaderMap::new();
+        request.insert(
+            ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_str(value).unwrap(),
+        );
+        allowed_headers(&request).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_preflight_gets_the_headers_it_asks_for() {
+        assert_eq!(allowed_headers(&HeaderMap::new()), ALLOWED_HEADERS);
+        assert_eq!(
+            asking("AnonymousId, SentAt,content-type"),
+            format!("{ALLOWED_HEADERS}, anonymousid, sentat")
+        );
+        assert_eq!(
+            asking("x-retry-count"),
+            format!("{ALLOWED_HEADERS}, x-retry-count")
+        );
+        // Not a list of header names, or an absurd one: the default list.
+        assert_eq!(asking("bad header, x"), ALLOWED_HEADERS);
+        let many: Vec<String> = (0..40).map(|i| format!("x-h{i}")).collect();
+        assert_eq!(asking(&many.join(",")), ALLOWED_HEADERS);
     }
 }

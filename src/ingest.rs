@@ -115,14 +115,25 @@ impl IngestError {
         }
     }
 
-    fn into_response(self) -> Response<Full<Bytes>> {
+    /// The answer. `compat`: for a compatibility API, whose SDKs read errors their own way:
+    /// RudderStack's Python SDK (and analytics-python 1.x) take a 4xx as final only when its
+    /// body has both `code` and `message`, and otherwise retry it like a network error —
+    /// a storm of retries of a request that can never succeed.
+    fn into_response(self, compat: bool) -> Response<Full<Bytes>> {
         let (status, reason) = self.status_and_reason();
-        let body = match &self {
+        let mut body = match &self {
             IngestError::Invalid(details) => {
                 json!({"error": "invalid_request", "details": details})
             }
             other => json!({"error": reason, "message": other.to_string()}),
         };
+        if compat {
+            let code = body["error"].clone();
+            body["code"] = code;
+            if body.get("message").is_none() {
+                body["message"] = json!(invalid_summary(&self));
+            }
+        }
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         match self {
@@ -138,6 +149,23 @@ impl IngestError {
             _ => {}
         }
         response
+    }
+}
+
+/// One line for an invalid request: its first offending path, and how many there are.
+fn invalid_summary(e: &IngestError) -> String {
+    match e {
+        IngestError::Invalid(details) => match details.as_slice() {
+            [] => "invalid request".to_owned(),
+            [one] => format!("invalid request: {}: {}", one.path, one.reason),
+            [first, rest @ ..] => format!(
+                "invalid request: {}: {} (and {} more, see details)",
+                first.path,
+                first.reason,
+                rest.len()
+            ),
+        },
+        other => other.to_string(),
     }
 }
 
@@ -248,17 +276,17 @@ impl Ingest {
             }
             // What Segment's API answers, and its SDKs expect.
             Ok(Accepted::Segment) => json_response(StatusCode::OK, &json!({"success": true})),
-            Ok(Accepted::Preflight(origin)) => {
+            Ok(Accepted::Preflight(origin, asked)) => {
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
-                self.cors.preflight(&origin, response.headers_mut());
+                self.cors.preflight(&origin, &asked, response.headers_mut());
                 response
             }
             Err(e) => {
                 let (status, reason) = e.status_and_reason();
                 metrics::events_rejected(label, reason, 1);
                 tracing::debug!(endpoint = label, status = status.as_u16(), error = %e, "request refused");
-                e.into_response()
+                e.into_response(endpoint.is_some_and(|r| !r.checks_content_type()))
             }
         };
         if endpoint.is_some() && response.status() != StatusCode::NO_CONTENT {
@@ -277,7 +305,10 @@ impl Ingest {
         if request.method() == Method::OPTIONS && self.cors.enabled() {
             // Preflights carry no credentials, so they are answered before the key check.
             return match self.cors.allowed_origin(request.headers()) {
-                Some(origin) => Ok(Accepted::Preflight(origin.clone())),
+                Some(origin) => Ok(Accepted::Preflight(
+                    origin.clone(),
+                    request.headers().clone(),
+                )),
                 None => Err(IngestError::OriginNotAllowed),
             };
         }
@@ -430,8 +461,8 @@ fn client_ip<B>(request: &Request<B>, trusted: &[std::net::IpAddr]) -> Option<St
 enum Accepted {
     /// This many records are durable.
     Records(u32),
-    /// A CORS preflight from this allowed origin.
-    Preflight(HeaderValue),
+    /// A CORS preflight from this allowed origin, with its request's headers.
+    Preflight(HeaderValue, http::HeaderMap),
     /// A `/v1` request, queued (or already queued: duplicates).
     Segment,
 }

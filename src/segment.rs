@@ -117,13 +117,18 @@ impl Kind {
 pub enum V1 {
     /// `/v1/track` etc.: the body is one message of this type.
     Single(Kind),
-    /// `/v1/batch` (and its older name `/v1/import`): `{"batch": [...]}`.
+    /// `/v1/batch` (and its older name `/v1/import`, and RudderStack's beacon path
+    /// `/beacon/v1/batch`): `{"batch": [...]}`.
     Batch,
 }
 
 impl V1 {
     /// The endpoint at `path`, if it is one.
     pub fn from_path(path: &str) -> Option<V1> {
+        // RudderStack's browser SDK sends its `sendBeacon` batches here.
+        if path == "/beacon/v1/batch" {
+            return Some(V1::Batch);
+        }
         let rest = path.strip_prefix("/v1/")?;
         match rest {
             "batch" | "import" => Some(V1::Batch),
