@@ -237,7 +237,15 @@ async fn a_batch_resent_after_a_kill_9_lands_once() {
                 .as_u16()
         }
     };
-    let (mut child, addr) = spawn(dir.path(), &env).await;
+    // The first process cannot deliver (its lake is under a file): a delivery before the
+    // kill would be delivered again after it (at least once), which is not what this tests.
+    std::fs::write(dir.path().join("blocked"), b"").unwrap();
+    let mut blocked = env.to_vec();
+    blocked.push((
+        "FIREHOSE_EDGE__SINK__DIRECTORY",
+        dir.path().join("blocked/lake").display().to_string(),
+    ));
+    let (mut child, addr) = spawn(dir.path(), &blocked).await;
     assert_eq!(send(addr).await, 200);
     child.start_kill().unwrap();
     child.wait().await.unwrap();

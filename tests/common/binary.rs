@@ -18,19 +18,21 @@ pub async fn spawn(dir: &Path, extra_env: &[(&str, String)]) -> (Child, String) 
 }
 
 /// The binary over `dir` (queue and lake under it, loopback ports, quick batching, info
-/// logs on a piped stderr), with only `extra_env` of the caller's environment; add arguments
+/// logs on a piped stderr), with only `extra_env` of the caller's environment (which overrides
+/// those); add arguments
 /// and spawn it.
 pub fn command(dir: &Path, extra_env: &[(&str, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_firehose-edge"));
     command
         .env_clear()
-        .envs(extra_env.iter().map(|(k, v)| (*k, v)))
         .env("FIREHOSE_EDGE__SERVER__LISTEN", "127.0.0.1:0")
         .env("FIREHOSE_EDGE__ADMIN__LISTEN", "127.0.0.1:0")
         .env("FIREHOSE_EDGE__QUEUE__PATH", dir.join("queue"))
         .env("FIREHOSE_EDGE__SINK__DIRECTORY", dir.join("lake"))
         .env("FIREHOSE_EDGE__FLUSHER__LINGER_MS", "5")
         .env("FIREHOSE_EDGE__LOG__LEVEL", "info")
+        // Last, so the caller's settings win over these.
+        .envs(extra_env.iter().map(|(k, v)| (*k, v)))
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     command
