@@ -1,10 +1,14 @@
-//! The official analytics SDKs, unchanged but for their host, against firehose-edge's
-//! Segment-compatible API: every message they send reaches the lake once, with its
-//! `messageId`, a skew-corrected `timestamp`, its `context` and its source — also when the
-//! server answers 503 for a while (they retry) and when they send a batch twice.
+//! The compatibility matrix of the server SDKs (the browsers' are in tests/browser.rs): every
+//! official Segment-protocol SDK the registries carry, unchanged but for its host, against
+//! firehose-edge's Segment-compatible API. Every message type it sends reaches the lake once,
+//! with its `messageId`, a skew-corrected `timestamp`, its `context` and its source; also when
+//! it sends a batch twice, and when the server answers 503 for a while (it retries). A
+//! recording proxy in front of the service sees what each SDK really sends, and the README's
+//! matrix is checked against it.
 //!
 //! The SDKs are installed by the test command (`scripts/test` → `scripts/ensure-sdks.sh`
-//! into `./.venv`); without them these tests fail and say so.
+//! into `./.venv`, `scripts/ensure-node-sdks.sh` into `tests/js`); without them these tests
+//! fail and say so.
 
 mod common;
 
@@ -17,31 +21,22 @@ use serde_json::Value;
 
 const WRITE_KEY: &str = "py-write-key-0123456789";
 
-/// One metrics recorder for this test binary, as `main` installs one for the process.
-fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            firehose_edge::metrics::exporter()
-                .install_recorder()
-                .expect("one recorder per process")
-        })
-        .clone()
-}
-
 /// The venv's python, checked to have the SDKs.
 fn python() -> PathBuf {
     let python = std::env::var_os("SDK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
     let ok = std::process::Command::new(&python)
-        .args(["-c", "import segment.analytics, rudderstack.analytics"])
+        .args([
+            "-c",
+            "import segment.analytics, rudderstack.analytics, analytics",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "{} cannot import segment-analytics-python and rudder-sdk-python: run ./scripts/test, \
+        "{} cannot import segment-analytics-python, rudder-sdk-python and analytics-python: \
+         run ./scripts/test, \
          which installs them with scripts/ensure-sdks.sh (or set SDK_PYTHON)",
         python.display()
     );
@@ -86,37 +81,158 @@ async fn wait_for_lake(dir: &Path, want: &HashSet<String>) -> HashMap<String, Ve
     })
 }
 
-/// Runs the SDK driver; returns the messages it sent.
-async fn drive(sdk: &str, server: &TestServer, count: usize, skew_secs: i64) -> Vec<Value> {
-    drive_at(sdk, &server.ingest, count, skew_secs).await
+/// An SDK of the compatibility matrix and how its driver runs it.
+#[derive(Clone, Copy)]
+struct Sdk {
+    /// Its package name, as the README's matrix and the registry spell it.
+    package: &'static str,
+    driver: Driver,
+    /// What its records carry in `context.library.name`.
+    library: &'static str,
 }
 
-/// [`drive`] against the ingest URL `ingest`.
-async fn drive_at(sdk: &str, ingest: &str, count: usize, skew_secs: i64) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/sdk_client.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python())
-            .arg(script)
-            .args([sdk, ingest, WRITE_KEY, &count.to_string()])
-            .arg(skew_secs.to_string())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the SDK finishes")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{sdk} SDK driver failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["errors"],
-        Value::Array(vec![]),
-        "the SDK reported errors: {stderr}"
+#[derive(Clone, Copy)]
+enum Driver {
+    /// `tests/py/sdk_client.py NAME`: a Python SDK in the venv.
+    Python(&'static str),
+    /// `tests/js/sdk_node.mjs NAME`: a Node SDK in tests/js.
+    Node(&'static str),
+}
+
+impl Sdk {
+    fn version(&self) -> String {
+        match self.driver {
+            Driver::Python(_) => common::matrix::python_version(&python(), self.package),
+            Driver::Node(_) => common::matrix::npm_version(self.package),
+        }
+    }
+
+    /// Runs the SDK's driver against `ingest`; returns the messages it sent.
+    async fn drive(&self, ingest: &str, count: usize, skew_secs: i64) -> Vec<Value> {
+        let report = self.run(ingest, WRITE_KEY, count, skew_secs).await;
+        assert_eq!(
+            report["errors"],
+            Value::Array(vec![]),
+            "{} reported errors",
+            self.package
+        );
+        report["sent"].as_array().unwrap().clone()
+    }
+
+    /// Runs the SDK's driver against `ingest` with `key`; returns its report.
+    async fn run(&self, ingest: &str, key: &str, count: usize, skew_secs: i64) -> Value {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut command = match self.driver {
+            Driver::Python(name) => {
+                let mut c = tokio::process::Command::new(python());
+                c.arg(root.join("tests/py/sdk_client.py"))
+                    .args([name, ingest, key, &count.to_string()])
+                    .arg(skew_secs.to_string());
+                c
+            }
+            Driver::Node(name) => {
+                assert_eq!(skew_secs, 0, "the Node driver has no device clock to skew");
+                // Checked first, so a missing install says so rather than failing in node.
+                self.version();
+                let mut c = tokio::process::Command::new("node");
+                c.current_dir(root.join("tests/js")).args([
+                    "sdk_node.mjs",
+                    name,
+                    ingest,
+                    key,
+                    &count.to_string(),
+                ]);
+                c
+            }
+        };
+        let out = tokio::time::timeout(
+            Duration::from_secs(180),
+            command.kill_on_drop(true).output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{} finishes", self.package))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} driver runs ({e}; Node.js and python3 are needed)",
+                self.package
+            )
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{} driver failed: {stderr}",
+            self.package
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+const SEGMENT_PYTHON: Sdk = Sdk {
+    package: "segment-analytics-python",
+    driver: Driver::Python("segment"),
+    library: "analytics-python",
+};
+const RUDDER_PYTHON: Sdk = Sdk {
+    package: "rudder-sdk-python",
+    driver: Driver::Python("rudder"),
+    library: "analytics-python",
+};
+const ANALYTICS_PYTHON: Sdk = Sdk {
+    package: "analytics-python",
+    driver: Driver::Python("analytics"),
+    library: "analytics-python",
+};
+const SEGMENT_NODE: Sdk = Sdk {
+    package: "@segment/analytics-node",
+    driver: Driver::Node("segment"),
+    library: "@segment/analytics-node",
+};
+const RUDDER_NODE: Sdk = Sdk {
+    package: "@rudderstack/rudder-sdk-node",
+    driver: Driver::Node("rudder"),
+    library: "analytics-node",
+};
+const ANALYTICS_NODE: Sdk = Sdk {
+    package: "analytics-node",
+    driver: Driver::Node("legacy"),
+    library: "analytics-node",
+};
+
+/// The ids of `sent`.
+fn ids(sent: &[Value]) -> HashSet<String> {
+    sent.iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every message type through the SDK's normal API (its batching, compression and retries):
+/// each lands once, whole, and the README's matrix row says what the SDK really sent. Then
+/// the SDK's retry of a batch whose answer was lost (here simply the same ids again):
+/// answered as accepted, stored once.
+async fn delivers_every_type_once(sdk: Sdk, count: usize, skew_secs: i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    let wire = common::wire::Wire::start(&server.ingest).await;
+    let sent = sdk.drive(&wire.url, count, skew_secs).await;
+    let lake_dir = dir.path().join("lake");
+    let lake = wait_for_lake(&lake_dir, &ids(&sent)).await;
+    check(&sent, &lake, sdk.library, skew_secs, 0.0);
+    let again = sdk.drive(&wire.url, count.min(600), skew_secs).await;
+    assert_eq!(again.len(), count.min(600));
+    server.stop().await;
+    let lake = self::lake(&lake_dir);
+    check(&sent, &lake, sdk.library, skew_secs, 0.0);
+    common::matrix::Row::of(sdk.package, "HTTP").check(&sdk.version(), &wire);
+    let landed: usize = lake.values().map(Vec::len).sum();
+    println!(
+        "matrix: {} {}: sent {}, landed {landed}, duplicates {}",
+        sdk.package,
+        sdk.version(),
+        sent.len(),
+        landed - ids(&sent).len()
     );
-    report["sent"].as_array().unwrap().clone()
 }
-
 fn config(dir: &Path) -> firehose_edge::Config {
     let mut config = test_config(dir);
     config
@@ -176,8 +292,10 @@ fn check(
             "corrected age {age} s: {r}"
         );
         let device_offset = (original - corrected).as_seconds_f64();
+        // (An SDK that resends a batch with the `sentAt` of its first attempt, as
+        // RudderStack's Node SDK does, makes its retry delay look like clock skew.)
         assert!(
-            (device_offset - skew_secs as f64).abs() < 5.0,
+            (device_offset - skew_secs as f64).abs() < 5.0 + waited,
             "original keeps the device's clock: {r}"
         );
         let want_stream_field = match m["type"].as_str().unwrap() {
@@ -194,155 +312,139 @@ fn check(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segment_analytics_python_delivers_every_type_once_with_skew_corrected_times() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(config(dir.path())).await;
-    let sent = drive("segment", &server, 3000, 3600).await;
-    let want: HashSet<String> = sent
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap().to_owned())
-        .collect();
-    let lake = wait_for_lake(&dir.path().join("lake"), &want).await;
-    check(&sent, &lake, "analytics-python", 3600, 0.0);
-    // The SDK's retry of a batch whose answer was lost, here simply the same ids again:
-    // answered as accepted, stored once.
-    let again = drive("segment", &server, 600, 3600).await;
-    assert_eq!(again.len(), 600);
-    server.stop().await;
-    let lake = self::lake(&dir.path().join("lake"));
-    check(&sent, &lake, "analytics-python", 3600, 0.0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rudder_sdk_python_speaks_the_same_protocol() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(config(dir.path())).await;
-    let sent = drive("rudder", &server, 600, 0).await;
-    let want: HashSet<String> = sent
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap().to_owned())
-        .collect();
-    let lake = wait_for_lake(&dir.path().join("lake"), &want).await;
-    check(&sent, &lake, "analytics-python", 0, 0.0);
-    server.stop().await;
-}
-
-/// A file sink that takes nothing until it is opened: the queue fills up meanwhile.
-struct Held {
-    open: tokio::sync::watch::Receiver<bool>,
-    inner: firehose_edge::sink::FileSink,
-}
-
-#[async_trait::async_trait]
-impl firehose_edge::sink::Sink for Held {
-    async fn put_batch(
-        &self,
-        stream: &str,
-        records: Vec<bytes::Bytes>,
-    ) -> Result<Vec<firehose_edge::sink::RecordOutcome>, firehose_edge::sink::SinkError> {
-        let mut open = self.open.clone();
-        let _ = open.wait_for(|o| *o).await;
-        self.inner.put_batch(stream, records).await
-    }
-}
-
 /// A full queue answers 503 with `Retry-After`: the SDK keeps the batch and retries it, and
 /// once the queue drains everything lands, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_retries_through_503s_and_nothing_is_lost_or_doubled() {
+async fn retries_through_a_full_queue(sdk: Sdk) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.queue.max_bytes = 64 << 10;
-    let (open, held) = tokio::sync::watch::channel(false);
-    let sink = common::Observed::new(std::sync::Arc::new(Held {
-        open: held,
-        inner: firehose_edge::sink::FileSink::new(dir.path().join("lake")),
-    }));
-    let server = TestServer::start_observed(config, sink, Some(recorder())).await;
-    let sdk = {
-        let ingest = server.ingest.clone();
-        tokio::spawn(async move { drive_at("segment", &ingest, 1200, 0).await })
+    let (open, held) = common::Held::file_sink(&dir.path().join("lake"));
+    let sink = common::Observed::new(held);
+    let server = TestServer::start_with_sink(config, sink).await;
+    let wire = common::wire::Wire::start(&server.ingest).await;
+    let mut driver = {
+        let url = wire.url.clone();
+        tokio::spawn(async move { sdk.drive(&url, 1200, 0).await })
     };
-    // The queue fills and the SDK is answered 503 (the service's own counter, polled).
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, text) = server.admin_get("/metrics").await;
-            let refused = text.lines().any(|l| {
-                l.starts_with("firehose_edge_requests_total{")
-                    && l.contains("endpoint=\"v1_batch\"")
-                    && l.contains("status=\"503\"")
-                    && !l.ends_with(" 0")
-            });
-            if refused {
-                return;
-            }
-            assert!(
-                !sdk.is_finished(),
-                "the SDK finished before the queue filled"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // The queue fills and the SDK is answered 503 (seen on the wire).
+    tokio::select! {
+        () = wire.wait_for_status(503) => {}
+        sent = &mut driver => {
+            panic!("{} finished before the queue filled: {sent:?}", sdk.package)
         }
-    })
-    .await
-    .expect("the SDK is answered 503 while the queue is full");
+    }
     open.send(true).unwrap();
-    let sent = sdk.await.unwrap();
-    let want: HashSet<String> = sent
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap().to_owned())
-        .collect();
-    let lake = wait_for_lake(&dir.path().join("lake"), &want).await;
-    check(
-        &sent,
-        &lake,
-        "analytics-python",
-        0,
-        WAIT.as_secs_f64() * 2.0,
-    );
+    let sent = driver.await.unwrap();
+    let lake = wait_for_lake(&dir.path().join("lake"), &ids(&sent)).await;
+    check(&sent, &lake, sdk.library, 0, WAIT.as_secs_f64() * 2.0);
     server.stop().await;
-}
-
-/// `@segment/analytics-node`, from tests/js (installed by scripts/ensure-node-sdks.sh).
-async fn drive_node(ingest: &str, count: usize) -> Vec<Value> {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/@segment/analytics-node").is_dir(),
-        "@segment/analytics-node is not installed in tests/js: run ./scripts/test, which \
-         installs it with scripts/ensure-node-sdks.sh (npm ci)"
+    let lake = self::lake(&dir.path().join("lake"));
+    check(&sent, &lake, sdk.library, 0, WAIT.as_secs_f64() * 2.0);
+    let refused = wire.seen().iter().filter(|s| s.status == 503).count();
+    println!(
+        "matrix: {} on a full queue: {refused} requests answered 503 and retried, {} messages landed once",
+        sdk.package,
+        sent.len()
     );
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("node")
-            .current_dir(&js)
-            .args(["sdk_node.mjs", ingest, WRITE_KEY, &count.to_string()])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the SDK finishes")
-    .expect("node runs (Node.js is needed for this test)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "analytics-node driver failed: {stderr}"
-    );
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!(report["errors"], Value::Array(vec![]), "{stderr}");
-    report["sent"].as_array().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segment_analytics_node_delivers_every_type_once() {
+async fn segment_analytics_python() {
+    delivers_every_type_once(SEGMENT_PYTHON, 3000, 3600).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_python_on_a_full_queue() {
+    retries_through_a_full_queue(SEGMENT_PYTHON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rudder_sdk_python() {
+    delivers_every_type_once(RUDDER_PYTHON, 600, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rudder_sdk_python_on_a_full_queue() {
+    retries_through_a_full_queue(RUDDER_PYTHON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_python_legacy() {
+    delivers_every_type_once(ANALYTICS_PYTHON, 600, 3600).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_python_legacy_on_a_full_queue() {
+    retries_through_a_full_queue(ANALYTICS_PYTHON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_node() {
+    delivers_every_type_once(SEGMENT_NODE, 3000, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_node_on_a_full_queue() {
+    retries_through_a_full_queue(SEGMENT_NODE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rudder_sdk_node() {
+    delivers_every_type_once(RUDDER_NODE, 600, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rudder_sdk_node_on_a_full_queue() {
+    retries_through_a_full_queue(RUDDER_NODE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_node_legacy() {
+    delivers_every_type_once(ANALYTICS_NODE, 600, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_node_legacy_on_a_full_queue() {
+    retries_through_a_full_queue(ANALYTICS_NODE).await;
+}
+
+/// A request that can never succeed (here a wrong write key: 401) is given up at once by
+/// every SDK, never retried into a storm: the answers carry what each SDK reads to tell a
+/// final 4xx (RudderStack's Python SDK retried a 401 without `code` and `message`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_for_good_is_not_retried_by_any_sdk() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(config(dir.path())).await;
-    let sent = drive_node(&server.ingest, 3000).await;
-    let want: HashSet<String> = sent
-        .iter()
-        .map(|m| m["messageId"].as_str().unwrap().to_owned())
-        .collect();
-    let lake = wait_for_lake(&dir.path().join("lake"), &want).await;
-    check(&sent, &lake, "@segment/analytics-node", 0, 0.0);
+    for sdk in [
+        SEGMENT_PYTHON,
+        RUDDER_PYTHON,
+        ANALYTICS_PYTHON,
+        SEGMENT_NODE,
+        RUDDER_NODE,
+        ANALYTICS_NODE,
+    ] {
+        let wire = common::wire::Wire::start(&server.ingest).await;
+        let report = sdk.run(&wire.url, "not-a-write-key-000000", 6, 0).await;
+        let seen = wire.seen();
+        assert!(
+            !report["errors"].as_array().unwrap().is_empty(),
+            "{}: the SDK reported no error: {report}",
+            sdk.package
+        );
+        assert!(
+            !seen.is_empty() && seen.iter().all(|s| s.status == 401),
+            "{}: {seen:?}",
+            sdk.package
+        );
+        // Six messages are one or two batches (RudderStack's Node SDK sends its first
+        // message alone): any more requests are retries.
+        assert!(
+            seen.len() <= 2,
+            "{} retried a 401 {} times",
+            sdk.package,
+            seen.len() - 1
+        );
+    }
     server.stop().await;
+    assert!(self::lake(&dir.path().join("lake")).is_empty());
 }

@@ -4,7 +4,9 @@
 
 pub mod binary;
 pub mod fake_firehose;
+pub mod matrix;
 pub mod moto;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,6 +119,38 @@ impl Sink for Observed {
             .sum();
         self.accepted.send_modify(|a| *a += n);
         Ok(outcomes)
+    }
+}
+
+/// A file sink that takes nothing until it is opened (the sender sends `true`): the queue
+/// fills up meanwhile.
+pub struct Held {
+    open: watch::Receiver<bool>,
+    inner: FileSink,
+}
+
+impl Held {
+    /// A held file sink writing under `lake`, and the switch that opens it.
+    pub fn file_sink(lake: &Path) -> (watch::Sender<bool>, Arc<Held>) {
+        let (open, held) = watch::channel(false);
+        let sink = Held {
+            open: held,
+            inner: FileSink::new(lake),
+        };
+        (open, Arc::new(sink))
+    }
+}
+
+#[async_trait]
+impl Sink for Held {
+    async fn put_batch(
+        &self,
+        stream: &str,
+        records: Vec<Bytes>,
+    ) -> Result<Vec<RecordOutcome>, SinkError> {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|o| *o).await;
+        self.inner.put_batch(stream, records).await
     }
 }
 

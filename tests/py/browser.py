@@ -1,30 +1,84 @@
-"""A real browser runs @segment/analytics-next against firehose-edge.
+"""A real browser runs an official browser analytics SDK against firehose-edge.
 
-Usage: browser.py PAGE_PORT API_URL WRITE_KEY BUNDLE_DIR
+Usage: browser.py SDK PAGE_PORT API_URL WRITE_KEY [BUNDLE_DIR]
+       browser.py PAGE_PORT API_URL WRITE_KEY BUNDLE_DIR      (the older form: SDK segment)
+
+SDK is one of
+  segment        @segment/analytics-next (its standalone bundle; per-event fetch to /v1/i, /v1/t, /v1/p)
+  rudder         @rudderstack/analytics-js v3, default transport (XhrQueue: one XHR per event
+                 to /v1/identify, /v1/track, /v1/page)
+  rudder-beacon  the same with `useBeacon: true` (BeaconQueue: navigator.sendBeacon of a batch
+                 to /beacon/v1/batch?writeKey=..., sent when the page is left)
 
 Serves a page on http://127.0.0.1:PAGE_PORT (another origin than the API, so CORS is
-exercised) that loads analytics-next's standalone bundle from BUNDLE_DIR (the local npm
-install; its lazily loaded chunks too, so nothing comes from Segment's CDN), points it at
-API_URL, and calls identify, track and page. Headless Chromium, driven by selenium through
-chromedriver, loads it; the script waits until the page reports that every call resolved and
-prints {"ok": true} or {"error": ...}.
+exercised) that loads the SDK from BUNDLE_DIR (default: its directory in tests/js's
+node_modules): analytics-next's standalone bundle and its lazily loaded chunks, or
+analytics-js's "bundled" UMD build, which carries its plugins, so none is fetched from a CDN.
+RudderStack's control plane is the page server too: `configUrl` is the page's origin, which
+answers GET /sourceConfig/ with a minimal source config (enabled, no device-mode
+destinations, no error or metrics reporting). Chromium resolves no host but 127.0.0.1, so
+nothing can leave the machine (an attempt shows in "external_requests").
+
+The page points the SDK at API_URL and calls identify, track and page. Headless Chromium,
+driven by selenium through chromedriver, loads it; for rudder-beacon the browser then leaves
+the page, which is when the beacon batch is sent. Delivery is read from the browser's own
+network log (Chrome DevTools protocol via chromedriver's performance log): a call counts as
+delivered once a request to API_URL carrying it got a 2xx answer. Prints one JSON object:
+
+  {"sdk", "ok": true once identify, track and page are all delivered,
+   "failed": [calls not delivered (or, for segment, failedDelivery reasons)],
+   "delivered": {"identify": "POST /v1/i 200", ...},
+   "requests": [every request to the API: method, url, type, status, content_type, error],
+   "failed_requests": [those that failed: non-2xx, or a network/CORS error],
+   "external_requests": [...], "page_server": [paths the page server answered],
+   "console": [browser console messages], "error": "..." (only on failure)}
+
+and exits 0 if ok, 1 if not. BROWSER_TIMEOUT_SECS (default 60) bounds the wait for delivery;
+with BROWSER_DEBUG set, "all_requests" lists every request the browser made.
 """
 
 import functools
 import http.server
 import json
+import os
 import sys
 import tempfile
 import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.support.ui import WebDriverWait
 
-page_port, api_url, write_key, bundles = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+SDKS = ("segment", "rudder", "rudder-beacon")
+NODE_MODULES = Path(__file__).resolve().parent.parent / "js" / "node_modules"
+DEFAULT_BUNDLES = {
+    "segment": NODE_MODULES / "@segment/analytics-next/dist/umd",
+    "rudder": NODE_MODULES / "@rudderstack/analytics-js/dist/npm/modern/bundled/umd",
+}
+# The calls the page makes, by message type, and how to recognise each on the wire.
+CALLS = {
+    "identify": lambda m: m.get("userId") == "browser-user",
+    "track": lambda m: m.get("event") == "Browser Clicked",
+    "page": lambda m: m.get("name") == "Intro",
+}
+
+args = sys.argv[1:]
+if args and args[0].isdigit():
+    args = ["segment", *args]
+if len(args) not in (4, 5) or args[0] not in SDKS:
+    sys.exit(f"usage: browser.py {{{'|'.join(SDKS)}}} PAGE_PORT API_URL WRITE_KEY [BUNDLE_DIR]")
+sdk, page_port, api_url, write_key = args[0], int(args[1]), args[2].rstrip("/"), args[3]
+family = "rudder" if sdk.startswith("rudder") else "segment"
+bundles = args[4] if len(args) == 5 else str(DEFAULT_BUNDLES[family])
+if not (Path(bundles) / "index.js").is_file():
+    sys.exit(f"{bundles}/index.js is missing: run scripts/ensure-node-sdks.sh")
+timeout = float(os.environ.get("BROWSER_TIMEOUT_SECS", "60"))
 api = api_url.split("://", 1)[1]
+page_origin = f"http://127.0.0.1:{page_port}"
 
-PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>firehose-edge</title>
+SEGMENT_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>firehose-edge</title>
 <script src="/analytics-next/bundles/index.js"></script></head><body><script>
 window.__result = null;
 (async () => {{
@@ -44,32 +98,195 @@ window.__result = null;
       await analytics.track("Browser Clicked", {{ button: "buy" }}),
       await analytics.page("Docs", "Intro", {{ section: 1 }}),
     ];
-    window.__result = {{ ok: true, failed: ctxs.filter(c => c.failedDelivery()).map(c => String(c.failedDelivery().reason)) }};
+    window.__result = {{ called: true, failed: ctxs.filter(c => c.failedDelivery()).map(c => String(c.failedDelivery().reason)) }};
   }} catch (e) {{
-    window.__result = {{ ok: false, error: String(e && e.stack || e) }};
+    window.__result = {{ called: false, error: String(e && e.stack || e) }};
   }}
 }})();
 </script></body></html>"""
 
+RUDDER_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>firehose-edge</title>
+<script>
+// The browser's network log has no body for a beacon: the page keeps a copy of each.
+window.__beacons = [];
+const sendBeacon = navigator.sendBeacon.bind(navigator);
+navigator.sendBeacon = (url, data) => {{
+  const copy = {{ url: new URL(url, location.href).href, body: typeof data === "string" ? data : null }};
+  window.__beacons.push(copy);
+  if (data instanceof Blob) data.text().then((text) => {{ copy.body = text; }});
+  return sendBeacon(url, data);
+}};
+</script>
+<script src="/rudder/index.js"></script></head><body><script>
+window.__result = null;
+try {{
+  const analytics = new window.rudderanalytics.RudderAnalytics();
+  analytics.load({json.dumps(write_key)}, {json.dumps(api_url)}, {{
+    configUrl: location.origin,      // GET /sourceConfig/ from the page server
+    useBeacon: {json.dumps(sdk == "rudder-beacon")},
+    polyfillIfRequired: false,       // never fetch polyfills from a CDN
+    logLevel: "WARN",
+  }});
+  analytics.ready(async () => {{
+    try {{
+      // Each callback runs once the SDK has queued the call (not on delivery).
+      const queued = (call) => new Promise((resolve) => call(resolve));
+      await queued((cb) => analytics.identify("browser-user", {{ plan: "pro" }}, cb));
+      await queued((cb) => analytics.track("Browser Clicked", {{ button: "buy" }}, cb));
+      await queued((cb) => analytics.page("Docs", "Intro", {{ section: 1 }}, cb));
+      window.__result = {{ called: true, failed: [] }};
+    }} catch (e) {{
+      window.__result = {{ called: false, error: String(e && e.stack || e) }};
+    }}
+  }});
+}} catch (e) {{
+  window.__result = {{ called: false, error: String(e && e.stack || e) }};
+}}
+</script></body></html>"""
+
+# What RudderStack's control plane would answer for an enabled source with no device-mode
+# destinations (cloud mode only: the events go to the data plane) and with error and
+# metrics reporting off (they would POST to the data plane's /rsaMetrics).
+SOURCE_CONFIG = {
+    "isHosted": False,
+    "source": {
+        "id": "firehose-edge-browser-test",
+        "name": "firehose-edge browser test",
+        "writeKey": write_key,
+        "workspaceId": "firehose-edge",
+        "enabled": True,
+        "config": {},
+        "destinations": [],
+    },
+}
+
+served = []
+
 
 class Handler(http.server.SimpleHTTPRequestHandler):
+    def send_bytes(self, body, content_type):
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("cache-control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
-        if self.path in ("/", "/index.html"):
-            body = PAGE.encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/html; charset=utf-8")
-            self.send_header("content-length", str(len(body)))
+        served.append(self.path)
+        path = urlsplit(self.path).path
+        if path in ("/", "/index.html"):
+            page = SEGMENT_PAGE if family == "segment" else RUDDER_PAGE
+            return self.send_bytes(page.encode(), "text/html; charset=utf-8")
+        if path == "/favicon.ico":
+            self.send_response(204)
             self.end_headers()
-            self.wfile.write(body)
             return
-        prefix = "/analytics-next/bundles/"
-        if self.path.startswith(prefix):
-            self.path = "/" + self.path[len(prefix):]
+        if path == "/bye":
+            return self.send_bytes(b"<!doctype html><title>bye</title>", "text/html")
+        if family == "rudder" and path.rstrip("/") == "/sourceConfig":
+            return self.send_bytes(json.dumps(SOURCE_CONFIG).encode(), "application/json")
+        prefix = "/analytics-next/bundles/" if family == "segment" else "/rudder/"
+        if path.startswith(prefix):
+            self.path = "/" + path[len(prefix):]
             return super().do_GET()
         self.send_error(404)
 
     def log_message(self, *args):
         pass
+
+
+class Network:
+    """Every request of the page, from chromedriver's performance log (DevTools events)."""
+
+    def __init__(self, driver):
+        self.driver = driver
+        self.requests = {}  # requestId -> dict
+        self.order = []
+        self.console = []
+        self.beacons = []  # the page's copies of its beacons: {url, body}
+        self.beacon_of = {}  # requestId -> index in self.beacons
+
+    def poll(self):
+        for entry in self.driver.get_log("performance"):
+            try:
+                message = json.loads(entry["message"])["message"]
+            except (KeyError, ValueError):
+                continue
+            method, params = message.get("method", ""), message.get("params", {})
+            rid = params.get("requestId")
+            if method == "Network.requestWillBeSent":
+                request = params["request"]
+                if rid not in self.requests:
+                    self.order.append(rid)
+                # (A redirect reuses the id: the last hop is kept.)
+                self.requests[rid] = {
+                    "method": request["method"],
+                    "url": request["url"],
+                    "type": params.get("type"),
+                    "content_type": next(
+                        (v for k, v in request.get("headers", {}).items() if k.lower() == "content-type"),
+                        None,
+                    ),
+                    "post": request.get("postData"),
+                    "has_post": request.get("hasPostData", False),
+                    "status": None,
+                    "error": None,
+                    "done": False,
+                }
+            elif method == "Network.responseReceived" and rid in self.requests:
+                self.requests[rid]["status"] = params["response"]["status"]
+            elif method == "Network.loadingFinished" and rid in self.requests:
+                self.requests[rid]["done"] = True
+            elif method == "Network.loadingFailed" and rid in self.requests:
+                r = self.requests[rid]
+                r["done"] = True
+                reason = params.get("blockedReason") or (params.get("corsErrorStatus") or {}).get("corsError")
+                r["error"] = params.get("errorText", "failed") + (f" ({reason})" if reason else "")
+        for entry in self.driver.get_log("browser"):
+            self.console.append(entry.get("message"))
+
+    def body(self, rid):
+        r = self.requests[rid]
+        if r["type"] == "Ping" and r["post"] is None:
+            if rid not in self.beacon_of:
+                taken = set(self.beacon_of.values())
+                match = [i for i, b in enumerate(self.beacons) if b["url"] == r["url"] and i not in taken]
+                if not match:
+                    return None
+                self.beacon_of[rid] = match[0]
+            return self.beacons[self.beacon_of[rid]]["body"]
+        if r["post"] is None and r["has_post"]:
+            try:
+                r["post"] = self.driver.execute_cdp_cmd("Network.getRequestPostData", {"requestId": rid})["postData"]
+            except Exception:
+                r["has_post"] = False  # gone with its page; do not ask again
+        return r["post"]
+
+    def api(self):
+        return [rid for rid in self.requests if self.requests[rid]["url"].startswith(api_url + "/")]
+
+    def delivered(self):
+        """Type -> the request that delivered it (2xx, finished)."""
+        found = {}
+        for rid in self.api():
+            r = self.requests[rid]
+            if r["method"] != "POST" or r["status"] is None or not 200 <= r["status"] < 300 or r["error"]:
+                continue
+            try:
+                body = json.loads(self.body(rid) or "")
+            except ValueError:
+                continue
+            messages = body.get("batch", [body]) if isinstance(body, dict) else []
+            for m in messages:
+                kind = m.get("type") if isinstance(m, dict) else None
+                if kind in CALLS and CALLS[kind](m) and kind not in found:
+                    found[kind] = f"POST {urlsplit(r['url']).path} {r['status']}"
+        return found
+
+    def report(self, rid):
+        r = self.requests[rid]
+        return {k: r[k] for k in ("method", "url", "type", "status", "content_type", "error")}
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), functools.partial(Handler, directory=bundles))
@@ -79,24 +296,91 @@ options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
 for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage"]:
+             "--disable-dev-shm-usage",
+             # Only loopback resolves: nothing the page does can reach another host.
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]:
     options.add_argument(flag)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
 profile = tempfile.mkdtemp()
 options.add_argument(f"--user-data-dir={profile}")
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+result = {"sdk": sdk, "ok": False, "failed": []}
+net = Network(driver)
 try:
+    deadline = time.monotonic() + timeout
     driver.set_page_load_timeout(30)
-    driver.get(f"http://127.0.0.1:{page_port}/")
-    result = WebDriverWait(driver, 30, poll_frequency=0.1).until(
-        lambda d: d.execute_script("return window.__result")
-    )
-    logs = []
+    driver.get(f"{page_origin}/")
+    page = None
+    while time.monotonic() < deadline:
+        net.poll()
+        page = driver.execute_script("return window.__result")
+        if page is not None:
+            break
+        time.sleep(0.1)
+    if page is None:
+        result["error"] = f"the page's calls did not return within {timeout:.0f} s"
+    elif not page.get("called"):
+        result["error"] = page.get("error")
+    else:
+        result["failed"] = list(page.get("failed") or [])
+        if sdk == "rudder-beacon":
+            # The beacon queue sends its batch when the page is left (or after 10 min): the
+            # user switches to another tab (blur, visibilitychange). The page stays alive,
+            # so its network log shows the beacon (one sent while navigating away does not).
+            page_window = driver.current_window_handle
+            driver.switch_to.new_window("tab")
+            driver.get(f"{page_origin}/bye")
+        delivered = {}
+        while time.monotonic() < deadline:
+            net.poll()
+            if sdk == "rudder-beacon" and any(
+                r["type"] == "Ping" and r["status"] is not None for r in net.requests.values()
+            ):
+                # A beacon was answered: fetch the page's copies of what it sent.
+                driver.switch_to.window(page_window)
+                net.beacons = driver.execute_script("return window.__beacons") or []
+            delivered = net.delivered()
+            if len(delivered) == len(CALLS):
+                break
+            pings = [r for r in net.requests.values() if r["type"] == "Ping"]
+            if pings and all(r["done"] and not 200 <= (r["status"] or 0) < 300 for r in pings):
+                # Beacons are never retried: once every one sent has failed, that is all.
+                break
+            time.sleep(0.2)
+        net.poll()
+        result["delivered"] = delivered
+        missing = [kind for kind in CALLS if kind not in delivered]
+        why = "its beacon failed" if sdk == "rudder-beacon" and time.monotonic() < deadline else f"within {timeout:.0f} s"
+        result["failed"] += [f"{kind}: not delivered ({why})" for kind in missing]
+        result["ok"] = not result["failed"]
+        if missing:
+            result["error"] = f"not delivered: {', '.join(missing)}"
+except Exception as e:  # noqa: BLE001 - reported, and the exit code says it failed
+    result["error"] = f"{type(e).__name__}: {e}"
+finally:
     try:
-        logs = [entry["message"] for entry in driver.get_log("browser")]
+        net.poll()
     except Exception:
         pass
-    result["console"] = logs
-    print(json.dumps(result))
-finally:
+    api_requests = [net.report(rid) for rid in net.api()]
+    result["requests"] = api_requests
+    result["failed_requests"] = [
+        r for r in api_requests
+        if r["error"] or (r["status"] is not None and not 200 <= r["status"] < 300)
+    ]
+    result["external_requests"] = [
+        net.report(rid) for rid in net.order
+        if net.requests[rid]["url"].startswith(("http:", "https:", "ws:", "wss:"))
+        and not net.requests[rid]["url"].startswith((api_url + "/", page_origin + "/"))
+    ]
+    result["page_server"] = served
+    if os.environ.get("BROWSER_DEBUG"):
+        result["all_requests"] = [{**net.report(rid), "body": net.requests[rid]["post"]} for rid in net.order]
+    result["console"] = net.console
     driver.quit()
     server.shutdown()
+print(json.dumps(result))
+if not result["ok"]:
+    print(f"browser.py {sdk}: {result.get('error')}; failed requests: {result['failed_requests']}", file=sys.stderr)
+sys.exit(0 if result["ok"] else 1)

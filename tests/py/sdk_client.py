@@ -2,7 +2,9 @@
 
 Usage: sdk_client.py SDK HOST WRITE_KEY COUNT [SKEW_SECONDS]
 
-SDK is "segment" (segment-analytics-python) or "rudder" (rudder-sdk-python). Sends COUNT
+SDK is "segment" (segment-analytics-python), "rudder" (rudder-sdk-python) or "analytics"
+(analytics-python 1.4.post1, segment-analytics-python's old name, which
+scripts/ensure-sdks.sh installs apart from the venv's site-packages). Sends COUNT
 messages cycling through track, identify, page, screen, group and alias through the SDK's
 normal API, each with a known messageId and an event time 60 s before the device's clock,
 flushes, and prints one JSON object: {"sent": [{"messageId", "type"}...], "errors": [...]}.
@@ -10,7 +12,9 @@ With SKEW_SECONDS, the device's clock (the SDK's own `datetime.now`) runs that f
 the server's, so the server's skew correction can be checked.
 """
 
+import importlib.util
 import json
+import os
 import sys
 from datetime import datetime, timedelta, timezone
 
@@ -27,6 +31,11 @@ class DeviceClock(datetime):
         # the name patched below.
         return cls.fromtimestamp((datetime.now(timezone.utc) + skew).timestamp(), tz)
 
+    @classmethod
+    def utcnow(cls):
+        # analytics-python 1.4 reads the clock with `datetime.utcnow()` (naive UTC).
+        return cls.now(timezone.utc).replace(tzinfo=None)
+
 
 if sdk == "segment":
     import segment.analytics.client as sdk_client
@@ -36,6 +45,16 @@ elif sdk == "rudder":
     import rudderstack.analytics.client as sdk_client
     import rudderstack.analytics.request as sdk_request
     from rudderstack import analytics
+elif sdk == "analytics":
+    # Its directory goes first on the path, so that it runs with the dependency it pins
+    # (backoff 1.10.0, which rudder-sdk-python's pin excludes from the venv itself).
+    spec = importlib.util.find_spec("analytics")
+    if spec is None or spec.origin is None:
+        sys.exit("analytics-python is not installed: run scripts/ensure-sdks.sh")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(spec.origin)))
+    import analytics
+    import analytics.client as sdk_client
+    import analytics.request as sdk_request
 else:
     sys.exit(f"unknown SDK {sdk}")
 
