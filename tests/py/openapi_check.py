@@ -33,6 +33,14 @@ def post(path, body):
         return e.code, e.read()
 
 
+BATCH_PATHS = ("/v1/batch", "/v1/import", "/beacon/v1/batch")
+
+
+def is_v1(path):
+    """The Segment-compatible API (which answers {"success": true}, not a count)."""
+    return path.startswith("/v1/") or path in BATCH_PATHS
+
+
 drift = []
 classic_records = 0
 v1_ids, v1_without_id = set(), 0
@@ -42,7 +50,7 @@ for path, item in spec["paths"].items():
         status, body = post(path, example["value"])
         if status // 100 != 2:
             drift.append(f"{path} example {name} refused: {status} {body!r}")
-        elif not path.startswith("/v1/"):
+        elif not is_v1(path):
             classic_records += json.loads(body)["accepted"]
         elif example["value"].get("messageId") is None:
             v1_without_id += 1
@@ -69,9 +77,9 @@ for interaction in cassette.get("http_interactions", []):
     if code is None or int(code) // 100 != 2:
         continue
     path = "/" + request["uri"].split("://", 1)[1].split("/", 1)[1].split("?", 1)[0]
-    if path.startswith("/v1/"):
+    if is_v1(path):
         body = json.loads(text(request.get("body")).lstrip("\ufeff"))
-        messages = body["batch"] if path in ("/v1/batch", "/v1/import") else [body]
+        messages = body["batch"] if path in BATCH_PATHS else [body]
         for m in messages:
             if isinstance(m.get("messageId"), str):
                 v1_ids.add(m["messageId"])
