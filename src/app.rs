@@ -41,6 +41,13 @@ pub enum AppError {
     /// The configuration could not be applied (e.g. the API keys file vanished).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A long-lived part of the service died (a panic, or a task that returned): the
+    /// service stopped in order and exits non-zero so that its supervisor restarts it.
+    #[error("the {component} died: stopped so that a restart recovers from disk")]
+    Died {
+        /// Which part (the `component` label of `firehose_edge_component_failures_total`).
+        component: &'static str,
+    },
     /// `drain` was pointed at a directory that holds no queue.
     #[error(
         "no queue at {path} (no sled database or manifest there): nothing to drain; check queue.path"
@@ -107,7 +114,7 @@ pub async fn run_with_sink(
     ));
     let ingest_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
-    let ingest_task = tokio::spawn(server::serve(
+    let mut ingest_task = tokio::spawn(server::serve(
         "ingest",
         listeners.ingest,
         move |request| {
@@ -118,7 +125,7 @@ pub async fn run_with_sink(
         ingest_stop.clone(),
         grace,
     ));
-    let admin_task = tokio::spawn(server::serve(
+    let mut admin_task = tokio::spawn(server::serve(
         "admin",
         listeners.admin,
         move |request| {
@@ -134,12 +141,23 @@ pub async fn run_with_sink(
         grace,
     ));
 
-    shutdown.await;
+    // Until asked to stop, or until a part dies: then the same ordered stop, and an error,
+    // so the process exits non-zero and its supervisor restarts it. (Restarting a part in
+    // place could not prove the counts it left behind; a start re-derives them from disk.)
+    let died = tokio::select! {
+        () = shutdown => None,
+        component = queue.failed() => Some(component),
+        Some(ended) = flushers.join_next() => Some(task_died("flusher", ended.err())),
+        ended = &mut ingest_task => Some(task_died("ingest_server", ended.err())),
+        ended = &mut admin_task => Some(task_died("admin_server", ended.err())),
+    };
     let deadline = Instant::now() + grace;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down");
     shutting_down.store(true, Ordering::Release);
     ingest_stop.cancel();
-    let _ = ingest_task.await;
+    if died != Some("ingest_server") {
+        let _ = ingest_task.await;
+    }
     flush_stop.cancel();
     let left = deadline.saturating_duration_since(Instant::now());
     if tokio::time::timeout(left, async {
@@ -159,12 +177,30 @@ pub async fn run_with_sink(
     }
     let result = queue.close().map_err(queue_error);
     admin_stop.cancel();
-    let _ = admin_task.await;
+    if died != Some("admin_server") {
+        let _ = admin_task.await;
+    }
     tracing::info!(
         queued_events = streams.iter().map(|s| queue.queued_events(s)).sum::<u64>(),
         "stopped"
     );
-    result
+    match died {
+        Some(component) => Err(AppError::Died { component }),
+        None => result,
+    }
+}
+
+/// Reports a task that ended before it was asked to (with its panic, if it panicked) and
+/// returns its component name.
+fn task_died(component: &'static str, error: Option<tokio::task::JoinError>) -> &'static str {
+    let why = match &error {
+        Some(e) if e.is_panic() => "panicked",
+        Some(_) => "was cancelled",
+        None => "returned",
+    };
+    tracing::error!(component, why, error = ?error, "a service task ended before shutdown: stopping the process so that its supervisor restarts it");
+    crate::metrics::component_failed(component);
+    component
 }
 
 /// One flusher per queue stream, each delivering to that stream's delivery streams.
@@ -253,6 +289,12 @@ pub async fn drain(
                 tracing::warn!(queued_events = left, "stopped before the queue was empty; what is left stays queued");
                 break;
             }
+            component = queue.failed() => {
+                flush_stop.cancel();
+                while flushers.join_next().await.is_some() {}
+                let _ = queue.close();
+                return Err(AppError::Died { component });
+            }
         }
     }
     flush_stop.cancel();
@@ -280,4 +322,60 @@ pub async fn drain(
         "drain finished"
     );
     Ok(drained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A committer that dies mid-service: the request waiting on it is answered 503 (not
+    /// left hanging), and the service stops in order and returns the error that makes the
+    /// process exit non-zero, so its supervisor restarts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_committer_answers_503_and_stops_the_service_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        config.queue.path = dir.path().join("queue");
+        config.queue.min_free_bytes = 16 << 20;
+        config.sink.directory = dir.path().join("lake");
+        let ingest = TcpListener::bind(config.server.listen).await.unwrap();
+        let admin = TcpListener::bind(config.admin.listen).await.unwrap();
+        let url = format!("http://{}/track", ingest.local_addr().unwrap());
+        let sink: Arc<dyn Sink> = Arc::new(FileSink::new(&config.sink.directory));
+        let queue_path = config.queue.path.clone();
+        let service = tokio::spawn(run_with_sink(
+            config,
+            Listeners { ingest, admin },
+            sink,
+            None,
+            std::future::pending(),
+        ));
+        let send = || {
+            reqwest::Client::new()
+                .post(&url)
+                .body(r#"{"userId":"u","events":[{"eventName":"e"}]}"#)
+                .send()
+        };
+        assert_eq!(send().await.unwrap().status(), 200);
+        crate::queue::panic_next_round(&queue_path);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), send())
+            .await
+            .expect("answered, not left waiting");
+        assert_eq!(answer.unwrap().status(), 503);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), service)
+            .await
+            .expect("the service stops by itself")
+            .unwrap();
+        assert!(
+            matches!(
+                ended,
+                Err(AppError::Died {
+                    component: "committer"
+                })
+            ),
+            "{ended:?}"
+        );
+    }
 }

@@ -430,7 +430,9 @@ fn queue_error(e: QueueError) -> IngestError {
     match e {
         QueueError::Full { .. } | QueueError::LowDisk { .. } => IngestError::QueueFull,
         // The queue logged the state change once; one line per request would flood.
-        QueueError::Failing | QueueError::Closed => IngestError::Unavailable(e.to_string()),
+        QueueError::Failing | QueueError::Closed | QueueError::Dead(_) => {
+            IngestError::Unavailable(e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "cannot queue a request");
             IngestError::Unavailable(other.to_string())

@@ -55,6 +55,19 @@ pub const EVENTS_DUPLICATE: &str = "firehose_edge_events_duplicate_total";
 /// shrinks on throttling and grows back), by delivery stream.
 pub const PACING_SHARE: &str = "firehose_edge_pacing_quota_share";
 
+/// Long-lived parts of the service that died (panicked or returned), by component: each
+/// stops the process so that its supervisor restarts it. Any increase is a bug to report.
+pub const COMPONENT_FAILURES: &str = "firehose_edge_component_failures_total";
+
+/// Every `component` label of [`COMPONENT_FAILURES`].
+pub const COMPONENTS: &[&str] = &[
+    "committer",
+    "health",
+    "flusher",
+    "ingest_server",
+    "admin_server",
+];
+
 /// Every `reason` label of [`EVENTS_REJECTED`].
 pub const REJECT_REASONS: &[&str] = &[
     "not_found",
@@ -163,6 +176,9 @@ pub fn queue_lost_events(stream: &str, n: u64) {
 pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
     counter!(QUEUE_MOVED_ASIDE).increment(0);
     counter!(QUEUE_FLUSHES).increment(0);
+    for &component in COMPONENTS {
+        counter!(COMPONENT_FAILURES, "component" => component).increment(0);
+    }
     for stream in streams {
         for name in [
             QUEUE_LOST_EVENTS,
@@ -178,6 +194,11 @@ pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
             counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(0);
         }
     }
+}
+
+/// A long-lived component died (see [`COMPONENT_FAILURES`]).
+pub fn component_failed(component: &'static str) {
+    counter!(COMPONENT_FAILURES, "component" => component).increment(1);
 }
 
 /// What the queue's gauges show (taken by the queue, so this module depends on nothing).

@@ -14,8 +14,10 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+
+use parking_lot::{Condvar, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -58,6 +60,9 @@ pub(super) struct Pending {
 /// Where a pending append's outcome goes: the duplicates it skipped, or why it failed.
 pub(super) type Answer = oneshot::Sender<Result<u32, QueueError>>;
 
+/// The committer's name in failure reports and metrics.
+pub(super) const COMPONENT: &str = "committer";
+
 /// The group committer's shared state.
 pub(super) struct GroupCommit {
     /// Flush (and fdatasync) before answering: `durability = "fsync"`.
@@ -67,6 +72,26 @@ pub(super) struct GroupCommit {
     stop: AtomicBool,
     pub flushes: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Tests: queue directories whose committer panics in its next round (by path, so tests
+/// running side by side in one process do not hit each other's committers).
+#[cfg(test)]
+static PANIC_NEXT: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+/// Tests: the committer of the queue at `path` panics in its next round, as a bug in sled or
+/// in our code would.
+#[cfg(test)]
+pub(crate) fn panic_next_round(path: &Path) {
+    PANIC_NEXT.lock().push(path.to_path_buf());
+}
+
+#[cfg(test)]
+fn take_injected_panic(path: &Path) -> bool {
+    let mut paths = PANIC_NEXT.lock();
+    let before = paths.len();
+    paths.retain(|p| p != path);
+    paths.len() != before
 }
 
 impl GroupCommit {
@@ -88,14 +113,14 @@ impl GroupCommit {
         let handle = std::thread::Builder::new()
             .name("queue-committer".to_owned())
             .spawn(move || committer_loop(&commit, &queue))?;
-        *self.thread.lock().expect("committer handle") = Some(handle);
+        *self.thread.lock() = Some(handle);
         Ok(())
     }
 
     /// Hands a request to the committer; refuses it if the committer has stopped.
     pub fn submit(&self, pending: Pending) -> Result<(), QueueError> {
         {
-            let mut queue = self.pending.lock().expect("committer mutex");
+            let mut queue = self.pending.lock();
             // Checked under the lock the committer takes its last group under: a request
             // is either in that group or refused here, never stranded.
             if self.stop.load(Ordering::Acquire) {
@@ -107,14 +132,29 @@ impl GroupCommit {
         Ok(())
     }
 
+    /// After a panic in a round: refuses what is pending and everything after it, and
+    /// reports the death (the round's own appenders were answered as it unwound).
+    fn die(&self, queue: &Queue, why: &str) {
+        let orphans = {
+            let mut pending = self.pending.lock();
+            self.stop.store(true, Ordering::Release);
+            std::mem::take(&mut *pending)
+        };
+        queue.inner.fatal.report(COMPONENT, why);
+        for p in orphans {
+            queue.inner.admission.release(p.reserved);
+            let _ = p.done.send(Err(QueueError::Dead(COMPONENT)));
+        }
+    }
+
     /// Stops the thread after it wrote what is pending.
     pub fn stop(&self) {
         {
-            let _pending = self.pending.lock().expect("committer mutex");
+            let _pending = self.pending.lock();
             self.stop.store(true, Ordering::Release);
         }
         self.wake.notify_one();
-        let handle = self.thread.lock().expect("committer handle").take();
+        let handle = self.thread.lock().take();
         if let Some(handle) = handle {
             // The committer may itself drop the last handle to the queue.
             if handle.thread().id() != std::thread::current().id() {
@@ -128,9 +168,9 @@ fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
     let mut synced_blobs = HashSet::new();
     loop {
         let (group, stopping) = {
-            let mut pending = commit.pending.lock().expect("committer mutex");
+            let mut pending = commit.pending.lock();
             while pending.is_empty() && !commit.stop.load(Ordering::Acquire) {
-                pending = commit.wake.wait(pending).expect("committer mutex");
+                commit.wake.wait(&mut pending);
             }
             (
                 std::mem::take(&mut *pending),
@@ -144,7 +184,32 @@ fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
                 }
                 return;
             };
-            let answers = Queue { inner }.commit_group(group, &mut synced_blobs);
+            let queue = Queue { inner };
+            let reserved: u64 = group.iter().map(|p| p.reserved).sum();
+            // A panic (in sled or in our code) must not leave appenders waiting forever, nor
+            // the service looking ready: the group's appenders are answered with an error as
+            // their answers unwind, the rest below, and the process is told to stop.
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                #[cfg(test)]
+                if take_injected_panic(&queue.inner.config.path) {
+                    panic!("injected committer panic");
+                }
+                queue.commit_group(group, &mut synced_blobs)
+            }));
+            let answers = match round {
+                Ok(answers) => answers,
+                Err(panic) => {
+                    // Their budget back (exact for a panic before the round wrote; after
+                    // that the counts are in doubt anyway, and are not saved: see `die`).
+                    queue
+                        .inner
+                        .admission
+                        .release(reserved.min(queue.queued_bytes()));
+                    commit.die(&queue, super::store::panic_message(&*panic));
+                    return;
+                }
+            };
+            drop(queue);
             // Answered only now, with the queue released: a caller that drops the queue after
             // its answer then holds the last handle, and the queue closes on its thread.
             for (done, result) in answers {

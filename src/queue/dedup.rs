@@ -12,8 +12,8 @@
 //! The window is bounded by age (`queue.dedup_window_secs`) and by count
 //! (`queue.dedup_max_ids`), in memory and on disk; it is rebuilt from the tree at start.
 
+use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
 
 use super::QueueError;
 
@@ -78,7 +78,7 @@ impl Dedup {
             state: Mutex::default(),
         };
         {
-            let mut state = dedup.state.lock().expect("dedup state");
+            let mut state = dedup.state.lock();
             for item in tree.iter() {
                 let (k, v) = item?;
                 let Some(group) = decode(&k, &v) else {
@@ -100,7 +100,7 @@ impl Dedup {
     /// lines to store join the window at once (so a copy later in the same group is caught)
     /// and are returned, to be recorded or forgotten with the group.
     pub fn filter(&self, source: &str, lines: Vec<BatchLine>) -> (Parts, u32, Vec<Box<str>>) {
-        let mut state = self.state.lock().expect("dedup state");
+        let mut state = self.state.lock();
         let mut parts: Parts = Vec::new();
         let (mut duplicates, mut new_ids) = (0, Vec::new());
         for line in lines {
@@ -126,7 +126,7 @@ impl Dedup {
 
     /// Takes back ids of a group that failed (its requests were answered with an error).
     pub fn forget(&self, ids: &[Box<str>]) {
-        let mut state = self.state.lock().expect("dedup state");
+        let mut state = self.state.lock();
         for id in ids {
             state.ids.remove(id);
         }
@@ -142,7 +142,7 @@ impl Dedup {
             value.extend_from_slice(&len.to_be_bytes());
             value.extend_from_slice(&bytes[..usize::from(len)]);
         }
-        let mut state = self.state.lock().expect("dedup state");
+        let mut state = self.state.lock();
         state.groups.push_back(Accepted {
             key,
             ms: now_ms,
@@ -153,7 +153,7 @@ impl Dedup {
 
     /// Drops groups past the window's age or over its size, from memory and from `tree`.
     pub fn prune(&self, tree: &sled::Tree, now_ms: u64) -> Result<(), QueueError> {
-        let mut state = self.state.lock().expect("dedup state");
+        let mut state = self.state.lock();
         while let Some(oldest) = state.groups.front() {
             let expired = oldest.ms + self.window_ms < now_ms;
             if !expired && state.ids.len() <= self.max_ids {

@@ -4,7 +4,9 @@
 //! running process (after an I/O error sled 0.34 refuses every later operation).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::store::{OpenError, Store};
@@ -15,10 +17,16 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// How long a re-open waits for other users of the old sled handle to finish.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// The health round's name in failure reports and metrics.
+pub(super) const COMPONENT: &str = "health";
+
 /// The background thread's handle and signals.
 #[derive(Default)]
 pub(super) struct Health {
     stop: AtomicBool,
+    /// Tests: panic in the next background round.
+    #[cfg(test)]
+    pub panic_next: AtomicBool,
     wake: Condvar,
     woken: Mutex<bool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -36,34 +44,48 @@ impl Health {
             .name("queue-health".to_owned())
             .spawn(move || {
                 while !health.stop.load(Ordering::Acquire) {
-                    match queue.upgrade() {
-                        Some(inner) => round(&Queue { inner }),
-                        None => return,
+                    let Some(inner) = queue.upgrade() else {
+                        return;
+                    };
+                    let queue = Queue { inner };
+                    // A round that panics is not retried: the free-space readings, the
+                    // manifest and recovery stop with it, so the process must stop too.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        #[cfg(test)]
+                        if health.panic_next.swap(false, Ordering::AcqRel) {
+                            panic!("injected health round panic");
+                        }
+                        round(&queue)
+                    }));
+                    if let Err(panic) = result {
+                        let why = super::store::panic_message(&*panic);
+                        queue.inner.fatal.report(COMPONENT, why);
+                        return;
                     }
-                    let woken = health.woken.lock().expect("health mutex");
-                    let (mut woken, _) = health
-                        .wake
-                        .wait_timeout_while(woken, PERIOD, |w| {
-                            !*w && !health.stop.load(Ordering::Acquire)
-                        })
-                        .expect("health mutex");
+                    drop(queue);
+                    let mut woken = health.woken.lock();
+                    health.wake.wait_while_for(
+                        &mut woken,
+                        |w| !*w && !health.stop.load(Ordering::Acquire),
+                        PERIOD,
+                    );
                     *woken = false;
                 }
             })?;
-        *self.thread.lock().expect("health handle") = Some(handle);
+        *self.thread.lock() = Some(handle);
         Ok(())
     }
 
     /// Runs a round soon (after a storage error).
     pub fn wake(&self) {
-        *self.woken.lock().expect("health mutex") = true;
+        *self.woken.lock() = true;
         self.wake.notify_one();
     }
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake();
-        let handle = self.thread.lock().expect("health handle").take();
+        let handle = self.thread.lock().take();
         if let Some(handle) = handle
             && handle.thread().id() != std::thread::current().id()
         {
@@ -75,7 +97,7 @@ impl Health {
 /// One round: free space, recovery, manifest.
 pub(super) fn round(q: &Queue) {
     let inner = &q.inner;
-    let _one_at_a_time = inner.health.round.lock().expect("health round");
+    let _one_at_a_time = inner.health.round.lock();
     match inner.free_space.free_bytes(&inner.config.path) {
         Ok(free) => match inner.admission.observe_free(free) {
             Some(true) => tracing::error!(
@@ -115,14 +137,14 @@ fn recover(q: &Queue) -> Result<(), QueueError> {
             .insert("probe", &super::now_ms().to_be_bytes()[..])?;
         store.sync(&q.inner.config.path)
     };
-    let current = q.inner.store.read().expect("store lock").clone();
+    let current = q.inner.store.read().clone();
     if current.as_ref().is_none_or(|s| probe(s).is_err()) {
         drop(current);
         reopen(q)?;
         probe(&*q.store()?)?;
     }
     let store = q.store()?;
-    let refused = std::mem::take(&mut *q.inner.refused.lock().expect("refused keys"));
+    let refused = std::mem::take(&mut *q.inner.refused.lock());
     let removal = (|| {
         for (stream, keys) in &refused {
             let trees = store.trees(stream)?;
@@ -134,11 +156,7 @@ fn recover(q: &Queue) -> Result<(), QueueError> {
     })();
     if let Err(e) = removal {
         // Keep them refused (never delivered) and try again next round.
-        q.inner
-            .refused
-            .lock()
-            .expect("refused keys")
-            .extend(refused);
+        q.inner.refused.lock().extend(refused);
         return Err(e);
     }
     // Recount: a failed round may have left the counters and sled apart.
@@ -163,7 +181,7 @@ fn recover(q: &Queue) -> Result<(), QueueError> {
 
 /// Drops the failed sled handle (once its other users let go) and opens it again.
 fn reopen(q: &Queue) -> Result<(), QueueError> {
-    let old = q.inner.store.write().expect("store lock").take();
+    let old = q.inner.store.write().take();
     if let Some(old) = old {
         wait_for_sole_owner(&old);
         drop(old);
@@ -185,7 +203,7 @@ fn reopen(q: &Queue) -> Result<(), QueueError> {
             Err(OpenError::Other(e)) => return Err(e),
         }
     };
-    *q.inner.store.write().expect("store lock") = Some(Arc::new(store));
+    *q.inner.store.write() = Some(Arc::new(store));
     tracing::warn!("re-opened the queue's sled database after a storage failure");
     Ok(())
 }

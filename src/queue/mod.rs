@@ -44,13 +44,17 @@ mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
 
 pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs};
+#[cfg(test)]
+pub(crate) use commit::panic_next_round;
 pub use dedup::{BatchAppended, BatchLine};
 pub use entry::Entry;
 pub use open::{StreamReport, VerifyReport};
@@ -119,6 +123,9 @@ pub enum QueueError {
     /// sled or the file system failed (disk full, I/O error).
     #[error("storage error: {0}")]
     Storage(String),
+    /// A background part of the queue died (see [`Queue::failed`]); the process stops.
+    #[error("the queue's {0} stopped after an internal error")]
+    Dead(&'static str),
 }
 
 impl From<sled::Error> for QueueError {
@@ -149,6 +156,43 @@ struct StreamState {
     appended: Notify,
 }
 
+/// The first background part of the queue that died (a panic in sled or in our code): set
+/// once, never cleared. The process cannot trust its counts after that, so it stops and its
+/// supervisor restarts it (a start re-derives them from disk); until then every append is
+/// refused and `/readyz` says why.
+pub(super) struct Fatal {
+    died: tokio::sync::watch::Sender<Option<&'static str>>,
+}
+
+impl Default for Fatal {
+    fn default() -> Self {
+        Fatal {
+            died: tokio::sync::watch::channel(None).0,
+        }
+    }
+}
+
+impl Fatal {
+    /// Records that `component` died of `why` (logged and counted the first time only).
+    pub(super) fn report(&self, component: &'static str, why: &str) {
+        let first = self
+            .died
+            .send_if_modified(|d| d.is_none() && d.replace(component).is_none());
+        if first {
+            tracing::error!(
+                component,
+                panic = why,
+                "a queue component died: refusing appends (503) and stopping the process so that its supervisor restarts it"
+            );
+            crate::metrics::component_failed(component);
+        }
+    }
+
+    fn get(&self) -> Option<&'static str> {
+        *self.died.borrow()
+    }
+}
+
 /// The queue, shared by the server (appends) and the flushers (reads, acks).
 #[derive(Clone)]
 pub struct Queue {
@@ -170,6 +214,7 @@ struct Inner {
     refused: Mutex<HashMap<String, HashSet<u64>>>,
     dedup: dedup::Dedup,
     manifest: Mutex<manifest::Writer>,
+    fatal: Fatal,
     free_space: Box<dyn FreeSpace>,
     _lock: lock::DirLock,
     /// Tests: storage refuses writes (or only flushes), as a failing disk would.
@@ -217,12 +262,7 @@ impl Queue {
 
     /// The current sled store, or [`QueueError::Failing`] while it is being re-opened.
     fn store(&self) -> Result<Arc<Store>, QueueError> {
-        self.inner
-            .store
-            .read()
-            .expect("store lock")
-            .clone()
-            .ok_or(QueueError::Failing)
+        self.inner.store.read().clone().ok_or(QueueError::Failing)
     }
 
     /// Tests' write failure, checked where storage is written.
@@ -254,6 +294,12 @@ impl Queue {
     pub(crate) fn crash(self) {
         self.inner.commit.stop();
         self.inner.health.stop();
+    }
+
+    /// Tests: the committer panics in its next round (as a bug in sled or in our code would).
+    #[cfg(test)]
+    pub(crate) fn panic_next_commit(&self) {
+        commit::panic_next_round(&self.inner.config.path);
     }
 
     /// Tests: makes group flushes fail (or work again) while single writes work.
@@ -320,6 +366,9 @@ impl Queue {
         };
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(QueueError::Closed);
+        }
+        if let Some(component) = self.inner.fatal.get() {
+            return Err(QueueError::Dead(component));
         }
         self.inner.admission.reserve(reserved)?;
         // The committer writes it (with whatever else is pending) and answers once it is
@@ -563,14 +612,13 @@ impl Queue {
         self.inner
             .refused
             .lock()
-            .expect("refused keys")
             .entry(stream.to_owned())
             .or_default()
             .insert(key);
     }
 
     fn refused_keys(&self, stream: &str) -> HashSet<u64> {
-        let refused = self.inner.refused.lock().expect("refused keys");
+        let refused = self.inner.refused.lock();
         refused.get(stream).cloned().unwrap_or_default()
     }
 
@@ -612,9 +660,27 @@ impl Queue {
         self.inner.admission.is_full()
     }
 
+    /// Resolves with the name of a background part of the queue (the committer, the health
+    /// round) once one has died; the caller should stop the process (see [`Fatal`]).
+    pub async fn failed(&self) -> &'static str {
+        let mut died = self.inner.fatal.died.subscribe();
+        let component = died.wait_for(Option::is_some).await.map(|d| *d);
+        match component {
+            Ok(Some(component)) => component,
+            // The sender lives as long as the queue: unreachable while `self` is held.
+            _ => std::future::pending().await,
+        }
+    }
+
     /// Why appends are refused now, if they are (for `/readyz`).
     pub fn unready_reason(&self) -> Option<&'static str> {
         let a = &self.inner.admission;
+        if let Some(component) = self.inner.fatal.get() {
+            return Some(match component {
+                commit::COMPONENT => "queue committer died",
+                _ => "queue health round died",
+            });
+        }
         if a.is_failing() {
             Some("queue storage failing")
         } else if a.is_low_disk() {
@@ -701,11 +767,7 @@ impl Queue {
     /// Rewrites the manifest (skipped when nothing changed).
     fn write_manifest(&self) -> Result<(), QueueError> {
         let counts = self.manifest_counts();
-        self.inner
-            .manifest
-            .lock()
-            .expect("manifest")
-            .write(&counts)?;
+        self.inner.manifest.lock().write(&counts)?;
         Ok(())
     }
 
@@ -718,6 +780,15 @@ impl Queue {
         let store = self.store()?;
         store.sync(&self.inner.config.path)?;
         self.write_manifest()?;
+        if let Some(component) = self.inner.fatal.get() {
+            // A part died mid-work: the counts may not match the store, so none are saved
+            // and the next start counts what is there (as after a crash).
+            tracing::warn!(
+                component,
+                "not saving the queue's counts: the next start recounts them"
+            );
+            return Ok(());
+        }
         // The counts, so that the next start need not walk a large queue.
         let counts: Vec<(String, store::Tally)> = self
             .inner

@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 
 use tokio::sync::Notify;
 
@@ -130,6 +132,7 @@ pub(super) fn open(
         refused: Mutex::default(),
         dedup,
         manifest: Mutex::new(manifest),
+        fatal: Default::default(),
         free_space,
         _lock: lock,
         fail_writes: AtomicBool::new(false),

@@ -665,3 +665,58 @@ async fn a_large_queue_trusted_at_start_reports_its_shortfall_when_it_drains() {
     );
     assert_eq!(report.streams[0].expected, Some(0));
 }
+
+/// A committer that panics leaves no appender waiting and the queue not ready: the round's
+/// appenders and every later one are refused, `/readyz` says why, the owner is told to
+/// stop, and a later start finds what was acknowledged before, counted from disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committer_panic_refuses_every_append_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.append("a", b"before\n", 1).await.unwrap();
+    assert_eq!(q.unready_reason(), None);
+    q.panic_next_commit();
+    let refused = tokio::time::timeout(TEST_WAIT, q.append("a", b"during\n", 1))
+        .await
+        .expect("the appender is answered, not left waiting");
+    assert!(refused.is_err(), "{refused:?}");
+    let died = tokio::time::timeout(TEST_WAIT, q.failed())
+        .await
+        .expect("the owner is told");
+    assert_eq!(died, "committer");
+    assert_eq!(q.unready_reason(), Some("queue committer died"));
+    let later = tokio::time::timeout(TEST_WAIT, q.append("b", b"after\n", 1))
+        .await
+        .expect("a later appender is answered at once");
+    assert!(later.is_err(), "{later:?}");
+    assert_eq!(
+        q.queued_bytes(),
+        (HEADER_LEN + 7) as u64,
+        "refused appends hold no budget"
+    );
+    q.close().unwrap();
+    drop(q);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!((q.queued_events("a"), q.queued_events("b")), (1, 0));
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(lines(&head), ["before\n"]);
+}
+
+/// A health round that panics (it reads free space, rewrites the manifest and recovers
+/// storage) is reported the same way rather than stopping those silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_round_panic_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(&config(dir.path(), Durability::Fsync), &streams()).unwrap();
+    q.inner.health.panic_next.store(true, Ordering::Release);
+    let died = tokio::time::timeout(TEST_WAIT, q.failed())
+        .await
+        .expect("the owner is told");
+    assert_eq!(died, "health");
+    assert_eq!(q.unready_reason(), Some("queue health round died"));
+    assert!(matches!(
+        q.append("a", b"x\n", 1).await,
+        Err(QueueError::Dead("health"))
+    ));
+}
