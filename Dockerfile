@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Multi-stage build of firehose-edge: a cached dependency layer, then a slim non-root runtime.
 #   docker build -t firehose-edge .
 #   docker run -p 5000:5000 -p 9464:9464 -v fe-queue:/var/lib/firehose-edge \
@@ -6,9 +5,29 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, against placeholder sources, so edits to src/ reuse this layer.
+# Dependencies first, against placeholder sources, so edits to src/ reuse this layer. Cargo
+# reads a manifest only when every target it declares ([lib], [[bin]], [[bench]], [[example]],
+# [[test]]) has its file, so a placeholder is made at each declared path (or the default one
+# for its name): a target added to Cargo.toml needs no change here. The placeholders outside
+# src/ stay for the build below, which copies only src/ and config/.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && awk 'function value() { match($0, /"[^"]*"/); return substr($0, RSTART + 1, RLENGTH - 2) } \
+            function declared() { if (kind == "") return; \
+                if (path == "") path = kind == "lib" ? "src/lib.rs" : dir[kind] "/" name ".rs"; \
+                print kind, path } \
+            BEGIN { dir["bin"] = "src/bin"; dir["bench"] = "benches"; \
+                    dir["example"] = "examples"; dir["test"] = "tests" } \
+            /^[[:space:]]*\[/ { declared(); kind = ""; name = ""; path = "" } \
+            /^\[lib\]/ { kind = "lib" } \
+            /^\[\[(bin|bench|example|test)\]\]/ { match($0, /[a-z]+/); kind = substr($0, RSTART, RLENGTH) } \
+            kind != "" && /^name[[:space:]]*=/ { name = value() } \
+            kind != "" && /^path[[:space:]]*=/ { path = value() } \
+            END { declared() }' Cargo.toml \
+       | while read -r kind path; do \
+             mkdir -p "$(dirname "$path")"; \
+             if [ "$kind" = lib ]; then : > "$path"; else echo 'fn main() {}' > "$path"; fi; \
+         done \
     && cargo build --release --locked --bin firehose-edge \
     && rm -rf src
 COPY src ./src

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod docker;
 pub mod fake_firehose;
 pub mod matrix;
 pub mod moto;
