@@ -83,12 +83,13 @@ pub enum IngestError {
     /// Over Segment's per-message or per-batch size (`/v1`; Segment answers 400).
     #[error("{0}")]
     SegmentTooLarge(String),
-    /// The queue's byte budget is spent.
-    #[error("queue is full")]
+    /// The queue's byte budget is spent, or its disk is below the free-space floor.
+    #[error("the queue is full; retry later")]
     QueueFull,
-    /// The queue failed (I/O, disk full) or is shutting down.
-    #[error("queue unavailable: {0}")]
-    Unavailable(String),
+    /// The queue failed (I/O, disk full) or is shutting down. The client is told only that;
+    /// the queue's error (paths, OS error text) is for the log (see [`queue_error`]).
+    #[error("the queue cannot take requests now; retry later")]
+    Unavailable(QueueError),
 }
 
 impl IngestError {
@@ -285,7 +286,13 @@ impl Ingest {
             Err(e) => {
                 let (status, reason) = e.status_and_reason();
                 metrics::events_rejected(label, reason, 1);
-                tracing::debug!(endpoint = label, status = status.as_u16(), error = %e, "request refused");
+                // The queue's own error is for the log only (see `queue_error`).
+                let cause = match &e {
+                    IngestError::Unavailable(cause) => Some(cause.to_string()),
+                    _ => None,
+                };
+                let cause = cause.as_deref();
+                tracing::debug!(endpoint = label, status = status.as_u16(), error = %e, cause, "request refused");
                 e.into_response(endpoint.is_some_and(|r| !r.checks_content_type()))
             }
         };
@@ -425,17 +432,22 @@ impl Ingest {
     }
 }
 
-/// A queue refusal as the client's answer.
+/// A queue refusal as the client's answer: a stable code and message, never the queue's own
+/// text (it names files and carries the OS's error strings).
 fn queue_error(e: QueueError) -> IngestError {
     match e {
         QueueError::Full { .. } | QueueError::LowDisk { .. } => IngestError::QueueFull,
-        // The queue logged the state change once; one line per request would flood.
-        QueueError::Failing | QueueError::Closed | QueueError::Dead(_) => {
-            IngestError::Unavailable(e.to_string())
+        // The queue logged these once, when it entered the state (a storage error is raised
+        // only by the committer, which logs the failed state as it enters it; a dead part is
+        // logged once when it dies); one line per request would flood the log for as long as
+        // the state lasts.
+        QueueError::Failing | QueueError::Closed | QueueError::Dead(_) | QueueError::Storage(_) => {
+            IngestError::Unavailable(e)
         }
+        // Nothing on the append path raises these; if one does, it is a bug worth a line.
         other => {
             tracing::error!(error = %other, "cannot queue a request");
-            IngestError::Unavailable(other.to_string())
+            IngestError::Unavailable(other)
         }
     }
 }
@@ -491,6 +503,79 @@ fn check_content_type(value: Option<&HeaderValue>) -> Result<(), IngestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A queue failure's answer: a stable code and message, and none of the queue's own text
+    /// (paths, OS error strings), which is for the log.
+    #[tokio::test]
+    async fn queue_failures_answer_a_stable_body_without_internals() {
+        use http_body_util::BodyExt;
+        let path = std::path::PathBuf::from("/var/lib/firehose-edge/queue");
+        let os = "No space left on device (os error 28)";
+        let cases = [
+            (
+                QueueError::Storage(format!("{}/db: {os}", path.display())),
+                "unavailable",
+            ),
+            (QueueError::Failing, "unavailable"),
+            (QueueError::Closed, "unavailable"),
+            (
+                QueueError::Io {
+                    path: path.clone(),
+                    message: "Permission denied (os error 13)".to_owned(),
+                },
+                "unavailable",
+            ),
+            (
+                QueueError::Damaged {
+                    key: 7,
+                    why: "checksum mismatch".to_owned(),
+                },
+                "unavailable",
+            ),
+            (
+                QueueError::UnknownStream("secret_stream".to_owned()),
+                "unavailable",
+            ),
+            (
+                QueueError::Full {
+                    queued: 10,
+                    max: 10,
+                },
+                "queue_full",
+            ),
+            (QueueError::LowDisk { free: 1, min: 2 }, "queue_full"),
+            (QueueError::Dead("committer"), "unavailable"),
+        ];
+        // The classic API's body, and the compatibility APIs' (which add `code`).
+        for ((e, code), compat) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
+            let internal = e.to_string();
+            let response = queue_error(e.clone()).into_response(compat);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[RETRY_AFTER], "5");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let message = match *code {
+                "unavailable" => "the queue cannot take requests now; retry later",
+                _ => "the queue is full; retry later",
+            };
+            let mut want = json!({"error": code, "message": message});
+            if compat {
+                want["code"] = json!(code);
+            }
+            assert_eq!(body, want, "{internal}");
+            let text = body.to_string();
+            for leak in [
+                "/var",
+                "os error",
+                "secret_stream",
+                "checksum",
+                "bytes",
+                "committer",
+            ] {
+                assert!(!text.contains(leak), "{text} leaks {leak:?} of {internal}");
+            }
+        }
+    }
 
     #[test]
     fn content_types() {

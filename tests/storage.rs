@@ -75,6 +75,12 @@ fn body(id: &str, n: usize) -> String {
     format!(r#"{{"userId":"u","events":[{}]}}"#, events.join(","))
 }
 
+/// Every body a 503 may have.
+const STABLE_503: [&str; 2] = [
+    r#"{"error":"queue_full","message":"the queue is full; retry later"}"#,
+    r#"{"error":"unavailable","message":"the queue cannot take requests now; retry later"}"#,
+];
+
 /// Sends 10-event requests, 8 at a time, until `stop_after` requests in a row were refused
 /// (or 60 s passed). Returns the acknowledged and the refused event names.
 async fn load_until_refused(
@@ -98,10 +104,13 @@ async fn load_until_refused(
                 .header("content-type", "application/json")
                 .body(body(&id, 10))
                 .send();
-            batch.spawn(async move { (id, request.await.map(|r| r.status().as_u16())) });
+            batch.spawn(async move {
+                let response = request.await.expect("the server answers");
+                let status = response.status().as_u16();
+                (id, status, response.text().await.unwrap())
+            });
         }
-        for (id, status) in batch.join_all().await {
-            let status = status.expect("the server answers");
+        for (id, status, answer) in batch.join_all().await {
             *statuses.entry(status).or_default() += 1;
             let names = (0..10).map(|k| format!("{id}-{k}"));
             if status == 200 {
@@ -109,6 +118,12 @@ async fn load_until_refused(
                 refused_in_a_row = 0;
             } else {
                 assert_eq!(status, 503, "a full disk is a 503, nothing else");
+                // A stable code and message: the queue's error (its files' paths, the OS's
+                // "No space left on device (os error 28)") goes to the log, not to clients.
+                assert!(
+                    STABLE_503.contains(&answer.as_str()),
+                    "503 body {answer:?} is not one of {STABLE_503:?}"
+                );
                 refused.extend(names);
                 refused_in_a_row += 1;
             }
