@@ -302,10 +302,31 @@ pub fn encode(
     {
         return Err(invalid("writeKey", "must be a string"));
     }
-    let batch_sent_at = top.get("sentAt").copied();
-    let batch_context = top.get("context").and_then(|c| object(c));
+    // A batch's own `sentAt` and `context` apply to each of its messages. A single message's
+    // top level is the message itself: its fields are read once, below, not twice.
+    let (batch_sent_at, batch_context) = match prefix {
+        true => (
+            top.get("sentAt").copied(),
+            top.get("context").and_then(|c| object(c)),
+        ),
+        false => (None, None),
+    };
     let received_at = OffsetDateTime::from(received.at);
     let mut errors = Vec::new();
+    // Checked once for the whole batch, under its own path.
+    let batch_sent = match batch_sent_at.filter(|v| v.get() != "null") {
+        None => None,
+        Some(v) => match parse_time(v) {
+            Some(t) => Some((v, t)),
+            None => {
+                errors.push(FieldError {
+                    path: "sentAt".to_owned(),
+                    reason: TIME_REASON.to_owned(),
+                });
+                None
+            }
+        },
+    };
     let mut lines = Vec::with_capacity(messages.len());
     for (i, (raw, kind)) in messages.into_iter().enumerate() {
         let path = |field: &str| match (prefix, field) {
@@ -421,16 +442,9 @@ pub fn encode(
                 Some(t) => {
                     times.insert(field, (v, t));
                 }
-                None => fail(field, "must be an ISO-8601 date-time string"),
+                None => fail(field, TIME_REASON),
             }
         }
-        let batch_sent = batch_sent_at.filter(|v| v.get() != "null").and_then(|v| {
-            let t = parse_time(v);
-            if t.is_none() {
-                fail("sentAt", "must be an ISO-8601 date-time string");
-            }
-            t.map(|t| (v, t))
-        });
         if errors.len() > before {
             continue;
         }
@@ -480,6 +494,9 @@ pub fn encode(
         Err(SegmentError::Invalid(errors))
     }
 }
+
+/// Why a time field was refused.
+const TIME_REASON: &str = "must be an ISO-8601 date-time string";
 
 fn parse_time(raw: &RawValue) -> Option<OffsetDateTime> {
     let text: String = serde_json::from_str(raw.get()).ok()?;

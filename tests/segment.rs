@@ -119,6 +119,20 @@ async fn each_rule_is_a_400_naming_the_field_and_a_bad_message_refuses_its_whole
             json!({"batch": [track("ok-1"), {"type": "track", "anonymousId": "a"}, track("ok-2")]}),
             "batch[1].event",
         ),
+        // A single message's `sentAt` was once read as the message's and again as a batch's,
+        // and listed twice.
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "e", "sentAt": "yesterday"}),
+            "sentAt",
+        ),
+        // A batch's own `sentAt` is one field, named once under its own path (not once per
+        // message, under the message's).
+        (
+            "/v1/batch",
+            json!({"sentAt": "yesterday", "batch": [track("b-1"), track("b-2")]}),
+            "sentAt",
+        ),
     ];
     for (path, body, field) in &cases {
         let (status, answer) = post(&server, path, body, k).await;
@@ -130,6 +144,11 @@ async fn each_rule_is_a_400_naming_the_field_and_a_bad_message_refuses_its_whole
             .map(|d| d["path"].as_str().unwrap())
             .collect();
         assert!(paths.contains(field), "{path} {body}: {answer}");
+        let unique: HashSet<&str> = paths.iter().copied().collect();
+        assert_eq!(unique.len(), paths.len(), "an error listed twice: {answer}");
+        if *path == "/v1/batch" && *field == "sentAt" {
+            assert_eq!(paths, ["sentAt"], "{answer}");
+        }
     }
     // Size limits, as Segment answers them: 400.
     let big = "x".repeat(33 * 1024);
