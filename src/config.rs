@@ -269,9 +269,10 @@ pub struct ServerConfig {
     /// Most events in one `/track` request; more get 413. Also bounds how much one request
     /// can grow when encoded (each record adds ~110 bytes of id, time and keys).
     pub max_events_per_request: usize,
-    /// Longest `userId`, `newUserId`, `originalUserId` and `eventName`, in bytes as sent
-    /// (escapes included); longer gets 400.
-    pub max_string_bytes: usize,
+    /// Longest `userId`, `newUserId`, `originalUserId` and `eventName`, in characters
+    /// (Unicode code points once decoded, as `openapi.yaml`'s `maxLength` counts them); longer
+    /// gets 400.
+    pub max_string_chars: usize,
     /// Longest wait for a request's headers, in ms, after which the connection is closed
     /// (slowloris). hyper starts this timer whenever a connection waits for its next request,
     /// so it is also the idle timeout of keep-alive connections.
@@ -298,7 +299,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             max_body_bytes: 1 << 20,
             max_events_per_request: 2_000,
-            max_string_bytes: 1_024,
+            max_string_chars: 1_024,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             max_connections: 10_000,
@@ -635,6 +636,32 @@ impl FlusherConfig {
     }
 }
 
+/// Keys that were renamed when their meaning changed: refused with the new name, so an old
+/// configuration fails at start saying what to write instead (rather than a bare "unknown
+/// field").
+const RENAMED: [(&str, &str, &str, &str); 1] = [(
+    "server",
+    "max_string_bytes",
+    "server.max_string_chars",
+    "it counts characters now, as openapi.yaml's maxLength does, not bytes as sent",
+)];
+
+fn refuse_renamed(table: &toml::Table) -> Result<(), ConfigError> {
+    for (section, old, new, why) in RENAMED {
+        let present = table
+            .get(section)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(old));
+        if present {
+            return Err(ConfigError::invalid(
+                &format!("{section}.{old}"),
+                format!("renamed to {new} ({why})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads `path` (or the defaults when `None`), applies overrides from `env` (pairs of
     /// variable name and value; only `FIREHOSE_EDGE__*` are looked at) and validates.
@@ -668,6 +695,7 @@ impl Config {
                     message: e.to_string().trim_end().replace('\n', " "),
                 })?;
         apply_env(&mut table, env)?;
+        refuse_renamed(&table)?;
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
@@ -751,8 +779,8 @@ impl Config {
                 self.server.max_events_per_request as u64,
             ),
             (
-                "server.max_string_bytes",
-                self.server.max_string_bytes as u64,
+                "server.max_string_chars",
+                self.server.max_string_chars as u64,
             ),
             (
                 "server.header_read_timeout_ms",
@@ -1127,6 +1155,29 @@ mod tests {
                 "{text:?}: expected key {key}, got {got}"
             );
         }
+    }
+
+    #[test]
+    fn a_renamed_key_is_refused_naming_its_new_name() {
+        let env = [(
+            "FIREHOSE_EDGE__SERVER__MAX_STRING_BYTES".to_owned(),
+            "64".to_owned(),
+        )];
+        for (text, env) in [("[server]\nmax_string_bytes = 64", &[][..]), ("", &env[..])] {
+            let e = Config::from_toml(text, "t", env.to_vec()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("server.max_string_bytes: renamed to server.max_string_chars"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            parse("[server]\nmax_string_chars = 64")
+                .unwrap()
+                .server
+                .max_string_chars,
+            64
+        );
     }
 
     #[test]

@@ -99,15 +99,16 @@ pub const MAX_FREE_FORM_DEPTH: usize = 64;
 pub struct Limits {
     /// Most events in one `/track` request.
     pub max_events: usize,
-    /// Longest id or event name, in bytes as sent (escapes included).
-    pub max_string_bytes: usize,
+    /// Longest id or event name, in characters (Unicode code points, as JSON Schema's
+    /// `maxLength` counts them) once decoded.
+    pub max_string_chars: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_events: 2_000,
-            max_string_bytes: 1_024,
+            max_string_chars: 1_024,
         }
     }
 }
@@ -150,7 +151,7 @@ pub fn encode_with_limits(
                 out.begin();
                 out.field("userId", Some(user_id));
                 out.field("eventName", event.get("eventName").copied());
-                out.field("timestampUTC", event.get("timestampUTC").copied());
+                out.integer_field("timestampUTC", event.get("timestampUTC").copied());
                 out.object_field("metadata", event.get("metadata").copied());
                 out.end(i)?;
             }
@@ -170,7 +171,7 @@ pub fn encode_with_limits(
             out.begin();
             out.field("newUserId", top.get("newUserId").copied());
             out.field("originalUserId", top.get("originalUserId").copied());
-            out.field("timestampUTC", top.get("timestampUTC").copied());
+            out.integer_field("timestampUTC", top.get("timestampUTC").copied());
             out.end(0)?;
         }
         Endpoint::Profile => {
@@ -183,7 +184,7 @@ pub fn encode_with_limits(
             }
             out.begin();
             out.field("userId", top.get("userId").copied());
-            out.field("timestampUTC", top.get("timestampUTC").copied());
+            out.integer_field("timestampUTC", top.get("timestampUTC").copied());
             out.object_field("attributes", top.get("attributes").copied());
             out.end(0)?;
         }
@@ -254,10 +255,9 @@ impl Validator {
         match obj.get(name) {
             None => self.fail(scope.field(name), "missing"),
             Some(raw) if raw.get().starts_with('"') => {
-                // The raw text includes the quotes.
-                if raw.get().len() - 2 > self.limits.max_string_bytes {
-                    let max = self.limits.max_string_bytes;
-                    self.fail(scope.field(name), format!("longer than {max} bytes"));
+                if decoded_chars(raw.get().as_bytes()) > self.limits.max_string_chars {
+                    let max = self.limits.max_string_chars;
+                    self.fail(scope.field(name), format!("longer than {max} characters"));
                     return None;
                 }
                 if let Err(reason) = check_raw(raw.get().as_bytes()) {
@@ -271,15 +271,14 @@ impl Validator {
         None
     }
 
-    /// Optional `timestampUTC`: a JSON integer that fits in 64 bits (a lake column of type
-    /// bigint), or null.
+    /// Optional `timestampUTC`: an integer that fits in 64 bits (a lake column of type
+    /// bigint), or null. See [`integer_value`] for how it may be written.
     fn timestamp(&mut self, obj: &Object<'_>, scope: Scope) {
         let Some(raw) = obj.get("timestampUTC") else {
             return;
         };
         let text = raw.get();
-        let integer = text.parse::<i64>().is_ok();
-        if !integer && text != "null" {
+        if integer_value(text).is_none() && text != "null" {
             self.fail(scope.field("timestampUTC"), "must be an integer");
         }
     }
@@ -337,6 +336,90 @@ impl Validator {
         }
         Ok((self.errors.len() == before).then_some(events))
     }
+}
+
+/// The value of `text` (a raw JSON value) if it is a number with no fractional part that fits
+/// in 64 bits, however it is written: `1732435200`, `1732435200.0`, `1.7324352e9`, `-0`.
+/// JSON has one number type, and JSON Schema's `integer` (what `openapi.yaml` declares) is any
+/// number whose fractional part is zero; a validator that went by the spelling would refuse
+/// what the document allows. Exact (decimal, not through `f64`), so no large value is rounded.
+pub(crate) fn integer_value(text: &str) -> Option<i64> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Some(n);
+    }
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e),
+        None => (unsigned, "0"),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let exponent_digits = exponent.trim_start_matches(['+', '-']);
+    if !digits_only(whole)
+        || !(fraction.is_empty() || digits_only(fraction))
+        || !digits_only(exponent_digits)
+    {
+        return None; // a string, a boolean, null, an object or an array
+    }
+    let digits = format!("{whole}{fraction}");
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return Some(0); // `0.0`, `-0e5`: zero however large the exponent
+    }
+    // value = significant × 10^scale
+    let trailing_zeros = digits.trim_start_matches('0').len() - significant.len();
+    // An exponent too long for i64 is far outside the range either way.
+    let exponent: i64 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
+        i64::MIN / 2
+    } else {
+        i64::MAX / 2
+    });
+    let scale = exponent
+        .saturating_sub(fraction.len() as i64)
+        .saturating_add(trailing_zeros as i64);
+    // A fractional part, or more digits than the 19 of i64::MAX.
+    if scale < 0 || significant.len() as i64 + scale > 19 {
+        return None;
+    }
+    let magnitude: i128 = format!("{significant}{}", "0".repeat(scale as usize))
+        .parse()
+        .ok()?;
+    i64::try_from(if negative { -magnitude } else { magnitude }).ok()
+}
+
+/// Characters (Unicode code points) of the JSON string literal `raw` (quotes included) once
+/// decoded, which is what JSON Schema's `maxLength` counts: an escape is one character, and
+/// an escaped surrogate pair one too.
+fn decoded_chars(raw: &[u8]) -> usize {
+    let inner = &raw[1..raw.len() - 1];
+    let unit = |at: usize| {
+        inner
+            .get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+    };
+    let (mut chars, mut i) = (0, 0);
+    while i < inner.len() {
+        i += match inner[i] {
+            b'\\' if inner.get(i + 1) == Some(&b'u') => {
+                let pair = (0xD800..0xDC00).contains(&unit(i + 2))
+                    && inner.get(i + 6..i + 8) == Some(b"\\u")
+                    && (0xDC00..0xE000).contains(&unit(i + 8));
+                if pair { 12 } else { 6 }
+            }
+            b'\\' => 2,
+            b if b < 0x80 => 1,
+            b if b < 0xE0 => 2,
+            b if b < 0xF0 => 3,
+            _ => 4,
+        };
+        chars += 1;
+    }
+    chars
 }
 
 /// Checks a raw JSON value (already known to be valid JSON) for what strict readers of the
@@ -451,6 +534,17 @@ impl Writer {
         self.key(name);
         self.buf
             .extend_from_slice(raw.map_or("null", RawValue::get).as_bytes());
+    }
+
+    /// An integer field (validated by [`integer_value`]) in plain integer form, however the
+    /// client wrote it (`1.7e9` is written `1700000000`), or `null`: the lake's column is a
+    /// bigint, which a reader would not parse from `1.7e9`.
+    fn integer_field(&mut self, name: &str, raw: Option<&RawValue>) {
+        self.key(name);
+        match raw.and_then(|r| integer_value(r.get())) {
+            Some(n) => self.buf.extend_from_slice(n.to_string().as_bytes()),
+            None => self.buf.extend_from_slice(b"null"),
+        }
     }
 
     /// A free-form object copied raw without line breaks, or `null` when absent. Inside a
@@ -606,7 +700,7 @@ mod tests {
             ),
             (
                 Track,
-                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1.0}]}"#,
+                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1.5}]}"#,
                 &[("events[0].timestampUTC", i)],
             ),
             (
@@ -616,7 +710,7 @@ mod tests {
             ),
             (
                 Track,
-                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1e3}]}"#,
+                r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1e-3}]}"#,
                 &[("events[0].timestampUTC", i)],
             ),
             (
@@ -767,7 +861,7 @@ mod tests {
     fn caps_on_events_and_string_lengths() {
         let limits = Limits {
             max_events: 3,
-            max_string_bytes: 5,
+            max_string_chars: 5,
         };
         let four = r#"{"userId":"u","events":[{"eventName":"a"},{"eventName":"a"},{"eventName":"a"},{"eventName":"a"}]}"#;
         assert_eq!(
@@ -781,7 +875,7 @@ mod tests {
                     e,
                     vec![FieldError {
                         path: "events[2].eventName".to_owned(),
-                        reason: "longer than 5 bytes".to_owned()
+                        reason: "longer than 5 characters".to_owned()
                     }]
                 )
             }
@@ -792,6 +886,65 @@ mod tests {
             encode_with_limits(Endpoint::Alias, alias.as_bytes(), now(), limits),
             Err(EncodeError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_integer_is_taken_however_it_is_written_and_stored_plainly() {
+        for (text, want) in [
+            ("1732435200", Some(1_732_435_200)),
+            ("-284.0", Some(-284)),
+            ("1.7324352e9", Some(1_732_435_200)),
+            ("17324352E+2", Some(1_732_435_200)),
+            ("1000e-3", Some(1)),
+            ("1500e-3", None),
+            ("-0", Some(0)),
+            ("-0.0e99999999999999999999", Some(0)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("9223372036854775807.000", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("9.223372036854776e18", None),
+            ("1e19", None),
+            ("1e99999999999999999999", None),
+            ("1.5", None),
+            ("15e-1", None),
+            ("1e-3", None),
+            ("\"1\"", None),
+            ("true", None),
+            ("null", None),
+            ("[1]", None),
+        ] {
+            assert_eq!(integer_value(text), want, "{text}");
+        }
+        let body = r#"{"userId":"u","events":[{"eventName":"a","timestampUTC":1.7324352e9},{"eventName":"b","timestampUTC":-0}]}"#;
+        let records = encode(Endpoint::Track, body.as_bytes(), now()).unwrap();
+        let text = String::from_utf8(records.ndjson).unwrap();
+        assert!(text.contains(r#""timestampUTC":1732435200,"#), "{text}");
+        assert!(text.contains(r#""timestampUTC":0,"#), "{text}");
+    }
+
+    #[test]
+    fn string_limits_count_characters_as_json_schema_does() {
+        for (literal, chars) in [
+            (r#""""#, 0),
+            (r#""abc""#, 3),
+            ("\"é日😀\"", 3),
+            (r#""\n\u00e9\ud83d\ude00""#, 3),
+            (r#""\ud83d\u0041""#, 2),
+        ] {
+            assert_eq!(decoded_chars(literal.as_bytes()), chars, "{literal}");
+        }
+        let limits = Limits {
+            max_events: 10,
+            max_string_chars: 3,
+        };
+        let body = |id: &str| format!(r#"{{"userId":"{id}","events":[{{"eventName":"a"}}]}}"#);
+        for ok in ["日本語", r"\u65e5\u672c\u8a9e", "😀😀😀"] {
+            let e = encode_with_limits(Endpoint::Track, body(ok).as_bytes(), now(), limits);
+            assert!(e.is_ok(), "{ok}: {e:?}");
+        }
+        let four = encode_with_limits(Endpoint::Track, body("abcd").as_bytes(), now(), limits);
+        assert!(matches!(four, Err(EncodeError::Invalid(_))), "{four:?}");
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Ingest {
             body_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
             limits: Limits {
                 max_events: config.server.max_events_per_request,
-                max_string_bytes: config.server.max_string_bytes,
+                max_string_chars: config.server.max_string_chars,
             },
             keys,
             cors: Cors::new(&config.cors),

@@ -267,7 +267,7 @@ async fn caps_on_events_strings_and_connections() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.server.max_events_per_request = 3;
-    config.server.max_string_bytes = 16;
+    config.server.max_string_chars = 16;
     config.server.max_connections = 2;
     let server = TestServer::start(config).await;
     let four = r#"{"userId":"u","events":[{"eventName":"a"},{"eventName":"b"},{"eventName":"c"},{"eventName":"d"}]}"#;
