@@ -172,7 +172,7 @@ pub fn model_errors(endpoint: Endpoint, body: &Value) -> Vec<String> {
     fn timestamp(errors: &mut Vec<String>, prefix: &str, obj: &Map<String, Value>) {
         if obj
             .get("timestampUTC")
-            .is_some_and(|v| !v.is_null() && !v.is_i64())
+            .is_some_and(|v| !v.is_null() && model_integer(v).is_none())
         {
             errors.push(join(prefix, "timestampUTC"));
         }
@@ -221,25 +221,28 @@ pub fn model_errors(endpoint: Endpoint, body: &Value) -> Vec<String> {
     errors
 }
 
-/// Whether a `timestampUTC` of `body` is `-0`, or `-0.0`: serde_json decodes both to the
-/// float -0.0, but only the first is a JSON integer, so the model cannot tell them apart.
-pub fn negative_zero_timestamp(body: &Value) -> bool {
-    let is = |obj: &Value| {
-        obj.get("timestampUTC")
-            .and_then(Value::as_f64)
-            .is_some_and(|f| f == 0.0 && f.is_sign_negative())
-    };
-    is(body)
-        || body
-            .get("events")
-            .and_then(Value::as_array)
-            .is_some_and(|events| events.iter().any(is))
+/// The value of a `timestampUTC` the schema takes: JSON Schema's `integer`, any number with
+/// no fractional part, within 64 bits (`5`, `5.0`, `-0.0`). A float at or beyond 2^63 is
+/// out: serde_json writes it in a form whose exact value is beyond i64 too.
+pub fn model_integer(v: &Value) -> Option<i64> {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| !v.is_u64() && f.fract() == 0.0 && f.abs() < TWO_63)
+            .map(|f| f as i64)
+    })
 }
 
 /// The records a body the model accepts must become, without `messageId` / `receivedAt`.
 pub fn model_records(endpoint: Endpoint, body: &Value) -> Vec<Map<String, Value>> {
     let top = body.as_object().expect("a valid body is an object");
     let field = |obj: &Map<String, Value>, name: &str| obj.get(name).cloned().unwrap_or_default();
+    // Written in plain integer form, however the body spelled it.
+    let integer = |obj: &Map<String, Value>| {
+        obj.get("timestampUTC")
+            .and_then(model_integer)
+            .map_or(Value::Null, Value::from)
+    };
     let record = |pairs: Vec<(&str, Value)>| -> Map<String, Value> {
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     };
@@ -253,7 +256,7 @@ pub fn model_records(endpoint: Endpoint, body: &Value) -> Vec<Map<String, Value>
                 record(vec![
                     ("userId", field(top, "userId")),
                     ("eventName", field(e, "eventName")),
-                    ("timestampUTC", field(e, "timestampUTC")),
+                    ("timestampUTC", integer(e)),
                     ("metadata", field(e, "metadata")),
                 ])
             })
@@ -261,11 +264,11 @@ pub fn model_records(endpoint: Endpoint, body: &Value) -> Vec<Map<String, Value>
         Endpoint::Alias => vec![record(vec![
             ("newUserId", field(top, "newUserId")),
             ("originalUserId", field(top, "originalUserId")),
-            ("timestampUTC", field(top, "timestampUTC")),
+            ("timestampUTC", integer(top)),
         ])],
         Endpoint::Profile => vec![record(vec![
             ("userId", field(top, "userId")),
-            ("timestampUTC", field(top, "timestampUTC")),
+            ("timestampUTC", integer(top)),
             ("attributes", field(top, "attributes")),
         ])],
     }
