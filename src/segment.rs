@@ -11,11 +11,13 @@
 //! message refuses the whole request (400), so nothing is half stored.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
+use regex::Regex;
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
-use time::format_description::well_known::{Iso8601, Rfc3339};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 use crate::config::SegmentConfig;
 use crate::event::{FieldError, check_raw};
@@ -302,6 +304,14 @@ pub fn encode(
     {
         return Err(invalid("writeKey", "must be a string"));
     }
+    // A batch's `context` goes into every record, so it is held to a message's rules.
+    if let Some(v) = top.get("context").filter(|_| prefix) {
+        if !v.get().starts_with('{') && v.get() != "null" {
+            return Err(invalid("context", "must be an object"));
+        } else if let Err(reason) = check_raw(v.get().as_bytes()) {
+            return Err(invalid("context", &reason));
+        }
+    }
     // A batch's own `sentAt` and `context` apply to each of its messages. A single message's
     // top level is the message itself: its fields are read once, below, not twice.
     let (batch_sent_at, batch_context) = match prefix {
@@ -454,22 +464,18 @@ pub fn encode(
             .or(times.get("originalTimestamp"))
             .copied();
         let sent = times.get("sentAt").copied().or(batch_sent);
-        // Checked: client clocks can be anywhere in the years -9999..9999, and the correction
-        // of two such times may leave that range (found by schemathesis; it panicked).
+        // The device's time corrected for its clock's skew. Client clocks can be anywhere in
+        // the years 0000–9999, and the correction of two such times may leave that range (it
+        // once panicked, found by schemathesis) or land where RFC 3339 cannot write it in UTC.
+        // A time that cannot be written is not a reason to refuse the message (the document
+        // allows every such pair): the record then takes the server's `receivedAt`, and keeps
+        // the device's `originalTimestamp` and `sentAt` as sent.
         let corrected = match (original, sent) {
-            (Some((_, o)), Some((_, s))) => match received_at.checked_sub(s - o) {
-                Some(t) => t,
-                None => {
-                    errors.push(FieldError {
-                        path: path("sentAt"),
-                        reason: "too far from timestamp to correct the clock skew".to_owned(),
-                    });
-                    continue;
-                }
-            },
-            (Some((_, o)), None) => o,
-            (None, _) => received_at,
-        };
+            (Some((_, o)), Some((_, s))) => received_at.checked_sub(s - o).and_then(writable_utc),
+            (Some((_, o)), None) => writable_utc(o),
+            (None, _) => None,
+        }
+        .unwrap_or(received_at);
         let line = write_record(
             kind,
             &msg,
@@ -496,17 +502,48 @@ pub fn encode(
 }
 
 /// Why a time field was refused.
-const TIME_REASON: &str = "must be an ISO-8601 date-time string";
+const TIME_REASON: &str = "must be an RFC 3339 date-time such as 2026-11-24T10:00:00.000Z";
 
+/// The date-times `/v1` accepts: the whole language, which `openapi.yaml` states as the
+/// `Time` schema's `pattern` (a test keeps the two identical, and checks that `time` parses
+/// every string of it). It is RFC 3339's `date-time` (section 5.6): a date that exists (month
+/// lengths and leap years are in the pattern, so a tool generating strings from it makes only
+/// real dates), `T` or `t`, hours 00–23, no leap second (`:60`), any number of fraction
+/// digits, then `Z`, `z` or an offset `±hh:mm`. What ISO 8601 adds beyond RFC 3339 (week and
+/// ordinal dates, the basic format, `+hhmm` offsets, reduced precision) is refused: no
+/// document could say which of it a parser takes, and the SDKs send RFC 3339
+/// (`toISOString()`, Python's `isoformat()` of an aware time).
+pub const DATE_TIME_PATTERN: &str = concat!(
+    "^(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])",
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))",
+    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)",
+    "[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?",
+    "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$",
+);
+
+/// A time field's value, if it is a string of [`DATE_TIME_PATTERN`].
 fn parse_time(raw: &RawValue) -> Option<OffsetDateTime> {
+    static GRAMMAR: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(DATE_TIME_PATTERN).expect("the date-time pattern compiles"));
     let text: String = serde_json::from_str(raw.get()).ok()?;
-    OffsetDateTime::parse(&text, &Rfc3339)
-        .or_else(|_| OffsetDateTime::parse(&text, &Iso8601::DEFAULT))
-        .ok()
+    if !GRAMMAR.is_match(&text) {
+        return None;
+    }
+    // Every string of the pattern is one `time` parses (a property test checks it).
+    OffsetDateTime::parse(&text, &Rfc3339).ok()
 }
 
+/// `t` in UTC, if RFC 3339 can write it there (years 0000–9999): an offset can carry a time
+/// near either end of that range past it.
+fn writable_utc(t: OffsetDateTime) -> Option<OffsetDateTime> {
+    t.checked_to_offset(UtcOffset::UTC)
+        .filter(|t| (0..=9999).contains(&t.year()))
+}
+
+/// `t` as the record writes it: UTC with milliseconds. `t` is in UTC already (see
+/// [`writable_utc`]).
 fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t.to_offset(UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
@@ -600,4 +637,125 @@ fn join_object<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
         })
         .collect();
     format!("{{{}}}", parts.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn time(text: &str) -> Option<OffsetDateTime> {
+        let raw = serde_json::to_string(text).unwrap();
+        parse_time(&RawValue::from_string(raw).unwrap())
+    }
+
+    #[test]
+    fn the_document_states_the_date_time_pattern_the_server_uses() {
+        let document = include_str!("../openapi.yaml");
+        assert!(
+            document.contains(&format!("pattern: '{DATE_TIME_PATTERN}'")),
+            "openapi.yaml's Time schema must carry DATE_TIME_PATTERN, byte for byte"
+        );
+    }
+
+    #[test]
+    fn rfc_3339_date_times_are_taken_and_nothing_else() {
+        for ok in [
+            "2026-11-24T10:00:00Z",
+            "2026-11-24T10:00:00.000Z",
+            "2026-11-24t10:00:00.123456789123z",
+            "2024-02-29T00:00:00+05:30",
+            "2000-02-29T23:59:59-00:00",
+            "0000-02-29T00:00:00Z",
+            "0001-01-01T00:00:00+23:59",
+            "9999-12-31T23:59:59-23:59",
+        ] {
+            assert!(time(ok).is_some(), "{ok} refused");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2026-02-29T10:00:00Z",
+            "1900-02-29T10:00:00Z",
+            "2026-04-31T10:00:00Z",
+            "2026-11-24 10:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2026-11-24T24:00:00Z",
+            "2026-11-24T10:00:00",
+            "2026-11-24T10:00:00+0000",
+            "2026-11-24T10:00:00+24:00",
+            "2026-11-24T10:00Z",
+            "2026-11-24T10:00:00.Z",
+            "2026-11-24T10:00:00,5Z",
+            "20261124T100000Z",
+            "2026-W48-2T10:00:00Z",
+            "2026-328T10:00:00Z",
+            "+002026-11-24T10:00:00Z",
+            "2026-11-24T10:00:00Z\n",
+            " 2026-11-24T10:00:00Z",
+        ] {
+            assert!(time(bad).is_none(), "{bad:?} taken");
+        }
+    }
+
+    proptest! {
+        /// What a fuzzer generates from the document's pattern, the server takes.
+        #[test]
+        fn every_string_of_the_pattern_parses(
+            text in proptest::string::string_regex(
+                DATE_TIME_PATTERN.trim_start_matches('^').trim_end_matches('$')
+            ).unwrap()
+        ) {
+            prop_assert!(time(&text).is_some(), "{} refused", text);
+        }
+    }
+
+    /// The record's `timestamp` and `receivedAt` for a message with these times, received at
+    /// 2026-11-24T12:00:00Z.
+    fn corrected(timestamp: &str, sent_at: Option<&str>) -> (String, String) {
+        let received = Received {
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_521_600),
+            ip: None,
+            source: "default",
+        };
+        let mut message = serde_json::json!({"userId": "u", "event": "e", "timestamp": timestamp});
+        if let Some(sent) = sent_at {
+            message["sentAt"] = sent.into();
+        }
+        let lines = encode(
+            V1::Single(Kind::Track),
+            message.to_string().as_bytes(),
+            &received,
+            &SegmentConfig::default(),
+        )
+        .unwrap();
+        let record: Value = serde_json::from_slice(&lines[0].line).unwrap();
+        (
+            record["timestamp"].as_str().unwrap().to_owned(),
+            record["receivedAt"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    #[test]
+    fn a_skew_that_cannot_be_written_keeps_the_servers_time() {
+        let (t, received) = corrected("2026-11-24T09:00:00Z", Some("2026-11-24T10:00:00Z"));
+        assert_eq!(
+            (t.as_str(), received.as_str()),
+            ("2026-11-24T11:00:00.000Z", "2026-11-24T12:00:00.000Z")
+        );
+        // Corrections past year 9999 or before 0000, and a device time an offset carries
+        // past 9999 in UTC: every such message is valid, and the record keeps a time RFC
+        // 3339 can write.
+        for (timestamp, sent) in [
+            ("9999-12-31T00:00:00Z", Some("0001-01-01T00:00:00Z")),
+            ("0001-01-01T00:00:00Z", Some("9999-12-31T00:00:00Z")),
+            ("9999-12-31T23:59:59-23:59", None),
+        ] {
+            let (t, received) = corrected(timestamp, sent);
+            assert_eq!(t, received, "{timestamp} {sent:?}");
+        }
+        let (t, _) = corrected("0000-01-01T00:30:00+00:30", None);
+        assert_eq!(t, "0000-01-01T00:00:00.000Z");
+    }
 }
