@@ -163,7 +163,9 @@ pub struct SegmentConfig {
     pub group: StreamList,
     /// Delivery stream(s) of `alias` messages.
     pub alias: StreamList,
-    /// Largest message, as sent (Segment: 32 KB); 400 above it.
+    /// Largest message, as sent (Segment: 32 KB); 400 above it. At most Firehose's record
+    /// limit (1,024,000 bytes), since each message becomes one record; a message whose record
+    /// (with the fields the server adds) would still exceed it is a 400 too.
     pub max_message_bytes: usize,
     /// Largest `/v1/batch` body (Segment: 500 KB); 400 above it.
     pub max_batch_bytes: usize,
@@ -814,6 +816,24 @@ impl Config {
                 format!("{bad:?} is not an origin (scheme://host[:port]) or \"*\""),
             ));
         }
+        // A message becomes one record: a limit above Firehose's would take messages that
+        // could only end as dead letters.
+        if !(1..=FIREHOSE_MAX_RECORD_BYTES).contains(&self.segment.max_message_bytes) {
+            return Err(ConfigError::invalid(
+                "segment.max_message_bytes",
+                format!(
+                    "{} is outside 1..={FIREHOSE_MAX_RECORD_BYTES} (Firehose's record limit: \
+                     each message is one record)",
+                    self.segment.max_message_bytes
+                ),
+            ));
+        }
+        if self.segment.max_batch_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "segment.max_batch_bytes",
+                "must be at least 1",
+            ));
+        }
         if self.queue.max_bytes == 0 {
             return Err(ConfigError::invalid(
                 "queue.max_bytes",
@@ -1143,6 +1163,15 @@ mod tests {
                 "cors.allowed_origins",
             ),
             ("[server]\nmax_connections = 0", "server.max_connections"),
+            (
+                "[segment]\nmax_message_bytes = 1024001",
+                "segment.max_message_bytes",
+            ),
+            (
+                "[segment]\nmax_message_bytes = 0",
+                "segment.max_message_bytes",
+            ),
+            ("[segment]\nmax_batch_bytes = 0", "segment.max_batch_bytes"),
             (
                 "[flusher.per_stream.link_users]\npack = false",
                 "flusher.per_stream.link_users.pack",

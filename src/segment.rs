@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::config::SegmentConfig;
+use crate::config::{FIREHOSE_MAX_RECORD_BYTES, SegmentConfig};
 use crate::event::{FieldError, check_raw};
 use crate::queue::BatchLine;
 
@@ -485,6 +485,16 @@ pub fn encode(
             sent.map(|(raw, _)| raw),
             corrected,
         );
+        // What the server adds (ids, times, the batch's context, nulls) can take a message
+        // under `max_message_bytes` past Firehose's record limit: refused now, not dead-lettered
+        // later.
+        if line.len() > FIREHOSE_MAX_RECORD_BYTES {
+            return Err(SegmentError::TooLarge(format!(
+                "{} encodes to a record of {} bytes, over Firehose's {FIREHOSE_MAX_RECORD_BYTES}-byte record limit",
+                path(""),
+                line.len()
+            )));
+        }
         let message_id = msg
             .get("messageId")
             .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
@@ -735,6 +745,43 @@ mod tests {
             record["timestamp"].as_str().unwrap().to_owned(),
             record["receivedAt"].as_str().unwrap().to_owned(),
         )
+    }
+
+    #[test]
+    fn a_message_whose_record_would_exceed_firehoses_limit_is_refused() {
+        let config = SegmentConfig {
+            max_message_bytes: FIREHOSE_MAX_RECORD_BYTES,
+            max_batch_bytes: 2 * FIREHOSE_MAX_RECORD_BYTES,
+            ..SegmentConfig::default()
+        };
+        let received = Received {
+            at: SystemTime::now(),
+            ip: Some("192.0.2.1".to_owned()),
+            source: "default",
+        };
+        let message = |pad: usize| {
+            serde_json::json!({"type": "track", "userId": "u", "event": "e", "properties": {"p": "x".repeat(pad)}})
+                .to_string()
+        };
+        // Under the message limit as sent, over the record limit once encoded.
+        let body = message(FIREHOSE_MAX_RECORD_BYTES - 200);
+        assert!(body.len() <= config.max_message_bytes);
+        let e = encode(V1::Single(Kind::Track), body.as_bytes(), &received, &config).unwrap_err();
+        assert!(
+            matches!(&e, SegmentError::TooLarge(why) if why.contains("Firehose's 1024000-byte record limit")),
+            "{e:?}"
+        );
+        let batch = format!(
+            r#"{{"batch":[{}]}}"#,
+            message(FIREHOSE_MAX_RECORD_BYTES - 300)
+        );
+        assert!(matches!(
+            encode(V1::Batch, batch.as_bytes(), &received, &config),
+            Err(SegmentError::TooLarge(why)) if why.starts_with("batch[0] encodes")
+        ));
+        let fits = message(FIREHOSE_MAX_RECORD_BYTES - 1000);
+        let lines = encode(V1::Single(Kind::Track), fits.as_bytes(), &received, &config).unwrap();
+        assert!(lines[0].line.len() <= FIREHOSE_MAX_RECORD_BYTES);
     }
 
     #[test]

@@ -27,6 +27,11 @@ fn bad_config_exits_64_naming_the_key() {
             "flusher.max_batch_records",
         ),
         ("[sink]\nkind = 3\n", "sink.kind"),
+        // Over Firehose's record limit: every such message would become a dead letter.
+        (
+            "[segment]\nmax_message_bytes = 2000000\n",
+            "segment.max_message_bytes",
+        ),
         ("[queue\n", "config.toml"),
     ];
     for (text, key) in cases {
