@@ -98,6 +98,12 @@ pub async fn run_with_sink(
         &config.all_delivery_streams(),
         &crate::ingest::route_labels(),
     );
+    // Serving only: `drain` and the offline tools take no requests, so no floor applies.
+    crate::queue::check_floor(
+        config.queue.min_free_bytes,
+        &config.queue.path,
+        &crate::queue::Statvfs,
+    )?;
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let grace = config.shutdown.grace();
 

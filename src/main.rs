@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use firehose_edge::config::{Config, LogFormat};
-use firehose_edge::queue::QueueError;
 use firehose_edge::queue::lock::DirLock;
+use firehose_edge::queue::{QueueError, Statvfs, check_floor};
 use firehose_edge::{Listeners, run};
 use tokio::net::TcpListener;
 
@@ -95,6 +95,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    // A free-space floor the queue's volume can never have free would answer 503 to every
+    // request: refused like any invalid key, in one line, before anything is bound (`run`
+    // checks it again for library callers).
+    if let Err(e) = check_floor(config.queue.min_free_bytes, &config.queue.path, &Statvfs) {
+        eprintln!("firehose-edge: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     // One process per queue directory: say so in one line, before anything is logged or
     // bound (the queue takes the lock for real when it opens).

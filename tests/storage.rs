@@ -281,3 +281,44 @@ async fn a_full_disk_answers_503_recovers_by_itself_and_delivers_each_event_at_m
     );
     server.stop().await;
 }
+
+/// The 40 MiB volume with the default 1 GiB floor: the service used to start, log one
+/// error and answer 503 forever. The real binary refuses it like any invalid key (exit 64,
+/// one line naming the key and the volume's size) and starts once the floor fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floor_larger_than_the_volume_is_refused_at_start() {
+    let vol = Tmpfs::mount(40);
+    let out = tokio::time::timeout(WAIT, common::binary::command(&vol.path, &[]).output())
+        .await
+        .expect("the binary exits in time")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("queue.min_free_bytes: 1073741824 bytes (1.0 GiB)")
+            && stderr.contains("(41943040 bytes, 40.0 MiB)"),
+        "{stderr}"
+    );
+    assert!(
+        !vol.path.join("queue").exists(),
+        "nothing was created on the volume"
+    );
+
+    let fits = [(
+        "FIREHOSE_EDGE__QUEUE__MIN_FREE_BYTES",
+        (4u64 << 20).to_string(),
+    )];
+    let (child, ingest) = common::binary::spawn(&vol.path, &fits).await;
+    let status = reqwest::Client::new()
+        .post(format!("http://{ingest}/track"))
+        .header("content-type", "application/json")
+        .body(body("fits", 1))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    common::binary::terminate(&child).await;
+    assert_eq!(common::binary::exit_code(child).await, Some(0));
+}

@@ -14,6 +14,9 @@ pub const RESUME_PERCENT: u64 = 90;
 pub trait FreeSpace: Send + Sync {
     /// Bytes an unprivileged writer may still use on the file system holding `path`.
     fn free_bytes(&self, path: &Path) -> std::io::Result<u64>;
+    /// The most [`FreeSpace::free_bytes`] could ever read on that file system: its size less
+    /// the blocks reserved for root.
+    fn usable_bytes(&self, path: &Path) -> std::io::Result<u64>;
 }
 
 /// `statvfs(2)`: the space available to unprivileged users (`f_bavail`), as sled sees it.
@@ -23,6 +26,58 @@ impl FreeSpace for Statvfs {
     fn free_bytes(&self, path: &Path) -> std::io::Result<u64> {
         let s = rustix::fs::statvfs(path)?;
         Ok(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
+    fn usable_bytes(&self, path: &Path) -> std::io::Result<u64> {
+        let s = rustix::fs::statvfs(path)?;
+        let reserved = s.f_bfree.saturating_sub(s.f_bavail);
+        Ok(s.f_blocks
+            .saturating_sub(reserved)
+            .saturating_mul(s.f_frsize))
+    }
+}
+
+/// Refuses a `queue.min_free_bytes` the queue's file system can never have free: the service
+/// would start, log one error and answer 503 to every request for as long as it runs. The
+/// file system is the one that holds `path`, or its nearest existing parent (the queue's
+/// directory is created at its first start). When none can be read, the queue's own open
+/// reports why.
+pub fn check_floor(
+    min_free: u64,
+    path: &Path,
+    fs: &dyn FreeSpace,
+) -> Result<(), crate::config::ConfigError> {
+    let usable = path.ancestors().find_map(|dir| {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs.usable_bytes(dir).ok().map(|n| (dir, n))
+    });
+    match usable {
+        Some((dir, size)) if min_free >= size => Err(crate::config::ConfigError::Invalid {
+            key: "queue.min_free_bytes".to_owned(),
+            message: format!(
+                "{min_free} bytes ({}) is not below the usable size of the queue's file system \
+                 at {} ({size} bytes, {}): below the floor every request is answered 503, so \
+                 the queue could never take one; set it to a fraction of the volume (e.g. {})",
+                human(min_free),
+                dir.display(),
+                human(size),
+                size / 10,
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `n` bytes in MiB or GiB, for a message.
+fn human(n: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    match n as f64 / MIB {
+        mib if mib >= 1024.0 => format!("{:.1} GiB", mib / 1024.0),
+        mib => format!("{mib:.1} MiB"),
     }
 }
 
@@ -167,6 +222,49 @@ mod tests {
         assert_eq!(a.observe_free(1100), Some(false));
         a.reserve(10).unwrap();
         assert_eq!(a.queued(), 20, "refusals took no budget");
+    }
+
+    /// A file system of a given usable size, with everything free.
+    struct Volume(u64);
+
+    impl FreeSpace for Volume {
+        fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
+            Ok(self.0)
+        }
+        fn usable_bytes(&self, _: &Path) -> std::io::Result<u64> {
+            Ok(self.0)
+        }
+    }
+
+    #[test]
+    fn a_floor_the_volume_can_never_have_free_is_refused_naming_the_key_and_size() {
+        let volume = Volume(40 << 20);
+        let path = Path::new("/var/lib/firehose-edge/queue");
+        let e = check_floor(1 << 30, path, &volume).unwrap_err().to_string();
+        assert!(
+            e.starts_with("queue.min_free_bytes: 1073741824 bytes (1.0 GiB) is not below")
+                && e.contains("(41943040 bytes, 40.0 MiB)")
+                && e.contains("at /var/lib/firehose-edge/queue "),
+            "{e}"
+        );
+        assert!(check_floor(40 << 20, path, &volume).is_err(), "equal");
+        check_floor((40 << 20) - 1, path, &volume).unwrap();
+        check_floor(0, path, &volume).unwrap();
+    }
+
+    #[test]
+    fn the_floor_is_checked_on_the_nearest_directory_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_yet = dir.path().join("a/b/queue");
+        let size = Statvfs.usable_bytes(dir.path()).unwrap();
+        let e = check_floor(size, &not_yet, &Statvfs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("at {} ", dir.path().display())), "{e}");
+        check_floor(size - 1, &not_yet, &Statvfs).unwrap();
+        // A relative path whose parents do not exist: the working directory's file system.
+        check_floor(0, Path::new("no/such/queue"), &Statvfs).unwrap();
+        assert!(check_floor(u64::MAX, Path::new("no/such/queue"), &Statvfs).is_err());
     }
 
     #[test]

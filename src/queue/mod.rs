@@ -52,7 +52,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
 
-pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs};
+pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs, check_floor};
 #[cfg(test)]
 pub(crate) use commit::panic_next_round;
 pub use dedup::{BatchAppended, BatchLine};

@@ -312,6 +312,9 @@ impl FreeSpace for FakeFree {
     fn free_bytes(&self, _: &Path) -> std::io::Result<u64> {
         Ok(self.0.load(Ordering::Acquire))
     }
+    fn usable_bytes(&self, _: &Path) -> std::io::Result<u64> {
+        Ok(u64::MAX)
+    }
 }
 
 fn with_floor(dir: &Path, floor: u64, free: u64) -> (Queue, Arc<AtomicU64>) {
