@@ -285,7 +285,7 @@ impl Ingest {
             }
             Err(e) => {
                 let (status, reason) = e.status_and_reason();
-                metrics::events_rejected(label, reason, 1);
+                metrics::request_rejected(label, reason);
                 // The queue's own error is for the log only (see `queue_error`).
                 let cause = match &e {
                     IngestError::Unavailable(cause) => Some(cause.to_string()),
@@ -408,13 +408,6 @@ impl Ingest {
             SegmentError::Invalid(details) => IngestError::Invalid(details),
             SegmentError::TooLarge(why) => IngestError::SegmentTooLarge(why),
         })?;
-        let mut per_stream: Vec<(String, u64)> = Vec::new();
-        for l in &lines {
-            match per_stream.iter_mut().find(|(s, _)| *s == l.stream) {
-                Some((_, n)) => *n += 1,
-                None => per_stream.push((l.stream.clone(), 1)),
-            }
-        }
         let appended = self
             .queue
             .append_batch(&source, lines)
@@ -423,10 +416,10 @@ impl Ingest {
         if appended.duplicates > 0 {
             metrics::events_duplicate(&source, u64::from(appended.duplicates));
         }
-        if appended.duplicates == 0 {
-            for (stream, n) in per_stream {
-                metrics::events_accepted(&stream, n);
-            }
+        // What was stored, stream by stream: a batch with duplicates among its messages
+        // stored the others, and they count.
+        for (stream, n) in &appended.per_stream {
+            metrics::events_accepted(stream, u64::from(*n));
         }
         Ok(Accepted::Segment)
     }

@@ -11,10 +11,14 @@ use metrics::{counter, gauge, histogram};
 pub const REQUESTS: &str = "firehose_edge_requests_total";
 /// Time to answer, durability wait included.
 pub const REQUEST_DURATION: &str = "firehose_edge_request_duration_seconds";
-/// Records made durable.
+/// Records made durable, by queue stream: what was stored (a `/v1` message skipped as a
+/// duplicate is not stored again, and is counted in [`EVENTS_DUPLICATE`] instead).
 pub const EVENTS_ACCEPTED: &str = "firehose_edge_events_accepted_total";
-/// Records (or, when a body cannot be parsed, requests) refused, by reason.
-pub const EVENTS_REJECTED: &str = "firehose_edge_events_rejected_total";
+/// Requests refused, by endpoint and reason. Requests, not events: most refusals (401, 413,
+/// 415, a body that is not JSON) come before there are events to count, and a counter whose
+/// unit changed with the reason could not be summed. (It was `events_rejected_total`, which
+/// counted requests all the same.)
+pub const REQUESTS_REJECTED: &str = "firehose_edge_requests_rejected_total";
 /// Records waiting in the queue.
 pub const QUEUE_DEPTH: &str = "firehose_edge_queue_depth_events";
 /// Size of the queue's files on disk.
@@ -68,7 +72,7 @@ pub const COMPONENTS: &[&str] = &[
     "admin_server",
 ];
 
-/// Every `reason` label of [`EVENTS_REJECTED`].
+/// Every `reason` label of [`REQUESTS_REJECTED`].
 pub const REJECT_REASONS: &[&str] = &[
     "not_found",
     "method",
@@ -117,9 +121,9 @@ pub fn events_accepted(stream: &str, n: u64) {
     counter!(EVENTS_ACCEPTED, "stream" => stream.to_owned()).increment(n);
 }
 
-/// `n` records refused at ingest for `reason` (one of [`REJECT_REASONS`]).
-pub fn events_rejected(endpoint: &'static str, reason: &'static str, n: u64) {
-    counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(n);
+/// One request to `endpoint` refused for `reason` (one of [`REJECT_REASONS`]).
+pub fn request_rejected(endpoint: &'static str, reason: &'static str) {
+    counter!(REQUESTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(1);
 }
 
 /// The latency of one sink call of `stream`.
@@ -191,7 +195,7 @@ pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
     }
     for &endpoint in endpoints {
         for &reason in REJECT_REASONS {
-            counter!(EVENTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(0);
+            counter!(REQUESTS_REJECTED, "endpoint" => endpoint, "reason" => reason).increment(0);
         }
     }
 }

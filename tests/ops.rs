@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::fake_firehose::{Behavior, FakeFirehose};
 use common::{Observed, TestServer, WAIT, post, test_config, track_body};
+use firehose_edge::sink::FileSink as LakeSink;
 use firehose_edge::sink::{FileSink, RecordOutcome, Sink, SinkError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{Notify, Semaphore};
@@ -46,8 +47,9 @@ async fn metrics(server: &TestServer) -> String {
     body
 }
 
-/// All metric assertions live in this one test: the recorder is process-wide, so tests
-/// running in parallel would otherwise share counters. Stream names are its own.
+/// The classic API's metric assertions live in this one test: the recorder is process-wide,
+/// so tests running in parallel would otherwise share counters. Stream names are its own
+/// (and the `/v1` test below has its own streams and endpoint labels).
 #[tokio::test]
 async fn every_pinned_metric_appears_and_moves() {
     let fake = FakeFirehose::start().await;
@@ -74,7 +76,7 @@ async fn every_pinned_metric_appears_and_moves() {
             &[("stream", "m_track")][..],
         ),
         (
-            "firehose_edge_events_rejected_total",
+            "firehose_edge_requests_rejected_total",
             &[("endpoint", "profile"), ("reason", "queue_full")][..],
         ),
         ("firehose_edge_queue_storage_failed", &[][..]),
@@ -153,7 +155,7 @@ async fn every_pinned_metric_appears_and_moves() {
     assert!(
         sample(
             &m,
-            "firehose_edge_events_rejected_total",
+            "firehose_edge_requests_rejected_total",
             &[("endpoint", "track"), ("reason", "invalid")]
         )
         .unwrap()
@@ -330,6 +332,75 @@ async fn every_pinned_metric_appears_and_moves() {
             >= 2.0
     );
     assert!(sample(&m, "firehose_edge_queue_flushes_total", &[]).unwrap() >= 1.0);
+    server.stop().await;
+}
+
+/// `/v1` counts what it stores: a batch with a duplicate among its messages counts the
+/// others (it counted none of them), per stream; and a refused request counts once in
+/// `requests_rejected_total`, however many messages it carried. Nothing else in this binary
+/// posts to `/v1`, and the streams are this test's own.
+#[tokio::test]
+async fn accepted_counts_what_is_stored_and_rejected_counts_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.segment.track = "m_v1_track".into();
+    config.segment.identify = "m_v1_identify".into();
+    let sink = Observed::new(Arc::new(LakeSink::new(&config.sink.directory)));
+    let server = TestServer::start_observed(config, sink, Some(recorder())).await;
+    let message = |kind: &str, id: &str| {
+        let field = if kind == "track" {
+            r#","event":"e""#
+        } else {
+            ""
+        };
+        format!(r#"{{"type":"{kind}","userId":"u","messageId":"{id}"{field}}}"#)
+    };
+    let batch = |messages: &[String]| format!(r#"{{"batch":[{}]}}"#, messages.join(","));
+    let accepted = |m: &str, stream: &str| {
+        sample(
+            m,
+            "firehose_edge_events_accepted_total",
+            &[("stream", stream)],
+        )
+    };
+    let first = batch(&[
+        message("track", "v1-a"),
+        message("track", "v1-b"),
+        message("identify", "v1-c"),
+    ]);
+    assert_eq!(post(&server, "/v1/batch", &first).await, 200);
+    let m = metrics(&server).await;
+    assert_eq!(accepted(&m, "m_v1_track"), Some(2.0));
+    assert_eq!(accepted(&m, "m_v1_identify"), Some(1.0));
+    // A retry of one message beside a new one: the new one is stored and counted.
+    let second = batch(&[message("track", "v1-a"), message("track", "v1-d")]);
+    assert_eq!(post(&server, "/v1/batch", &second).await, 200);
+    let m = metrics(&server).await;
+    assert_eq!(accepted(&m, "m_v1_track"), Some(3.0));
+    assert_eq!(accepted(&m, "m_v1_identify"), Some(1.0));
+    // Only duplicates: nothing stored, nothing counted as accepted.
+    assert_eq!(post(&server, "/v1/batch", &second).await, 200);
+    let m = metrics(&server).await;
+    assert_eq!(accepted(&m, "m_v1_track"), Some(3.0));
+    server.sink.wait_for_events(4).await;
+
+    // Three invalid messages in one request: one refused request.
+    let rejected = |m: &str| {
+        sample(
+            m,
+            "firehose_edge_requests_rejected_total",
+            &[("endpoint", "v1_batch"), ("reason", "invalid")],
+        )
+    };
+    assert_eq!(rejected(&m), Some(0.0), "exists at 0 from the start");
+    let invalid = r#"{"batch":[{"type":"track"},{"type":"track"},{"type":"track"}]}"#;
+    assert_eq!(post(&server, "/v1/batch", invalid).await, 400);
+    let m = metrics(&server).await;
+    assert_eq!(rejected(&m), Some(1.0));
+    assert!(
+        !m.contains("firehose_edge_events_rejected_total"),
+        "the old name, which counted requests under a name that said events, is gone"
+    );
     server.stop().await;
 }
 

@@ -57,8 +57,32 @@ pub(super) struct Pending {
     pub done: Answer,
 }
 
-/// Where a pending append's outcome goes: the duplicates it skipped, or why it failed.
-pub(super) type Answer = oneshot::Sender<Result<u32, QueueError>>;
+/// Where a pending append's outcome goes: what it stored, or why it failed.
+pub(super) type Answer = oneshot::Sender<Result<Stored, QueueError>>;
+
+/// What one request stored: its lines per stream, and how many it skipped as already
+/// accepted (so the caller counts what is stored, not what was sent).
+#[derive(Debug, Default)]
+pub(super) struct Stored {
+    /// (stream, lines), for the streams it wrote to.
+    pub per_stream: Vec<(String, u32)>,
+    /// Lines skipped as duplicates.
+    pub duplicates: u32,
+}
+
+impl Pending {
+    /// What this request stored, once its group is durable.
+    fn stored(&self) -> Stored {
+        Stored {
+            per_stream: self
+                .parts
+                .iter()
+                .map(|(stream, _, count)| (stream.clone(), *count))
+                .collect(),
+            duplicates: self.duplicates,
+        }
+    }
+}
 
 /// The committer's name in failure reports and metrics.
 pub(super) const COMPONENT: &str = "committer";
@@ -237,7 +261,7 @@ impl Queue {
         &self,
         group: Vec<Pending>,
         synced_blobs: &mut HashSet<std::ffi::OsString>,
-    ) -> Vec<(Answer, Result<u32, QueueError>)> {
+    ) -> Vec<(Answer, Result<Stored, QueueError>)> {
         let inner = &self.inner;
         let store = match self.store() {
             Ok(store) => store,
@@ -361,9 +385,15 @@ impl Queue {
                         s.acked.fetch_add(u64::from(w.count), Ordering::AcqRel);
                         s.appended.notify_one();
                     }
-                    answers.extend(requests.into_iter().map(|p| (p.done, Ok(p.duplicates))));
+                    answers.extend(requests.into_iter().map(|p| {
+                        let stored = p.stored();
+                        (p.done, Ok(stored))
+                    }));
                 }
-                answers.extend(nothing_new.into_iter().map(|p| (p.done, Ok(p.duplicates))));
+                answers.extend(nothing_new.into_iter().map(|p| {
+                    let stored = p.stored();
+                    (p.done, Ok(stored))
+                }));
                 if let Err(e) = inner.dedup.prune(&store.dedup, super::now_ms()) {
                     tracing::warn!(error = %e, "cannot prune the dedup window");
                 }
@@ -449,7 +479,7 @@ impl Queue {
         &self,
         group: Vec<Pending>,
         e: &QueueError,
-    ) -> Vec<(Answer, Result<u32, QueueError>)> {
+    ) -> Vec<(Answer, Result<Stored, QueueError>)> {
         group
             .into_iter()
             .map(|p| {

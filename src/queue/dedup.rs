@@ -29,12 +29,15 @@ pub struct BatchLine {
 }
 
 /// What [`super::Queue::append_batch`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchAppended {
     /// Lines queued.
     pub stored: u32,
     /// Lines skipped: their `message_id` was accepted from this source within the window.
     pub duplicates: u32,
+    /// Lines queued by stream, in the order the streams first appear among them (a stream
+    /// with none queued is left out): what the accepted-events counter counts.
+    pub per_stream: Vec<(String, u32)>,
 }
 
 /// Ids accepted by one group commit.

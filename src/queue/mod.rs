@@ -325,16 +325,16 @@ impl Queue {
         source: &str,
         lines: Vec<BatchLine>,
     ) -> Result<BatchAppended, QueueError> {
-        let total = lines.len() as u32;
-        let duplicates = self
+        let stored = self
             .submit(Request::Batch {
                 source: source.to_owned(),
                 lines,
             })
             .await?;
         Ok(BatchAppended {
-            stored: total - duplicates,
-            duplicates,
+            stored: stored.per_stream.iter().map(|(_, n)| n).sum(),
+            duplicates: stored.duplicates,
+            per_stream: stored.per_stream,
         })
     }
 
@@ -343,8 +343,8 @@ impl Queue {
         self.submit(Request::Parts(parts)).await.map(drop)
     }
 
-    /// Hands a request to the committer and waits for its answer (the duplicates skipped).
-    async fn submit(&self, request: Request) -> Result<u32, QueueError> {
+    /// Hands a request to the committer and waits for its answer (what it stored).
+    async fn submit(&self, request: Request) -> Result<commit::Stored, QueueError> {
         let reserved = match &request {
             Request::Parts(parts) => {
                 for (stream, _, _) in parts {

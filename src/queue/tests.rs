@@ -574,7 +574,8 @@ async fn a_retried_batch_is_stored_once_also_after_a_crash() {
             first,
             BatchAppended {
                 stored: 3,
-                duplicates: 0
+                duplicates: 0,
+                per_stream: vec![("a".to_owned(), 2), ("b".to_owned(), 1)],
             }
         );
         let again = q
@@ -585,7 +586,8 @@ async fn a_retried_batch_is_stored_once_also_after_a_crash() {
             again,
             BatchAppended {
                 stored: 0,
-                duplicates: 3
+                duplicates: 3,
+                per_stream: vec![],
             }
         );
         let other_source = q.append_batch("app", batch(&["m1"])).await.unwrap();
@@ -598,7 +600,8 @@ async fn a_retried_batch_is_stored_once_also_after_a_crash() {
         mixed,
         BatchAppended {
             stored: 1,
-            duplicates: 1
+            duplicates: 1,
+            per_stream: vec![("b".to_owned(), 1)],
         }
     );
     let a = lines(&q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap());
@@ -620,7 +623,8 @@ async fn a_failed_batch_leaves_its_ids_free_for_the_retry() {
         retry,
         BatchAppended {
             stored: 2,
-            duplicates: 0
+            duplicates: 0,
+            per_stream: vec![("a".to_owned(), 1), ("b".to_owned(), 1)],
         }
     );
     assert_eq!(q.queued_events("a") + q.queued_events("b"), 2);
