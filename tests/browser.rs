@@ -74,15 +74,6 @@ fn python(sdk: BrowserSdk) -> std::path::PathBuf {
     python
 }
 
-/// The page's origin: a free loopback port, allowed by CORS.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the page of `sdk` against `api` (the proxy) and returns the driver's report.
 async fn browse(sdk: BrowserSdk, page_port: u16, api: &str) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -163,7 +154,8 @@ fn check_lake(lake: &Path, sdk: BrowserSdk) {
 
 /// The SDK in its transport: every call lands once, and the matrix row is what it sent.
 async fn delivers_once(sdk: BrowserSdk) {
-    let page_port = free_port();
+    // The page's origin: a free loopback port, allowed by CORS.
+    let page_port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(config(dir.path(), page_port)).await;
     let wire = Wire::start(&server.ingest).await;
@@ -183,7 +175,8 @@ async fn delivers_once(sdk: BrowserSdk) {
 /// The queue is full when the page calls: the browser is answered 503, the SDK retries,
 /// and once the queue drains every call lands, once.
 async fn retries_through_a_full_queue(sdk: BrowserSdk) {
-    let page_port = free_port();
+    // The page's origin: a free loopback port, allowed by CORS.
+    let page_port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), page_port);
     config.queue.max_bytes = 64 << 10;

@@ -26,15 +26,6 @@ const LAKE: &str = "/var/lib/firehose-edge/lake";
 /// in the start period before it is `unhealthy`.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
 
-/// A loopback port nothing listens on now (the service binds it moments later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The image, running with host networking: ingest and admin on loopback ports, the file
 /// sink writing to `lake`, the queue (as the Dockerfile sets it) on `volume`.
 struct Service {
@@ -46,7 +37,7 @@ struct Service {
 impl Service {
     async fn start(volume: &Volume, lake: &str, extra_env: &[(&str, &str)]) -> Service {
         docker::image().await;
-        let (ingest, admin) = (free_port(), free_port());
+        let (ingest, admin) = (common::free_port(), common::free_port());
         let mut env = vec![
             (
                 "FIREHOSE_EDGE__SERVER__LISTEN",

@@ -258,6 +258,15 @@ impl Drop for TestServer {
     }
 }
 
+/// A loopback port nothing listens on now (for a server that binds it moments later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// POSTs `body` to `path` and returns the status code.
 pub async fn post(server: &TestServer, path: &str, body: &str) -> u16 {
     reqwest::Client::new()
