@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::entry::{Entry, HEADER_LEN};
+use super::entry::{Entry, Part};
 use super::{Inner, Queue, QueueError};
 
 /// Largest entry the committer builds from several requests: big enough that a group of
@@ -32,8 +32,8 @@ pub(super) const MAX_GROUP_ENTRY_BYTES: usize = 64 << 10;
 
 /// What a request asks the committer to write.
 pub(super) enum Request {
-    /// (stream, lines, line count), one part per stream.
-    Parts(Vec<(String, Vec<u8>, u32)>),
+    /// Its lines, one part per stream.
+    Parts(Vec<Part>),
     /// Lines with idempotency keys, filtered against the dedup window by the committer.
     Batch {
         source: String,
@@ -46,7 +46,7 @@ pub(super) struct Pending {
     pub request: Request,
     /// What is written: (stream, lines, line count), one part per stream (filled by the
     /// committer).
-    pub parts: Vec<(String, Vec<u8>, u32)>,
+    pub parts: Vec<Part>,
     /// Lines skipped as already accepted.
     pub duplicates: u32,
     /// Ids this request adds to the dedup window (recorded with it, or forgotten).
@@ -77,7 +77,7 @@ impl Pending {
             per_stream: self
                 .parts
                 .iter()
-                .map(|(stream, _, count)| (stream.clone(), *count))
+                .map(|part| (part.stream.clone(), part.count))
                 .collect(),
             duplicates: self.duplicates,
         }
@@ -305,9 +305,9 @@ impl Queue {
         let mut failed: Vec<(Pending, QueueError)> = Vec::new();
         for (name, requests) in by_stream(single) {
             for chunk in chunks(requests) {
-                let count: u32 = chunk.iter().map(|p| p.parts[0].2).sum();
+                let count: u32 = chunk.iter().map(|p| p.parts[0].count).sum();
                 let enqueued = chunk.iter().map(|p| p.enqueued_ms).min().unwrap_or(0);
-                let parts: Vec<&[u8]> = chunk.iter().map(|p| p.parts[0].1.as_slice()).collect();
+                let parts: Vec<&[u8]> = chunk.iter().map(|p| p.parts[0].lines.as_slice()).collect();
                 let value = Entry::encode_parts(enqueued, count, &parts);
                 let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
                 let len = value.len() as u64;
@@ -434,16 +434,16 @@ impl Queue {
         let mut ws = Vec::new();
         let mut trees = Vec::new();
         let mut values = Vec::new();
-        for (stream, lines, count) in &p.parts {
+        for part in &p.parts {
             let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-            let value = Entry::encode(p.enqueued_ms, *count, lines);
+            let value = Entry::encode(p.enqueued_ms, part.count, &part.lines);
             ws.push(Written {
-                stream: stream.clone(),
+                stream: part.stream.clone(),
                 key,
                 len: value.len() as u64,
-                count: *count,
+                count: part.count,
             });
-            trees.push(store.trees(stream)?.q.clone());
+            trees.push(store.trees(&part.stream)?.q.clone());
             values.push((key, value));
         }
         trees
@@ -491,20 +491,17 @@ impl Queue {
 }
 
 /// Budget bytes a request with these parts takes.
-pub(super) fn reserved_bytes(parts: &[(String, Vec<u8>, u32)]) -> u64 {
-    parts
-        .iter()
-        .map(|(_, lines, _)| (HEADER_LEN + lines.len()) as u64)
-        .sum()
+pub(super) fn reserved_bytes(parts: &[Part]) -> u64 {
+    parts.iter().map(Part::budget_bytes).sum()
 }
 
 /// Splits single-stream requests by stream, keeping arrival order within each.
 fn by_stream(group: Vec<Pending>) -> Vec<(String, Vec<Pending>)> {
     let mut out: Vec<(String, Vec<Pending>)> = Vec::new();
     for p in group {
-        match out.iter_mut().find(|(name, _)| *name == p.parts[0].0) {
+        match out.iter_mut().find(|(name, _)| *name == p.parts[0].stream) {
             Some((_, list)) => list.push(p),
-            None => out.push((p.parts[0].0.clone(), vec![p])),
+            None => out.push((p.parts[0].stream.clone(), vec![p])),
         }
     }
     out
@@ -516,7 +513,7 @@ fn chunks(requests: Vec<Pending>) -> Vec<Vec<Pending>> {
     let mut out: Vec<Vec<Pending>> = Vec::new();
     let mut size = 0;
     for p in requests {
-        let len = p.parts[0].1.len();
+        let len = p.parts[0].lines.len();
         match out.last_mut() {
             Some(last) if size + len <= MAX_GROUP_ENTRY_BYTES => {
                 size += len;

@@ -61,7 +61,7 @@ pub(super) struct Dedup {
 }
 
 /// A request's lines grouped by stream: (stream, lines, count).
-pub(super) type Parts = Vec<(String, Vec<u8>, u32)>;
+pub(super) type Parts = Vec<super::entry::Part>;
 
 fn id_key(source: &str, id: &str) -> Box<str> {
     format!("{source}\u{0}{id}").into_boxed_str()
@@ -116,12 +116,16 @@ impl Dedup {
                 state.ids.insert(key.clone());
                 new_ids.push(key);
             }
-            match parts.iter_mut().find(|(s, _, _)| *s == line.stream) {
-                Some((_, lines, count)) => {
-                    lines.extend_from_slice(&line.line);
-                    *count += 1;
+            match parts.iter_mut().find(|p| p.stream == line.stream) {
+                Some(part) => {
+                    part.lines.extend_from_slice(&line.line);
+                    part.count += 1;
                 }
-                None => parts.push((line.stream, line.line, 1)),
+                None => parts.push(super::entry::Part {
+                    stream: line.stream,
+                    lines: line.line,
+                    count: 1,
+                }),
             }
         }
         (parts, duplicates, new_ids)
@@ -216,8 +220,16 @@ mod tests {
         assert_eq!(
             parts,
             [
-                ("a".to_owned(), b"1\n3\n".to_vec(), 2),
-                ("b".to_owned(), b"2\n".to_vec(), 1)
+                super::super::entry::Part {
+                    stream: "a".to_owned(),
+                    lines: b"1\n3\n".to_vec(),
+                    count: 2
+                },
+                super::super::entry::Part {
+                    stream: "b".to_owned(),
+                    lines: b"2\n".to_vec(),
+                    count: 1
+                },
             ]
         );
         tree.insert(1u64.to_be_bytes(), d.record(1, 100, ids))

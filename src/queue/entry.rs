@@ -14,6 +14,25 @@ const V1_HEADER_LEN: usize = 13;
 const V1: u8 = 1;
 const V2: u8 = 2;
 
+/// What one request asks to write to one stream: its NDJSON lines (each ending in `\n`) and
+/// how many there are. A request for several streams has one part per stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// The queue stream.
+    pub stream: String,
+    /// The lines, concatenated.
+    pub lines: Vec<u8>,
+    /// How many lines `lines` holds.
+    pub count: u32,
+}
+
+impl Part {
+    /// Budget bytes this part takes as an entry of its own (its lines and one header).
+    pub(super) fn budget_bytes(&self) -> u64 {
+        (HEADER_LEN + self.lines.len()) as u64
+    }
+}
+
 /// One queued request (or what is left of it): its key and its NDJSON lines.
 #[derive(Debug, Clone)]
 pub struct Entry {

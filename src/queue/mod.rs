@@ -56,7 +56,7 @@ pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs, check_floor};
 #[cfg(test)]
 pub(crate) use commit::panic_next_round;
 pub use dedup::{BatchAppended, BatchLine};
-pub use entry::Entry;
+pub use entry::{Entry, Part};
 pub use open::{StreamReport, VerifyReport};
 
 use crate::config::{Durability, QueueConfig};
@@ -312,8 +312,12 @@ impl Queue {
     /// durable as `queue.durability` defines. The lines go into one entry (with other
     /// requests' in fsync mode, never split), so either all are queued or, on error, none.
     pub async fn append(&self, stream: &str, lines: &[u8], count: u32) -> Result<(), QueueError> {
-        self.append_parts(vec![(stream.to_owned(), lines.to_vec(), count)])
-            .await
+        self.append_parts(vec![Part {
+            stream: stream.to_owned(),
+            lines: lines.to_vec(),
+            count,
+        }])
+        .await
     }
 
     /// Appends every line of one request (possibly for several streams) atomically — all
@@ -339,7 +343,7 @@ impl Queue {
     }
 
     /// Appends one request's lines for one or more streams: all durable, or none stored.
-    async fn append_parts(&self, parts: Vec<(String, Vec<u8>, u32)>) -> Result<(), QueueError> {
+    async fn append_parts(&self, parts: Vec<Part>) -> Result<(), QueueError> {
         self.submit(Request::Parts(parts)).await.map(drop)
     }
 
@@ -347,8 +351,8 @@ impl Queue {
     async fn submit(&self, request: Request) -> Result<commit::Stored, QueueError> {
         let reserved = match &request {
             Request::Parts(parts) => {
-                for (stream, _, _) in parts {
-                    self.state(stream)?;
+                for part in parts {
+                    self.state(&part.stream)?;
                 }
                 commit::reserved_bytes(parts)
             }

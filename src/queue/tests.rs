@@ -402,16 +402,15 @@ async fn a_request_for_several_streams_is_stored_whole() {
     let cfg = config(dir.path(), Durability::Fsync);
     {
         let q = Queue::open(&cfg, &streams()).unwrap();
-        let parts = vec![
-            ("a".to_owned(), b"a1\na2\n".to_vec(), 2),
-            ("b".to_owned(), b"b1\n".to_vec(), 1),
-        ];
+        let part = |stream: &str, lines: &[u8], count| Part {
+            stream: stream.to_owned(),
+            lines: lines.to_vec(),
+            count,
+        };
+        let parts = vec![part("a", b"a1\na2\n", 2), part("b", b"b1\n", 1)];
         q.append_parts(parts).await.unwrap();
         q.fail_syncs(true);
-        let parts = vec![
-            ("a".to_owned(), b"x\n".to_vec(), 1),
-            ("b".to_owned(), b"y\n".to_vec(), 1),
-        ];
+        let parts = vec![part("a", b"x\n", 1), part("b", b"y\n", 1)];
         assert!(q.append_parts(parts).await.is_err());
         q.crash();
     }
