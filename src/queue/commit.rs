@@ -254,21 +254,57 @@ struct Written {
     count: u32,
 }
 
+/// Values written by a round, each with the requests it holds (one value for a coalesced
+/// chunk of single-stream requests; one value per stream for a multi-stream request).
+type WrittenGroup = Vec<(Vec<Written>, Vec<Pending>)>;
+
 impl Queue {
     /// Writes a group of pending appends (the committer's half of [`Queue::append`]) and
-    /// returns the answers, for the caller to send once it no longer holds the queue.
+    /// returns the answers, for the caller to send once it no longer holds the queue. The
+    /// steps, as the README's durability section tells them: skip what the dedup window
+    /// holds; write each stream's share as values; count what was written; record the new
+    /// ids; make it all durable with one flush; then answer everyone — or, if anything of
+    /// it failed, take the values back and answer everyone with the error.
     fn commit_group(
         &self,
         group: Vec<Pending>,
         synced_blobs: &mut HashSet<std::ffi::OsString>,
     ) -> Vec<(Answer, Result<Stored, QueueError>)> {
-        let inner = &self.inner;
         let store = match self.store() {
             Ok(store) => store,
             Err(e) => return self.refuse_all(group, &e),
         };
-        let mut answers = Vec::new();
-        // Idempotent requests: skip what the window holds, in arrival order.
+        let (group, nothing_new) = self.skip_duplicates(group);
+        let (written, failed) = self.write_values(&store, group);
+        self.count_written(&written);
+        let (recorded, new_ids) = self.record_ids(&store, &written);
+        // A group is answered as one: if any of it failed, none of it is acknowledged.
+        let durable = match failed.first() {
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(()),
+        }
+        .and(recorded)
+        .and_then(|()| self.make_durable(&store, !written.is_empty(), synced_blobs));
+        let mut answers = match durable {
+            Ok(()) => self.acknowledge(&store, written, nothing_new),
+            Err(e) => self.roll_back(&store, written, nothing_new, &new_ids, &e),
+        };
+        if let Some((_, e)) = failed.first() {
+            self.storage_failed("append", e);
+        }
+        for (p, e) in failed {
+            self.inner.dedup.forget(&p.ids);
+            self.inner.admission.release(p.reserved);
+            answers.push((p.done, Err(e)));
+        }
+        answers
+    }
+
+    /// Step 1: turns each request into its parts, skipping the idempotent lines the dedup
+    /// window holds (in arrival order), and gives back the budget they had reserved.
+    /// Returns what is to be written, and the requests left with nothing new.
+    fn skip_duplicates(&self, group: Vec<Pending>) -> (Vec<Pending>, Vec<Pending>) {
+        let inner = &self.inner;
         let mut nothing_new = Vec::new();
         let mut group: Vec<Pending> = group
             .into_iter()
@@ -297,11 +333,21 @@ impl Queue {
             inner.admission.release(p.reserved - needed);
             p.reserved = needed;
         }
-        // Requests writing to one stream are coalesced; a request writing to several is
-        // written as one atomic sled batch of its own (see `write_multi`).
+        (group, nothing_new)
+    }
+
+    /// Step 2: writes the values. Requests writing to one stream are coalesced into values
+    /// of up to [`MAX_GROUP_ENTRY_BYTES`] (a request is never split); a request writing to
+    /// several is one atomic sled batch of its own (see `write_multi`). Returns what was
+    /// written and the requests whose write failed.
+    fn write_values(
+        &self,
+        store: &super::store::Store,
+        group: Vec<Pending>,
+    ) -> (WrittenGroup, Vec<(Pending, QueueError)>) {
         let (single, multi): (Vec<Pending>, Vec<Pending>) =
             group.into_iter().partition(|p| p.parts.len() == 1);
-        let mut written: Vec<(Vec<Written>, Vec<Pending>)> = Vec::new();
+        let mut written: WrittenGroup = Vec::new();
         let mut failed: Vec<(Pending, QueueError)> = Vec::new();
         for (name, requests) in by_stream(single) {
             for chunk in chunks(requests) {
@@ -309,7 +355,7 @@ impl Queue {
                 let enqueued = chunk.iter().map(|p| p.enqueued_ms).min().unwrap_or(0);
                 let parts: Vec<&[u8]> = chunk.iter().map(|p| p.parts[0].lines.as_slice()).collect();
                 let value = Entry::encode_parts(enqueued, count, &parts);
-                let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+                let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
                 let len = value.len() as u64;
                 let result = self
                     .fault()
@@ -330,93 +376,126 @@ impl Queue {
             }
         }
         for p in multi {
-            match self.write_multi(&store, &p) {
+            match self.write_multi(store, &p) {
                 Ok(ws) => written.push((ws, vec![p])),
                 Err(e) => failed.push((p, e)),
             }
         }
-        // Account what was written (one header per value instead of one per request).
-        for (ws, requests) in &written {
+        (written, failed)
+    }
+
+    /// Step 3: counts what was written against the budget (one header per value instead of
+    /// the one per request reserved) and in its stream's counters.
+    fn count_written(&self, written: &WrittenGroup) {
+        for (ws, requests) in written {
             let reserved: u64 = requests.iter().map(|p| p.reserved).sum();
             let used: u64 = ws.iter().map(|w| w.len).sum();
-            inner.admission.release(reserved - used);
+            self.inner.admission.release(reserved - used);
             for w in ws {
                 let s = self.state(&w.stream).expect("written streams exist");
                 s.bytes.fetch_add(w.len, Ordering::AcqRel);
                 s.events.fetch_add(u64::from(w.count), Ordering::AcqRel);
             }
         }
-        // The accepted ids go after the records, into the same flush (see `dedup`).
+    }
+
+    /// Step 4: records the ids the written requests add to the dedup window, after the
+    /// records and into the same flush (see `dedup`). Returns the outcome and the ids.
+    fn record_ids(
+        &self,
+        store: &super::store::Store,
+        written: &WrittenGroup,
+    ) -> (Result<(), QueueError>, Vec<Box<str>>) {
         let new_ids: Vec<Box<str>> = written
             .iter()
             .flat_map(|(_, requests)| requests.iter().flat_map(|p| p.ids.iter().cloned()))
             .collect();
-        let recorded = if new_ids.is_empty() {
-            Ok(())
-        } else {
-            let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
-            let value = inner.dedup.record(key, super::now_ms(), new_ids.clone());
-            self.fault()
-                .and_then(|()| Ok(store.dedup.insert(key.to_be_bytes(), value).map(drop)?))
-        };
-        // A group is answered as one: if any of it failed, none of it is acknowledged.
-        let written_ok = match failed.first() {
-            Some((_, e)) => Err(e.clone()),
-            None => Ok(()),
-        };
-        let flushed = written_ok.and(recorded).and_then(|()| {
-            match (inner.commit.flush, written.is_empty()) {
-                (true, false) => {
-                    inner.commit.flushes.fetch_add(1, Ordering::AcqRel);
-                    crate::metrics::queue_flush();
-                    self.sync_fault()
-                        .and_then(|()| store.sync(&inner.config.path))
-                        .and_then(|()| Ok(sync_new_blobs(&inner.config.path, synced_blobs)?))
-                }
-                // `interval`: sled's background flush persists it within flush_interval_ms.
-                _ => Ok(()),
-            }
-        });
-        match flushed {
-            Ok(()) => {
-                for (ws, requests) in written {
-                    for w in ws {
-                        let s = self.state(&w.stream).expect("written streams exist");
-                        s.acked.fetch_add(u64::from(w.count), Ordering::AcqRel);
-                        s.appended.notify_one();
-                    }
-                    answers.extend(requests.into_iter().map(|p| {
-                        let stored = p.stored();
-                        (p.done, Ok(stored))
-                    }));
-                }
-                answers.extend(nothing_new.into_iter().map(|p| {
-                    let stored = p.stored();
-                    (p.done, Ok(stored))
-                }));
-                if let Err(e) = inner.dedup.prune(&store.dedup, super::now_ms()) {
-                    tracing::warn!(error = %e, "cannot prune the dedup window");
-                }
-            }
-            Err(e) => {
-                self.storage_failed("group flush", &e);
-                inner.dedup.forget(&new_ids);
-                answers.extend(nothing_new.into_iter().map(|p| (p.done, Err(e.clone()))));
-                for (ws, requests) in written {
-                    for w in ws {
-                        self.take_back(&store, &w);
-                    }
-                    answers.extend(requests.into_iter().map(|p| (p.done, Err(e.clone()))));
-                }
-            }
+        if new_ids.is_empty() {
+            return (Ok(()), new_ids);
         }
-        if let Some((_, e)) = failed.first() {
-            self.storage_failed("append", e);
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let value = self
+            .inner
+            .dedup
+            .record(key, super::now_ms(), new_ids.clone());
+        let recorded = self
+            .fault()
+            .and_then(|()| Ok(store.dedup.insert(key.to_be_bytes(), value).map(drop)?));
+        (recorded, new_ids)
+    }
+
+    /// Step 5: in `fsync` mode, one `flush()` and `fdatasync` of sled's data file and of
+    /// any new blob file, for everything the round wrote. In `interval` mode sled's
+    /// background flush persists it within `flush_interval_ms`.
+    fn make_durable(
+        &self,
+        store: &super::store::Store,
+        wrote: bool,
+        synced_blobs: &mut HashSet<std::ffi::OsString>,
+    ) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        if !(inner.commit.flush && wrote) {
+            return Ok(());
         }
-        for (p, e) in failed {
-            inner.dedup.forget(&p.ids);
-            inner.admission.release(p.reserved);
-            answers.push((p.done, Err(e)));
+        inner.commit.flushes.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::queue_flush();
+        self.sync_fault()
+            .and_then(|()| store.sync(&inner.config.path))
+            .and_then(|()| Ok(sync_new_blobs(&inner.config.path, synced_blobs)?))
+    }
+
+    /// Step 6, when the round is durable: counts the records as acknowledged, wakes the
+    /// flushers, and answers every request "stored".
+    fn acknowledge(
+        &self,
+        store: &super::store::Store,
+        written: WrittenGroup,
+        nothing_new: Vec<Pending>,
+    ) -> Vec<(Answer, Result<Stored, QueueError>)> {
+        let mut answers = Vec::new();
+        for (ws, requests) in written {
+            for w in ws {
+                let s = self.state(&w.stream).expect("written streams exist");
+                s.acked.fetch_add(u64::from(w.count), Ordering::AcqRel);
+                s.appended.notify_one();
+            }
+            answers.extend(requests.into_iter().map(|p| {
+                let stored = p.stored();
+                (p.done, Ok(stored))
+            }));
+        }
+        answers.extend(nothing_new.into_iter().map(|p| {
+            let stored = p.stored();
+            (p.done, Ok(stored))
+        }));
+        if let Err(e) = self.inner.dedup.prune(&store.dedup, super::now_ms()) {
+            tracing::warn!(error = %e, "cannot prune the dedup window");
+        }
+        answers
+    }
+
+    /// Step 6, when any of the round failed: enters the failed state, takes back the values
+    /// and the ids it wrote, and answers every request with the error (nothing of it is
+    /// acknowledged, so nothing of it may stay).
+    fn roll_back(
+        &self,
+        store: &super::store::Store,
+        written: WrittenGroup,
+        nothing_new: Vec<Pending>,
+        new_ids: &[Box<str>],
+        e: &QueueError,
+    ) -> Vec<(Answer, Result<Stored, QueueError>)> {
+        self.storage_failed("group flush", e);
+        self.inner.dedup.forget(new_ids);
+        let mut answers: Vec<_> = nothing_new
+            .into_iter()
+            .map(|p| (p.done, Err(e.clone())))
+            .collect();
+        for (ws, requests) in written {
+            for w in ws {
+                self.take_back(store, &w);
+            }
+            answers.extend(requests.into_iter().map(|p| (p.done, Err(e.clone()))));
         }
         answers
     }
