@@ -175,9 +175,13 @@ impl Default for Fatal {
 impl Fatal {
     /// Records that `component` died of `why` (logged and counted the first time only).
     pub(super) fn report(&self, component: &'static str, why: &str) {
-        let first = self
-            .died
-            .send_if_modified(|d| d.is_none() && d.replace(component).is_none());
+        let first = self.died.send_if_modified(|died| {
+            let first = died.is_none();
+            if first {
+                *died = Some(component);
+            }
+            first
+        });
         if first {
             tracing::error!(
                 component,

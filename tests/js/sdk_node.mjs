@@ -32,6 +32,16 @@ const describe = (e) => {
   return String(e?.code ?? e?.message ?? e)
 }
 
+// `send` for the SDKs here, whose calls take a callback run once the message is delivered
+// (or failed after the SDK's last retry): a promise settled then.
+const onCallback = (analytics) => (type, message) =>
+  new Promise((resolve) => {
+    analytics[type](message, (err) => {
+      if (err) errors.push(`${message.messageId}: ${describe(err)}`)
+      resolve()
+    })
+  })
+
 // One adapter per SDK: `send(type, message)` returns a promise settled when the SDK
 // reports that message delivered (or failed), and `close()` flushes everything.
 function adapter() {
@@ -42,14 +52,7 @@ function adapter() {
     const analytics = new Analytics({ writeKey, host, maxRetries: 10 })
     analytics.on('error', (e) => errors.push(describe(e)))
     return {
-      send(type, message) {
-        return new Promise((resolve) => {
-          analytics[type](message, (err) => {
-            if (err) errors.push(`${message.messageId}: ${describe(err)}`)
-            resolve()
-          })
-        })
-      },
+      send: onCallback(analytics),
       close: () => analytics.closeAndFlush({ timeout: 120_000 }),
     }
   }
@@ -70,14 +73,7 @@ function adapter() {
       ? new Analytics(writeKey, { dataPlaneUrl: host, logLevel: 'error', ...options })
       : new Analytics(writeKey, { host, ...options })
   return {
-    send(type, message) {
-      return new Promise((resolve) => {
-        analytics[type](message, (err) => {
-          if (err) errors.push(`${message.messageId}: ${describe(err)}`)
-          resolve()
-        })
-      })
-    },
+    send: onCallback(analytics),
     async close() {
       // flush() sends at most flushAt messages a call: call it until the queue is empty.
       for (let i = 0; analytics.queue.length > 0 && i < count + 1; i++) {
