@@ -33,8 +33,14 @@ pub fn queue(config: &Config, action: &QueueAction) -> anyhow::Result<()> {
             for s in &report.streams {
                 let expected = s.expected.map_or("unknown".to_owned(), |e| e.to_string());
                 println!(
-                    "{}: queued={} dead_letters={} expected={expected} missing={} damaged_entries={} quarantined={}",
-                    s.stream, s.queued, s.dead_letters, s.missing, s.damaged_entries, s.quarantined
+                    "{}: queued={} dead_letters={} expected={expected} missing={} damaged_entries={} quarantined={} summary={}",
+                    s.stream,
+                    s.queued,
+                    s.dead_letters,
+                    s.missing,
+                    s.damaged_entries,
+                    s.quarantined,
+                    s.summary
                 );
             }
             anyhow::ensure!(

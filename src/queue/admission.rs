@@ -140,6 +140,16 @@ impl Admission {
             })
     }
 
+    /// Counts bytes that entered the queue without a reservation (replayed dead letters).
+    pub fn add(&self, bytes: u64) {
+        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Sets the total after a recount.
+    pub fn set_queued(&self, bytes: u64) {
+        self.queued_bytes.store(bytes, Ordering::Release);
+    }
+
     /// Gives back `bytes` of budget.
     pub fn release(&self, bytes: u64) {
         self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);

@@ -22,6 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use super::entry::{Entry, Part};
+use super::ledger::{self, Delta, SUMMARY_KEY, Which};
 use super::{Inner, Queue, QueueError};
 
 /// Largest entry the committer builds from several requests: big enough that a group of
@@ -357,10 +358,18 @@ impl Queue {
                 let value = Entry::encode_parts(enqueued, count, &parts);
                 let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
                 let len = value.len() as u64;
-                let result = self
-                    .fault()
-                    .and_then(|()| store.trees(&name))
-                    .and_then(|t| Ok(t.q.insert(key.to_be_bytes(), value)?));
+                let result = self.fault().and_then(|()| {
+                    let q = &store.trees(&name)?.q;
+                    let ledger = self.ledger(&name)?;
+                    let delta = Delta::add(u64::from(count), len);
+                    ledger::apply(
+                        &mut ledger.lock(),
+                        Which::Queue,
+                        q,
+                        vec![(key, Some(value))],
+                        delta,
+                    )
+                });
                 match result {
                     Ok(_) => {
                         let w = Written {
@@ -384,18 +393,13 @@ impl Queue {
         (written, failed)
     }
 
-    /// Step 3: counts what was written against the budget (one header per value instead of
-    /// the one per request reserved) and in its stream's counters.
+    /// Step 3: gives back the budget reserved beyond what was written (one header per
+    /// value instead of one per request); the stream's books moved with each write.
     fn count_written(&self, written: &WrittenGroup) {
         for (ws, requests) in written {
             let reserved: u64 = requests.iter().map(|p| p.reserved).sum();
             let used: u64 = ws.iter().map(|w| w.len).sum();
             self.inner.admission.release(reserved - used);
-            for w in ws {
-                let s = self.state(&w.stream).expect("written streams exist");
-                s.bytes.fetch_add(w.len, Ordering::AcqRel);
-                s.events.fetch_add(u64::from(w.count), Ordering::AcqRel);
-            }
         }
     }
 
@@ -455,9 +459,9 @@ impl Queue {
         let mut answers = Vec::new();
         for (ws, requests) in written {
             for w in ws {
-                let s = self.state(&w.stream).expect("written streams exist");
-                s.acked.fetch_add(u64::from(w.count), Ordering::AcqRel);
-                s.appended.notify_one();
+                let ledger = self.ledger(&w.stream).expect("written streams exist");
+                ledger.lock().acked += u64::from(w.count);
+                ledger.appended.notify_one();
             }
             answers.extend(requests.into_iter().map(|p| {
                 let stored = p.stored();
@@ -500,9 +504,9 @@ impl Queue {
         answers
     }
 
-    /// Writes a request that spans several streams as one sled batch per stream inside one
-    /// multi-tree transaction, so that after a crash either all of it is there or none.
-    /// Only such requests pay for sled's transaction lock.
+    /// Writes a request that spans several streams as one insert per stream (with that
+    /// stream's new summary) inside one multi-tree transaction, so that after a crash either
+    /// all of it is there or none. Only such requests pay for sled's transaction lock.
     fn write_multi(
         &self,
         store: &super::store::Store,
@@ -513,43 +517,56 @@ impl Queue {
         let mut ws = Vec::new();
         let mut trees = Vec::new();
         let mut values = Vec::new();
+        let mut books = Vec::new();
         for part in &p.parts {
             let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
             let value = Entry::encode(p.enqueued_ms, part.count, &part.lines);
+            let len = value.len() as u64;
             ws.push(Written {
                 stream: part.stream.clone(),
                 key,
-                len: value.len() as u64,
+                len,
                 count: part.count,
             });
             trees.push(store.trees(&part.stream)?.q.clone());
-            values.push((key, value));
+            let held = self.ledger(&part.stream)?.lock();
+            let (next, _) = held.q.after(Delta::add(u64::from(part.count), len));
+            values.push((key, value, next.encode()));
+            books.push((held, next));
         }
         trees
             .as_slice()
             .transaction(|txs| {
-                for (tx, (key, value)) in txs.iter().zip(&values) {
+                for (tx, (key, value, summary)) in txs.iter().zip(&values) {
                     tx.insert(&key.to_be_bytes(), value.as_slice())?;
+                    tx.insert(SUMMARY_KEY, &summary[..])?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| QueueError::Storage(format!("{e:?}")))?;
+        for (mut held, next) in books {
+            held.q = next;
+        }
         Ok(ws)
     }
 
     /// Takes back a value whose request is answered with an error. If the disk refuses even
-    /// that, the key is remembered as refused: never delivered, removed once storage works.
+    /// that, the key is remembered as refused: never delivered, removed once storage works
+    /// (and the books recounted from the store then).
     fn take_back(&self, store: &super::store::Store, w: &Written) {
-        // Uncounted before it leaves the store, like every removal: a stream that reads
-        // empty while its counters hold events has lost them (see `check_drained`).
-        let s = self.state(&w.stream).expect("written streams exist");
-        s.bytes.fetch_sub(w.len, Ordering::AcqRel);
-        s.events.fetch_sub(u64::from(w.count), Ordering::AcqRel);
         self.inner.admission.release(w.len);
-        let removed = store
-            .trees(&w.stream)
-            .and_then(|t| Ok(t.q.remove(w.key.to_be_bytes())?));
-        if !matches!(removed, Ok(Some(_))) {
+        let removed = self.ledger(&w.stream).and_then(|ledger| {
+            let q = &store.trees(&w.stream)?.q;
+            let delta = Delta::remove(u64::from(w.count), w.len);
+            ledger::apply(
+                &mut ledger.lock(),
+                Which::Queue,
+                q,
+                vec![(w.key, None)],
+                delta,
+            )
+        });
+        if removed.is_err() {
             self.refuse(&w.stream, w.key);
         }
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
 
+use super::ledger::{self, Which};
 use super::store::{OpenError, Store};
 use super::{Inner, Queue, QueueError};
 
@@ -144,12 +145,24 @@ fn recover(q: &Queue) -> Result<(), QueueError> {
         probe(&*q.store()?)?;
     }
     let store = q.store()?;
+    // The books follow what the store holds now: a round that failed may have been applied
+    // in sled's memory and lost with the re-open, or the other way round. Each tree's
+    // summary changed in the same batch as its entries, so reading them is a recount.
+    let mut total = 0;
+    for (name, ledger) in &q.inner.streams {
+        let trees = store.trees(name)?;
+        let mut books = ledger.lock();
+        for which in Which::ALL {
+            *books.get_mut(which) = ledger::read(trees.get(which))?.unwrap_or_default();
+        }
+        total += books.q.bytes;
+    }
+    q.inner.admission.set_queued(total);
     let refused = std::mem::take(&mut *q.inner.refused.lock());
     let removal = (|| {
         for (stream, keys) in &refused {
-            let trees = store.trees(stream)?;
             for key in keys {
-                trees.q.remove(key.to_be_bytes())?;
+                q.remove_refused(&store, stream, *key)?;
             }
         }
         store.sync(&q.inner.config.path)
@@ -159,23 +172,6 @@ fn recover(q: &Queue) -> Result<(), QueueError> {
         q.inner.refused.lock().extend(refused);
         return Err(e);
     }
-    // Recount: a failed round may have left the counters and sled apart.
-    let mut total = 0;
-    for (name, s) in &q.inner.streams {
-        let tally = store.count(name, true)?;
-        s.events.store(tally.events, Ordering::Release);
-        s.bytes.store(tally.bytes, Ordering::Release);
-        s.dead_events.store(tally.dead_events, Ordering::Release);
-        total += tally.bytes;
-        if tally.damaged_events > 0 {
-            s.lost.fetch_add(tally.damaged_events, Ordering::AcqRel);
-            crate::metrics::queue_lost_events(name, tally.damaged_events);
-        }
-    }
-    q.inner
-        .admission
-        .queued_bytes
-        .store(total, Ordering::Release);
     Ok(())
 }
 

@@ -37,6 +37,7 @@ mod commit;
 pub mod dedup;
 pub mod entry;
 mod health;
+mod ledger;
 pub mod lock;
 pub mod manifest;
 mod open;
@@ -50,7 +51,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs, check_floor};
 #[cfg(test)]
@@ -62,6 +63,7 @@ pub use open::{StreamReport, VerifyReport};
 use crate::config::{Durability, QueueConfig};
 use admission::Admission;
 use commit::{GroupCommit, Pending, Request};
+use ledger::{Books, Delta, Ledger, SUMMARY_KEY, Which};
 use store::Store;
 
 /// sled's segment size. A value is written as a separate, never-synced blob file when its log
@@ -140,22 +142,6 @@ impl From<std::io::Error> for QueueError {
     }
 }
 
-/// Per-stream counters (they outlive a re-open of sled).
-struct StreamState {
-    /// Records (lines) queued.
-    events: AtomicU64,
-    /// Budget bytes of this stream's entries.
-    bytes: AtomicU64,
-    /// Records (lines) in the dead-letter tree.
-    dead_events: AtomicU64,
-    /// The manifest's counts (see [`manifest`]).
-    acked: AtomicU64,
-    delivered: AtomicU64,
-    lost: AtomicU64,
-    /// Woken after every append, so an idle flusher starts at once.
-    appended: Notify,
-}
-
 /// The first background part of the queue that died (a panic in sled or in our code): set
 /// once, never cleared. The process cannot trust its counts after that, so it stops and its
 /// supervisor restarts it (a start re-derives them from disk); until then every append is
@@ -207,8 +193,11 @@ struct Inner {
     config: QueueConfig,
     /// `None` while sled is being re-opened after a failure.
     store: RwLock<Option<Arc<Store>>>,
-    streams: HashMap<String, StreamState>,
+    /// Per stream: its counts and the lock that orders its writers (see [`ledger`]).
+    streams: HashMap<String, Ledger>,
     next_key: AtomicU64,
+    /// Entries the start read to count them (0 when every tree's summary was there).
+    read_at_open: u64,
     admission: Admission,
     commit: Arc<GroupCommit>,
     health: Arc<health::Health>,
@@ -257,7 +246,7 @@ impl Queue {
         open::verify(config, streams)
     }
 
-    fn state(&self, name: &str) -> Result<&StreamState, QueueError> {
+    fn ledger(&self, name: &str) -> Result<&Ledger, QueueError> {
         self.inner
             .streams
             .get(name)
@@ -356,14 +345,14 @@ impl Queue {
         let reserved = match &request {
             Request::Parts(parts) => {
                 for part in parts {
-                    self.state(&part.stream)?;
+                    self.ledger(&part.stream)?;
                 }
                 commit::reserved_bytes(parts)
             }
             Request::Batch { lines, .. } => {
                 let mut streams: Vec<&str> = Vec::new();
                 for l in lines {
-                    self.state(&l.stream)?;
+                    self.ledger(&l.stream)?;
                     if !streams.contains(&l.stream.as_str()) {
                         streams.push(&l.stream);
                     }
@@ -409,13 +398,16 @@ impl Queue {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, QueueError> {
-        self.state(stream)?;
+        let ledger = self.ledger(stream)?;
         let store = self.store()?;
         let trees = store.trees(stream)?;
         let refused = self.refused_keys(stream);
-        let mut out = Vec::new();
+        let mut out: Vec<Entry> = Vec::new();
         let mut bytes = 0;
-        for item in trees.q.iter() {
+        // Under the stream's lock, so that the compactor (which merges only keys above what
+        // was handed out, checked under this lock) never merges an entry being handed out.
+        let mut books = ledger.lock();
+        for item in trees.q.range(..SUMMARY_KEY) {
             if out.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
@@ -430,62 +422,80 @@ impl Queue {
                     out.push(entry);
                 }
                 Err(QueueError::Damaged { why, .. }) => {
-                    self.quarantine(&store, stream, &k, v, &why)?
+                    self.quarantine(&mut books, &store, stream, key, v, &why)?
                 }
                 Err(e) => return Err(e),
             }
         }
+        if let Some(last) = out.last() {
+            ledger.handed_out.fetch_max(last.key + 1, Ordering::AcqRel);
+        }
         if out.is_empty() && skip.is_empty() && refused.is_empty() {
-            self.check_drained(&store, stream)?;
+            self.check_drained(&mut books, &store, stream)?;
         }
         Ok(out)
     }
 
-    /// Called when `stream` reads empty with nothing in flight: if the counters still hold
-    /// events, the store lost them (a large queue's counts were trusted at start without a
-    /// walk). Reported once, and the counters follow the store.
-    fn check_drained(&self, store: &Store, stream: &str) -> Result<(), QueueError> {
-        let s = self.state(stream)?;
-        let claimed = s.events.load(Ordering::Acquire);
-        if claimed == 0 {
+    /// Called, under the stream's lock, when `stream` reads empty with nothing in flight: if
+    /// its books still hold events, the store lost them behind the queue's back (the books
+    /// are exact otherwise: see [`ledger`]). Reported once, and the books follow the store.
+    fn check_drained(
+        &self,
+        books: &mut Books,
+        store: &Store,
+        stream: &str,
+    ) -> Result<(), QueueError> {
+        let held = books.q;
+        if held.values == 0 && held.events == 0 {
             return Ok(());
         }
-        // Counters move only after the store: an append inserts before it counts, and only
-        // this stream's flusher (the caller, with nothing in flight) removes. So a second
-        // read that is still empty proves the events are gone.
-        if store.trees(stream)?.q.first()?.is_some() {
+        let trees = store.trees(stream)?;
+        if trees.q.range(..SUMMARY_KEY).next().transpose()?.is_some() {
             return Ok(());
         }
+        let claimed = held.events;
         tracing::error!(%stream, missing_events = claimed, "the queue holds fewer events than were acknowledged: {claimed} acknowledged events of {stream} are missing (found when the stream drained)");
         crate::metrics::queue_lost_events(stream, claimed);
-        s.lost.fetch_add(claimed, Ordering::AcqRel);
-        s.events.fetch_sub(claimed, Ordering::AcqRel);
-        let bytes = s.bytes.load(Ordering::Acquire);
-        self.release(s, bytes);
+        let delta = Delta {
+            values: -(held.values as i64),
+            events: -(held.events as i64),
+            bytes: -(held.bytes as i64),
+            delivered: 0,
+        };
+        ledger::apply(books, Which::Queue, &trees.q, Vec::new(), delta)?;
+        books.lost += claimed;
+        self.inner.admission.release(held.bytes);
         Ok(())
     }
 
     /// Moves a damaged value out of the delivery path into `damaged/<stream>` and reports the
-    /// events it claimed as lost.
+    /// events it claimed as lost (under the stream's lock).
     fn quarantine(
         &self,
+        books: &mut Books,
         store: &Store,
         stream: &str,
-        k: &[u8],
+        key: u64,
         v: sled::IVec,
         why: &str,
     ) -> Result<(), QueueError> {
         let trees = store.trees(stream)?;
         let claimed = u64::from(Entry::claimed_count(&v).unwrap_or(0));
-        let v_len = v.len();
-        trees.damaged.insert(k, v)?;
-        trees.q.remove(k)?;
+        let len = v.len() as u64;
+        ledger::apply(
+            books,
+            Which::Damaged,
+            &trees.damaged,
+            vec![(key, Some(v.to_vec()))],
+            Delta::add(claimed, len),
+        )?;
+        // The books counted the entry as written; a damaged header may claim another count.
+        let (events, bytes) = (claimed.min(books.q.events), len.min(books.q.bytes));
+        let gone = Delta::remove(events, bytes);
+        ledger::apply(books, Which::Queue, &trees.q, vec![(key, None)], gone)?;
+        self.inner.admission.release(bytes);
         tracing::error!(%stream, %why, events = claimed, "a queue entry is damaged: moved to the damaged tree (kept, not delivered)");
-        let s = self.state(stream)?;
-        let counted = s.events.load(Ordering::Acquire).min(claimed);
-        s.events.fetch_sub(counted, Ordering::AcqRel);
-        self.release(s, (v_len as u64).min(s.bytes.load(Ordering::Acquire)));
-        s.lost.fetch_add(claimed, Ordering::AcqRel);
+        books.lost += claimed;
         crate::metrics::queue_lost_events(stream, claimed);
         Ok(())
     }
@@ -511,7 +521,7 @@ impl Queue {
         remaining: &[&[u8]],
         dead: u64,
     ) -> Result<(), QueueError> {
-        let s = self.state(stream)?;
+        let ledger = self.ledger(stream)?;
         let leaving = u64::from(entry.count) - remaining.len() as u64;
         if leaving == 0 {
             return Ok(());
@@ -519,24 +529,29 @@ impl Queue {
         self.fault()?;
         let store = self.store()?;
         let trees = store.trees(stream)?;
-        // Recorded before the removal, so that a removal can never look like a loss.
-        let delivered = s.delivered.load(Ordering::Acquire) + (leaving - dead);
-        if leaving > dead {
-            store.set_delivered(stream, delivered)?;
-        }
-        let key = entry.key.to_be_bytes();
-        let freed = if remaining.is_empty() {
-            trees.q.remove(key)?;
-            entry.budget_bytes()
+        let (value, freed, values) = if remaining.is_empty() {
+            (None, entry.budget_bytes(), -1)
         } else {
             let value = Entry::encode_parts(entry.enqueued_ms, remaining.len() as u32, remaining);
             let freed = entry.budget_bytes() - value.len() as u64;
-            trees.q.insert(key, value)?;
-            freed
+            (Some(value), freed, 0)
         };
-        s.delivered.store(delivered, Ordering::Release);
-        self.release(s, freed);
-        s.events.fetch_sub(leaving, Ordering::AcqRel);
+        // The removal and the count of what it delivered are one batch: a removal can
+        // never look like a loss, nor a loss like a removal.
+        let delta = Delta {
+            values,
+            events: -(leaving as i64),
+            bytes: -(freed as i64),
+            delivered: leaving - dead,
+        };
+        ledger::apply(
+            &mut ledger.lock(),
+            Which::Queue,
+            &trees.q,
+            vec![(entry.key, value)],
+            delta,
+        )?;
+        self.inner.admission.release(freed);
         Ok(())
     }
 
@@ -549,16 +564,22 @@ impl Queue {
         lines: &[&[u8]],
         remaining: &[&[u8]],
     ) -> Result<(), QueueError> {
-        let s = self.state(stream)?;
+        let ledger = self.ledger(stream)?;
         self.fault()?;
         let store = self.store()?;
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let value = Entry::encode_parts(entry.enqueued_ms, lines.len() as u32, lines);
-        store.trees(stream)?.dead.insert(key.to_be_bytes(), value)?;
+        let delta = Delta::add(lines.len() as u64, value.len() as u64);
+        let dead = &store.trees(stream)?.dead;
+        ledger::apply(
+            &mut ledger.lock(),
+            Which::Dead,
+            dead,
+            vec![(key, Some(value))],
+            delta,
+        )?;
         // The dead letter must be on disk before the original goes.
         store.sync(&self.inner.config.path)?;
-        s.dead_events
-            .fetch_add(lines.len() as u64, Ordering::AcqRel);
         self.settle_inner(stream, entry, remaining, lines.len() as u64)
     }
 
@@ -568,7 +589,7 @@ impl Queue {
         store
             .trees(stream)?
             .dead
-            .iter()
+            .range(..SUMMARY_KEY)
             .map(|item| {
                 item.map_err(QueueError::from)
                     .and_then(|(k, v)| Entry::decode(&k, v))
@@ -579,41 +600,65 @@ impl Queue {
     /// Moves every dead letter of `stream` back to the tail of its queue (after the operator
     /// fixed what made the sink refuse them), flushes, and returns how many records moved.
     pub fn replay_dead_letters(&self, stream: &str) -> Result<u64, QueueError> {
-        let s = self.state(stream)?;
+        let ledger = self.ledger(stream)?;
         let store = self.store()?;
         let trees = store.trees(stream)?;
         let mut moved = 0;
         for entry in self.dead_letters(stream)? {
             let value = Entry::encode(entry.enqueued_ms, entry.count, &entry.lines);
-            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+            let count = u64::from(entry.count);
             let len = value.len() as u64;
-            trees.q.insert(key.to_be_bytes(), value)?;
-            trees.dead.remove(entry.key.to_be_bytes())?;
-            // Both the stream's count and the total: settling it later takes from both.
-            s.bytes.fetch_add(len, Ordering::AcqRel);
-            self.inner
-                .admission
-                .queued_bytes
-                .fetch_add(len, Ordering::AcqRel);
-            s.events.fetch_add(u64::from(entry.count), Ordering::AcqRel);
-            s.dead_events
-                .fetch_sub(u64::from(entry.count), Ordering::AcqRel);
-            moved += u64::from(entry.count);
+            let mut books = ledger.lock();
+            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+            let back = Delta::add(count, len);
+            ledger::apply(
+                &mut books,
+                Which::Queue,
+                &trees.q,
+                vec![(key, Some(value))],
+                back,
+            )?;
+            self.inner.admission.add(len);
+            let gone = Delta::remove(count, entry.budget_bytes());
+            ledger::apply(
+                &mut books,
+                Which::Dead,
+                &trees.dead,
+                vec![(entry.key, None)],
+                gone,
+            )?;
+            moved += count;
         }
         store.sync(&self.inner.config.path)?;
-        s.appended.notify_one();
+        ledger.appended.notify_one();
         Ok(moved)
     }
 
     /// Records in the dead-letter tree of `stream`.
     pub fn dead_letter_events(&self, stream: &str) -> u64 {
-        self.state(stream)
-            .map_or(0, |s| s.dead_events.load(Ordering::Acquire))
+        self.ledger(stream).map_or(0, |l| l.books().dead.events)
     }
 
-    fn release(&self, s: &StreamState, bytes: u64) {
-        s.bytes.fetch_sub(bytes, Ordering::AcqRel);
-        self.inner.admission.release(bytes);
+    /// Removes a refused key (see [`Queue::refuse`]) once storage works again.
+    fn remove_refused(&self, store: &Store, stream: &str, key: u64) -> Result<(), QueueError> {
+        let q = &store.trees(stream)?.q;
+        let mut books = self.ledger(stream)?.lock();
+        let Some(v) = q.get(key.to_be_bytes())? else {
+            return Ok(());
+        };
+        let count = u64::from(Entry::claimed_count(&v).unwrap_or(0));
+        let len = v.len() as u64;
+        ledger::apply(
+            &mut books,
+            Which::Queue,
+            q,
+            vec![(key, None)],
+            Delta::remove(count, len),
+        )?;
+        self.inner
+            .admission
+            .release(len.min(self.inner.admission.queued()));
+        Ok(())
     }
 
     fn refuse(&self, stream: &str, key: u64) {
@@ -641,15 +686,20 @@ impl Queue {
     /// Resolves after the next append to `stream` (or at once if one happened since the last
     /// call), so an idle flusher wakes without polling.
     pub async fn appended(&self, stream: &str) {
-        if let Ok(s) = self.state(stream) {
-            s.appended.notified().await;
+        if let Ok(l) = self.ledger(stream) {
+            l.appended.notified().await;
         }
+    }
+
+    /// Entries this queue's start read to count what it holds: 0 when every tree's summary
+    /// was there, whatever the queue holds (see [`ledger`]).
+    pub fn entries_read_at_open(&self) -> u64 {
+        self.inner.read_at_open
     }
 
     /// Records (lines) queued in `stream`.
     pub fn queued_events(&self, stream: &str) -> u64 {
-        self.state(stream)
-            .map_or(0, |s| s.events.load(Ordering::Acquire))
+        self.ledger(stream).map_or(0, |l| l.books().q.events)
     }
 
     /// Bytes queued across all streams (what `queue.max_bytes` limits).
@@ -709,7 +759,12 @@ impl Queue {
     /// Enqueue time (ms since the epoch) of the oldest entry of `stream`.
     pub fn oldest_ms(&self, stream: &str) -> Result<Option<u64>, QueueError> {
         let store = self.store()?;
-        let first = store.trees(stream)?.q.first()?;
+        let first = store
+            .trees(stream)?
+            .q
+            .range(..SUMMARY_KEY)
+            .next()
+            .transpose()?;
         Ok(first.and_then(|(k, v)| Entry::decode(&k, v).ok().map(|e| e.enqueued_ms)))
     }
 
@@ -761,14 +816,7 @@ impl Queue {
         self.inner
             .streams
             .iter()
-            .map(|(name, s)| {
-                let counts = manifest::Counts {
-                    acked: s.acked.load(Ordering::Acquire),
-                    delivered: s.delivered.load(Ordering::Acquire),
-                    lost: s.lost.load(Ordering::Acquire),
-                };
-                (name.clone(), counts)
-            })
+            .map(|(name, l)| (name.clone(), l.books().manifest()))
             .collect()
     }
 
@@ -787,33 +835,7 @@ impl Queue {
         self.inner.health.stop();
         let store = self.store()?;
         store.sync(&self.inner.config.path)?;
-        self.write_manifest()?;
-        if let Some(component) = self.inner.fatal.get() {
-            // A part died mid-work: the counts may not match the store, so none are saved
-            // and the next start counts what is there (as after a crash).
-            tracing::warn!(
-                component,
-                "not saving the queue's counts: the next start recounts them"
-            );
-            return Ok(());
-        }
-        // The counts, so that the next start need not walk a large queue.
-        let counts: Vec<(String, store::Tally)> = self
-            .inner
-            .streams
-            .iter()
-            .map(|(name, s)| {
-                let tally = store::Tally {
-                    events: s.events.load(Ordering::Acquire),
-                    bytes: s.bytes.load(Ordering::Acquire),
-                    dead_events: s.dead_events.load(Ordering::Acquire),
-                    ..store::Tally::default()
-                };
-                (name.clone(), tally)
-            })
-            .collect();
-        store.save(&counts, self.inner.next_key.load(Ordering::Acquire))?;
-        store.sync(&self.inner.config.path)
+        self.write_manifest()
     }
 }
 

@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock};
 
-use tokio::sync::Notify;
-
 use super::admission::{Admission, FreeSpace};
 use super::commit::GroupCommit;
+use super::ledger::{self, Books, Ledger, SUMMARY_KEY, Summary, Which};
 use super::lock::DirLock;
 use super::manifest::{self, Counts};
-use super::store::{OpenError, Store, Tally};
-use super::{Inner, Queue, QueueError, StreamState};
+use super::store::{OpenError, Store};
+use super::{Inner, Queue, QueueError};
 use crate::config::{Durability, QueueConfig};
 
 /// What [`Queue::verify`] found in one stream.
@@ -36,6 +35,11 @@ pub struct StreamReport {
     pub damaged_entries: u64,
     /// Values kept in the damaged tree (from earlier opens).
     pub quarantined: u64,
+    /// Whether the trees' summaries match what the walk counted: "ok", "missing" (a queue
+    /// written before summaries existed; the next start writes them) or "disagrees" (the
+    /// store changed behind the queue's back; the next start trusts the summaries, and the
+    /// difference is reported when the stream drains).
+    pub summary: &'static str,
 }
 
 /// What [`Queue::verify`] found.
@@ -54,7 +58,7 @@ impl VerifyReport {
             || self
                 .streams
                 .iter()
-                .any(|s| s.missing > 0 || s.damaged_entries > 0)
+                .any(|s| s.missing > 0 || s.damaged_entries > 0 || s.summary == "disagrees")
     }
 }
 
@@ -89,26 +93,31 @@ pub(super) fn open(
             None
         }
     };
-    let mut states = HashMap::new();
-    let mut next_key = loaded.highest;
+    let mut ledgers = HashMap::new();
     let mut queued_bytes = 0;
-    for (name, tally, delivered) in loaded.tallies {
-        let counts = reconcile(&name, &tally, expected.as_ref(), delivered);
-        next_key = next_key.max(tally.next_key);
-        queued_bytes += tally.bytes;
-        states.insert(
-            name,
-            StreamState {
-                events: AtomicU64::new(tally.events),
-                bytes: AtomicU64::new(tally.bytes),
-                dead_events: AtomicU64::new(tally.dead_events),
-                acked: AtomicU64::new(counts.acked),
-                delivered: AtomicU64::new(counts.delivered),
-                lost: AtomicU64::new(counts.lost),
-                appended: Notify::new(),
-            },
+    for (name, mut books, damaged_entries) in loaded.books {
+        let found = books.q.events + books.dead.events;
+        let counts = reconcile(
+            &name,
+            found,
+            damaged_entries,
+            expected.as_ref(),
+            books.q.delivered,
         );
+        (books.acked, books.q.delivered, books.lost) =
+            (counts.acked, counts.delivered, counts.lost);
+        queued_bytes += books.q.bytes;
+        ledgers.insert(name, Ledger::new(books));
     }
+    tracing::info!(
+        entries_read = loaded.read,
+        "queue opened: counts read from the trees' summaries{}",
+        if loaded.read > 0 {
+            " and from walked entries"
+        } else {
+            ""
+        }
+    );
     warn_about_unconfigured_streams(&store.db, streams);
     let manifest = manifest::Writer::open(&config.path)?;
     let dedup = super::dedup::Dedup::load(
@@ -123,8 +132,9 @@ pub(super) fn open(
     let inner = Arc::new(Inner {
         config: config.clone(),
         store: RwLock::new(Some(Arc::new(store))),
-        streams: states,
-        next_key: AtomicU64::new(next_key),
+        streams: ledgers,
+        next_key: AtomicU64::new(loaded.highest),
+        read_at_open: loaded.read,
         admission: Admission::new(config.max_bytes, config.min_free_bytes, queued_bytes),
         commit,
         health: Default::default(),
@@ -147,63 +157,62 @@ pub(super) fn open(
     Ok(queue)
 }
 
-/// After a clean close, queues holding less than this are walked at start all the same (a
-/// walk of 256 MiB takes ~0.2 s and about as much memory, released to sled's cache).
-const WALK_BELOW_BYTES: u64 = 256 << 20;
-
-#[cfg(test)]
-thread_local! {
-    /// Tests: a smaller threshold, to take the trusted-counts path with a small queue.
-    pub(super) static WALK_BELOW_OVERRIDE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
-}
-
-fn walk_below_bytes() -> u64 {
-    #[cfg(test)]
-    if let Some(limit) = WALK_BELOW_OVERRIDE.with(std::cell::Cell::get) {
-        return limit;
-    }
-    WALK_BELOW_BYTES
-}
-
 /// An opened and counted store.
 struct Loaded {
     store: Store,
-    /// Per stream: what it holds, and `delivered` as sled last recorded it.
-    tallies: Vec<(String, Tally, u64)>,
+    /// Per stream: its books (the manifest's counts not yet set) and how many damaged
+    /// entries a walk found.
+    books: Vec<(String, Books, u64)>,
     /// One past the highest key of any tree: a key is never reused.
     highest: u64,
+    /// Entries read to count them (0 when every summary was there).
+    read: u64,
 }
 
-/// Opens sled and counts every stream. sled can also panic or fail while its trees are
-/// read (a damaged page), so the whole of it counts as opening: a panic or an error here
-/// is damage, and the directory is moved aside instead of crash-looping.
+/// Opens sled and reads every stream's books from its trees' summaries, walking only a
+/// stream whose summaries are missing or do not fit its trees (a queue written before they
+/// existed, or damage). sled can also panic or fail while its trees are read (a damaged
+/// page), so the whole of it counts as opening: a panic or an error here is damage, and the
+/// directory is moved aside instead of crash-looping.
 fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let store = Store::open(config, streams)?;
         let damaged = |e: QueueError| OpenError::Damaged(e.to_string());
-        let saved = store.take_saved().map_err(damaged)?;
-        // After a clean close the saved counts spare a walk of a large queue: sled 0.34
-        // keeps every page a walk reads (10 M queued events: 1.7 GiB of memory, seconds).
-        // A small queue is walked anyway (cheap), and a shortfall in a large one is caught
-        // when its stream drains (`Queue::read_head`).
-        let trusted = saved.filter(|s| {
-            let bytes: u64 = s.streams.values().map(|t| t.bytes).sum();
-            bytes >= walk_below_bytes() && streams.iter().all(|n| s.streams.contains_key(n))
-        });
-        let mut tallies = Vec::new();
+        let mut books = Vec::new();
+        let mut read = 0;
+        let mut highest = highest_key(&store.db).map_err(damaged)?;
         for name in streams {
-            let tally = match trusted.as_ref().and_then(|s| s.streams.get(name)) {
-                Some(t) => *t,
-                None => store.count(name, true).map_err(damaged)?,
+            let legacy_delivered = store.delivered(name).map_err(damaged)?;
+            let (mut b, damaged_entries) = match summaries(&store, name).map_err(damaged)? {
+                Some(b) => (b, 0),
+                None => {
+                    let tally = store.count(name, true).map_err(damaged)?;
+                    read += tally.read;
+                    highest = highest.max(tally.next_key);
+                    let b = Books {
+                        q: Summary {
+                            delivered: legacy_delivered,
+                            ..tally.q
+                        },
+                        dead: tally.dead,
+                        damaged: tally.damaged,
+                        ..Books::default()
+                    };
+                    let trees = store.trees(name).map_err(damaged)?;
+                    for which in Which::ALL {
+                        ledger::write(trees.get(which), b.get(which)).map_err(damaged)?;
+                    }
+                    (b, tally.damaged_entries)
+                }
             };
-            let delivered = store.delivered(name).map_err(damaged)?;
-            tallies.push((name.clone(), tally, delivered));
+            b.q.delivered = b.q.delivered.max(legacy_delivered);
+            books.push((name.clone(), b, damaged_entries));
         }
-        let highest = highest_key(&store.db).map_err(damaged)?;
         Ok(Loaded {
             store,
-            tallies,
+            books,
             highest,
+            read,
         })
     }));
     attempt.unwrap_or_else(|panic| {
@@ -214,15 +223,36 @@ fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
     })
 }
 
+/// A stream's books from its trees' summaries, if each tree has an intact one that fits it
+/// (no values ⇔ no entries: one read per tree).
+fn summaries(store: &Store, stream: &str) -> Result<Option<Books>, QueueError> {
+    let trees = store.trees(stream)?;
+    let mut books = Books::default();
+    for which in Which::ALL {
+        let tree = trees.get(which);
+        let empty = tree.range(..SUMMARY_KEY).next().transpose()?.is_none();
+        match ledger::read(tree)? {
+            Some(s) if (s.values == 0) == empty => *books.get_mut(which) = s,
+            // A tree that never held anything has no summary yet.
+            None if empty => {}
+            _ => {
+                tracing::warn!(%stream, tree = ?which, "the queue tree's summary is missing or does not fit it: counting its entries");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(books))
+}
+
 /// Compares what a stream holds with what the manifest says it must, reports a shortfall,
 /// and returns the counts to continue from.
 fn reconcile(
     stream: &str,
-    tally: &Tally,
+    found: u64,
+    damaged_entries: u64,
     manifest: Option<&BTreeMap<String, Counts>>,
     delivered_in_sled: u64,
 ) -> Counts {
-    let found = tally.events + tally.dead_events;
     let Some(m) = manifest.map(|m| m.get(stream).copied().unwrap_or_default()) else {
         // No manifest (a new queue, or one from before manifests): accounting starts now.
         return Counts {
@@ -240,7 +270,7 @@ fn reconcile(
             missing_events = missing,
             expected_events = expected,
             found_events = found,
-            damaged_entries = tally.damaged_entries,
+            damaged_entries,
             "the queue holds fewer events than were acknowledged: {missing} acknowledged events of {stream} are missing"
         );
         crate::metrics::queue_lost_events(stream, missing);
@@ -336,11 +366,22 @@ fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport
             }
             .expected()
         });
-        let found = tally.events + tally.dead_events;
+        let found = tally.q.events + tally.dead.events;
+        let trees = store.trees(name)?;
+        let mut summary = "ok";
+        for (which, walked) in [(Which::Queue, &tally.q), (Which::Dead, &tally.dead)] {
+            summary = match (ledger::read(trees.get(which))?, summary) {
+                (_, "disagrees") => "disagrees",
+                (Some(s), _) if !same(&s, walked) => "disagrees",
+                (None, _) if walked.values > 0 => "missing",
+                (_, earlier) => earlier,
+            };
+        }
         out.push(StreamReport {
             stream: name.clone(),
-            queued: tally.events,
-            dead_letters: tally.dead_events,
+            queued: tally.q.events,
+            dead_letters: tally.dead.events,
+            summary,
             expected,
             missing: expected.map_or(0, |e| e.saturating_sub(found)),
             damaged_entries: tally.damaged_entries,
@@ -357,6 +398,11 @@ fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport
     })
 }
 
+/// Whether a summary says what a walk counted (values, events, bytes).
+fn same(summary: &Summary, walked: &Summary) -> bool {
+    (summary.values, summary.events, summary.bytes) == (walked.values, walked.events, walked.bytes)
+}
+
 /// The highest key of any queue, dead-letter or damaged tree.
 fn highest_key(db: &sled::Db) -> Result<u64, QueueError> {
     let mut next = 0;
@@ -366,7 +412,7 @@ fn highest_key(db: &sled::Db) -> Result<u64, QueueError> {
             .any(|p| name.starts_with(p))
         {
             let tree = db.open_tree(&name)?;
-            if let Some((k, _)) = tree.last()?
+            if let Some((k, _)) = tree.range(..SUMMARY_KEY).next_back().transpose()?
                 && let Ok(key) = super::entry::key_of(&k)
             {
                 next = next.max(key + 1);

@@ -4,8 +4,9 @@
 //! Tree `q/<stream>`: key = big-endian `u64` sequence number (iteration order is age order),
 //! value = an [`Entry`]. `dead/<stream>`: the same, for records the sink refused for good.
 //! `damaged/<stream>`: values whose checksum or header failed, kept (never deleted) for an
-//! operator, out of the delivery path. `meta`: per-stream `delivered/<stream>` counters (see
-//! [`super::manifest`]) and a probe key used to test whether writes work again.
+//! operator, out of the delivery path. Each of them also holds its summary (see
+//! [`super::ledger`]). `meta`: a probe key used to test whether writes work again, and the
+//! `delivered/<stream>` counters queues kept before summaries existed (read, never written).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,6 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use super::entry::{Entry, key_of};
+use super::ledger::{SUMMARY_KEY, Summary, Which};
 use super::{QueueError, SEGMENT_SIZE};
 use crate::config::QueueConfig;
 
@@ -21,6 +23,16 @@ pub(super) struct Trees {
     pub q: sled::Tree,
     pub dead: sled::Tree,
     pub damaged: sled::Tree,
+}
+
+impl Trees {
+    pub fn get(&self, which: Which) -> &sled::Tree {
+        match which {
+            Which::Queue => &self.q,
+            Which::Dead => &self.dead,
+            Which::Damaged => &self.damaged,
+        }
+    }
 }
 
 /// An open sled database and its trees.
@@ -95,58 +107,6 @@ impl Store {
         Ok(())
     }
 
-    /// The counts saved at the last clean close, if that close was clean; the mark is
-    /// cleared at once (and flushed), so that a crash from here on forces a walk.
-    pub fn take_saved(&self) -> Result<Option<Saved>, QueueError> {
-        let Some(mark) = self.meta.get(CLEAN_KEY)? else {
-            return Ok(None);
-        };
-        let Ok(next_key) = <[u8; 8]>::try_from(&mark[..]).map(u64::from_be_bytes) else {
-            return Ok(None);
-        };
-        let mut streams = HashMap::new();
-        for item in self.meta.scan_prefix(COUNTS_PREFIX) {
-            let (k, v) = item?;
-            let name = String::from_utf8_lossy(&k[COUNTS_PREFIX.len()..]).into_owned();
-            let field = |i: usize| {
-                v.get(i..i + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            };
-            if let (Some(events), Some(bytes), Some(dead_events)) = (field(0), field(8), field(16))
-            {
-                let tally = Tally {
-                    events,
-                    bytes,
-                    dead_events,
-                    next_key,
-                    ..Tally::default()
-                };
-                streams.insert(name, tally);
-            }
-        }
-        self.meta.remove(CLEAN_KEY)?;
-        self.db.flush()?;
-        Ok(Some(Saved { streams }))
-    }
-
-    /// Saves the counts and then the clean mark (everything else is flushed first by the
-    /// caller, so the mark never vouches for what is not on disk).
-    pub fn save(&self, counts: &[(String, Tally)], next_key: u64) -> Result<(), QueueError> {
-        for (name, t) in counts {
-            let mut raw = [0u8; 24];
-            raw[..8].copy_from_slice(&t.events.to_be_bytes());
-            raw[8..16].copy_from_slice(&t.bytes.to_be_bytes());
-            raw[16..].copy_from_slice(&t.dead_events.to_be_bytes());
-            let mut key = COUNTS_PREFIX.to_vec();
-            key.extend_from_slice(name.as_bytes());
-            self.meta.insert(key, &raw[..])?;
-        }
-        self.meta.flush()?;
-        self.meta.insert(CLEAN_KEY, &next_key.to_be_bytes()[..])?;
-        Ok(())
-    }
-
     /// `delivered/<stream>` as last written.
     pub fn delivered(&self, stream: &str) -> Result<u64, QueueError> {
         Ok(self
@@ -156,30 +116,23 @@ impl Store {
             .map_or(0, u64::from_be_bytes))
     }
 
-    /// Records that `total` events of `stream` have been delivered (before they are removed).
-    pub fn set_delivered(&self, stream: &str, total: u64) -> Result<(), QueueError> {
-        self.meta
-            .insert(delivered_key(stream), &total.to_be_bytes()[..])?;
-        Ok(())
-    }
-
-    /// Counts what `stream` holds. With `quarantine`, values that fail their check move to
-    /// the `damaged/` tree (kept, never deleted), so delivery does not stall on them;
-    /// without it (offline verification) nothing is written.
+    /// Counts what `stream` holds by reading every entry (a queue written before summaries
+    /// existed, a summary that is missing or damaged, and `queue verify`). With `quarantine`,
+    /// values that fail their check move to the `damaged/` tree (kept, never deleted), so
+    /// delivery does not stall on them; without it nothing is written.
     pub fn count(&self, stream: &str, quarantine: bool) -> Result<Tally, QueueError> {
         let t = self.trees(stream)?;
         let mut tally = Tally::default();
         for (tree, dead) in [(&t.q, false), (&t.dead, true)] {
-            for item in tree.iter() {
+            for item in tree.range(..SUMMARY_KEY) {
                 let (k, v) = item?;
+                tally.read += 1;
                 match Entry::decode(&k, v.clone()) {
                     Ok(e) => {
-                        if dead {
-                            tally.dead_events += u64::from(e.count);
-                        } else {
-                            tally.events += u64::from(e.count);
-                            tally.bytes += e.budget_bytes();
-                        }
+                        let s = if dead { &mut tally.dead } else { &mut tally.q };
+                        s.values += 1;
+                        s.events += u64::from(e.count);
+                        s.bytes += e.budget_bytes();
                         tally.next_key = tally.next_key.max(e.key + 1);
                     }
                     Err(QueueError::Damaged { why, .. }) => {
@@ -191,7 +144,7 @@ impl Store {
                             tally.next_key = tally.next_key.max(key + 1);
                         }
                         if quarantine {
-                            t.damaged.insert(&k, v)?;
+                            t.damaged.insert(&k, v.clone())?;
                             tree.remove(&k)?;
                         }
                     }
@@ -199,37 +152,36 @@ impl Store {
                 }
             }
         }
-        tally.quarantined = t.damaged.len() as u64;
+        for item in t.damaged.range(..SUMMARY_KEY) {
+            let (_, v) = item?;
+            tally.quarantined += 1;
+            tally.damaged.values += 1;
+            tally.damaged.events += u64::from(Entry::claimed_count(&v).unwrap_or(0));
+            tally.damaged.bytes += v.len() as u64;
+        }
         Ok(tally)
     }
 }
 
-/// Key of the clean-close mark in `meta` (it holds the next key).
-const CLEAN_KEY: &[u8] = b"clean";
-const COUNTS_PREFIX: &[u8] = b"counts/";
-
-/// Counts saved at a clean close.
-pub(super) struct Saved {
-    pub streams: HashMap<String, Tally>,
-}
-
-/// What a stream's trees hold.
+/// What a walk of a stream's trees found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Events in the queue tree.
-    pub events: u64,
-    /// Budget bytes of the queue tree.
-    pub bytes: u64,
-    /// Events in the dead-letter tree.
-    pub dead_events: u64,
-    /// Values found damaged by this count.
+    /// The queue tree.
+    pub q: Summary,
+    /// The dead-letter tree.
+    pub dead: Summary,
+    /// The damaged tree, after this walk.
+    pub damaged: Summary,
+    /// Values found damaged by this walk.
     pub damaged_entries: u64,
     /// Events those values claim to hold (when their header is readable).
     pub damaged_events: u64,
-    /// Values in the damaged tree (from this count and earlier ones).
+    /// Values in the damaged tree.
     pub quarantined: u64,
     /// One past the highest key seen.
     pub next_key: u64,
+    /// Entries read.
+    pub read: u64,
 }
 
 /// The message of a caught panic.
