@@ -96,6 +96,9 @@ pub(super) struct GroupCommit {
     wake: Condvar,
     stop: AtomicBool,
     pub flushes: AtomicU64,
+    /// Every key below this is settled: written and acknowledged, or taken back after an
+    /// error (the compactor merges only such keys). Moved after each round.
+    pub settled_below: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -127,6 +130,7 @@ impl GroupCommit {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
+            settled_below: AtomicU64::new(0),
             thread: Mutex::new(None),
         }
     }
@@ -234,6 +238,9 @@ fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
                     return;
                 }
             };
+            let next = queue.inner.next_key.load(Ordering::Acquire);
+            commit.settled_below.store(next, Ordering::Release);
+            queue.inner.compactor.wake();
             drop(queue);
             // Answered only now, with the queue released: a caller that drops the queue after
             // its answer then holds the last handle, and the queue closes on its thread.
@@ -359,13 +366,13 @@ impl Queue {
                 let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
                 let len = value.len() as u64;
                 let result = self.fault().and_then(|()| {
-                    let q = &store.trees(&name)?.q;
+                    let trees = store.trees(&name)?;
                     let ledger = self.ledger(&name)?;
                     let delta = Delta::add(u64::from(count), len);
                     ledger::apply(
                         &mut ledger.lock(),
                         Which::Queue,
-                        q,
+                        trees,
                         vec![(key, Some(value))],
                         delta,
                     )
@@ -556,12 +563,12 @@ impl Queue {
     fn take_back(&self, store: &super::store::Store, w: &Written) {
         self.inner.admission.release(w.len);
         let removed = self.ledger(&w.stream).and_then(|ledger| {
-            let q = &store.trees(&w.stream)?.q;
+            let trees = store.trees(&w.stream)?;
             let delta = Delta::remove(u64::from(w.count), w.len);
             ledger::apply(
                 &mut ledger.lock(),
                 Which::Queue,
-                q,
+                trees,
                 vec![(w.key, None)],
                 delta,
             )

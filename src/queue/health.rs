@@ -3,7 +3,7 @@
 //! storage — first by probing whether sled writes again, else by re-opening sled inside the
 //! running process (after an I/O error sled 0.34 refuses every later operation).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
@@ -18,11 +18,16 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// How long a re-open waits for other users of the old sled handle to finish.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// sled 0.34 writes its page-table snapshot only when it opens, so an open replays every log
+/// write since the last one: after this many bytes written through one sled handle the
+/// round re-opens sled in the running process (appends and deliveries wait meanwhile, they
+/// are not refused), which bounds what a start after a crash replays, whatever the backlog.
+pub(super) const RENEW_AFTER_BYTES: u64 = 512 << 20;
+
 /// The health round's name in failure reports and metrics.
 pub(super) const COMPONENT: &str = "health";
 
 /// The background thread's handle and signals.
-#[derive(Default)]
 pub(super) struct Health {
     stop: AtomicBool,
     /// Tests: panic in the next background round.
@@ -34,6 +39,26 @@ pub(super) struct Health {
     /// One round at a time (the background one and [`super::Queue::check_health_now`]):
     /// two re-opens racing would each find sled held by the other.
     round: Mutex<()>,
+    /// [`RENEW_AFTER_BYTES`] (tests set less).
+    pub renew_after: AtomicU64,
+    /// Renewals done.
+    pub renewals: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            stop: AtomicBool::new(false),
+            #[cfg(test)]
+            panic_next: AtomicBool::new(false),
+            wake: Condvar::new(),
+            woken: Mutex::new(false),
+            thread: Mutex::new(None),
+            round: Mutex::new(()),
+            renew_after: AtomicU64::new(RENEW_AFTER_BYTES),
+            renewals: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Health {
@@ -126,6 +151,49 @@ pub(super) fn round(q: &Queue) {
     {
         q.storage_failed("manifest write", &e);
     }
+    let written = inner
+        .store
+        .read()
+        .as_ref()
+        .map_or(0, |s| s.written.load(Ordering::Relaxed));
+    if !inner.admission.is_failing()
+        && written >= inner.health.renew_after.load(Ordering::Relaxed)
+        && let Err(e) = renew(q)
+    {
+        q.storage_failed("sled re-open", &e);
+    }
+}
+
+/// Re-opens a working sled so that it writes a fresh snapshot (see [`RENEW_AFTER_BYTES`]).
+/// The store's write lock is held throughout: appends queue up in the committer and
+/// deliveries wait, for the time of one flush and one open (measured in the README).
+fn renew(q: &Queue) -> Result<(), QueueError> {
+    let started = std::time::Instant::now();
+    let mut slot = q.inner.store.write();
+    let Some(old) = slot.take() else {
+        return Ok(());
+    };
+    let written = old.written.load(Ordering::Relaxed);
+    wait_for_sole_owner(&old);
+    let old = match Arc::try_unwrap(old) {
+        Ok(old) => old,
+        Err(old) => {
+            *slot = Some(old);
+            tracing::debug!("sled busy: its re-open waits for the next round");
+            return Ok(());
+        }
+    };
+    old.sync(&q.inner.config.path)?;
+    drop(old);
+    *slot = Some(Arc::new(open_again(q)?));
+    drop(slot);
+    q.inner.health.renewals.fetch_add(1, Ordering::AcqRel);
+    tracing::info!(
+        written_mib = written >> 20,
+        took_ms = started.elapsed().as_millis() as u64,
+        "re-opened sled so that it writes a fresh snapshot (a start after a crash replays only what is written after it)"
+    );
+    Ok(())
 }
 
 /// Brings storage back: a probe write on the current sled, else a re-open; then removes what
@@ -182,6 +250,13 @@ fn reopen(q: &Queue) -> Result<(), QueueError> {
         wait_for_sole_owner(&old);
         drop(old);
     }
+    *q.inner.store.write() = Some(Arc::new(open_again(q)?));
+    tracing::warn!("re-opened the queue's sled database after a storage failure");
+    Ok(())
+}
+
+/// Opens sled again in this process, once the old handle is dropped.
+fn open_again(q: &Queue) -> Result<Store, QueueError> {
     let streams: Vec<String> = q.inner.streams.keys().cloned().collect();
     // sled's background flusher keeps its file lock until it next wakes (up to
     // `flush_interval_ms` after the drop), so the first attempts may find it still held.
@@ -189,19 +264,16 @@ fn reopen(q: &Queue) -> Result<(), QueueError> {
         + RELEASE_WAIT.min(Duration::from_millis(
             2 * q.inner.config.flush_interval_ms + 1000,
         ));
-    let store = loop {
+    loop {
         match Store::open(&q.inner.config, &streams) {
-            Ok(store) => break store,
+            Ok(store) => return Ok(store),
             Err(OpenError::Other(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(OpenError::Damaged(why)) => return Err(QueueError::Storage(why)),
             Err(OpenError::Other(e)) => return Err(e),
         }
-    };
-    *q.inner.store.write() = Some(Arc::new(store));
-    tracing::warn!("re-opened the queue's sled database after a storage failure");
-    Ok(())
+    }
 }
 
 fn wait_for_sole_owner(store: &Arc<Store>) {

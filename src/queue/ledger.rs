@@ -19,6 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::QueueError;
+use super::store::Trees;
 
 /// Key of a tree's summary: nine bytes that sort after every 8-byte entry key, so entries are
 /// read with `range(..SUMMARY_KEY)` and the head is still the first key.
@@ -218,23 +219,36 @@ impl Ledger {
 pub(super) fn apply(
     books: &mut Books,
     which: Which,
-    tree: &sled::Tree,
+    trees: &Trees,
     writes: Vec<Write>,
     delta: Delta,
 ) -> Result<bool, QueueError> {
     let (next, short) = books.get(which).after(delta);
     let mut batch = sled::Batch::default();
+    // What the batch adds to sled's log, about (see `Trees::written`).
+    let mut logged = SUMMARY_LEN as u64 + LOG_ITEM_OVERHEAD;
     for (key, value) in writes {
+        logged += LOG_ITEM_OVERHEAD;
         match value {
-            Some(v) => batch.insert(&key.to_be_bytes(), v),
+            Some(v) => {
+                logged += v.len() as u64;
+                batch.insert(&key.to_be_bytes(), v);
+            }
             None => batch.remove(&key.to_be_bytes()),
         }
     }
     batch.insert(SUMMARY_KEY, &next.encode()[..]);
-    tree.apply_batch(batch)?;
+    trees.get(which).apply_batch(batch)?;
+    trees
+        .written
+        .fetch_add(logged, std::sync::atomic::Ordering::Relaxed);
     *books.get_mut(which) = next;
     Ok(short)
 }
+
+/// Bytes sled's log spends on an item besides its value (key, header, page pointers): an
+/// estimate, so that many small writes count for what they cost to replay.
+const LOG_ITEM_OVERHEAD: u64 = 64;
 
 /// Reads `tree`'s summary: `Ok(None)` if it has none or it is not intact.
 pub(super) fn read(tree: &sled::Tree) -> Result<Option<Summary>, QueueError> {

@@ -34,6 +34,7 @@
 
 pub mod admission;
 mod commit;
+mod compact;
 pub mod dedup;
 pub mod entry;
 mod health;
@@ -201,6 +202,7 @@ struct Inner {
     admission: Admission,
     commit: Arc<GroupCommit>,
     health: Arc<health::Health>,
+    compactor: Arc<compact::Compactor>,
     closed: AtomicBool,
     /// Keys written for requests that were answered with an error and could not be taken
     /// back: never delivered, removed once storage works.
@@ -218,6 +220,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.commit.stop();
+        self.compactor.stop();
         self.health.stop();
     }
 }
@@ -286,6 +289,7 @@ impl Queue {
     #[cfg(test)]
     pub(crate) fn crash(self) {
         self.inner.commit.stop();
+        self.inner.compactor.stop();
         self.inner.health.stop();
     }
 
@@ -462,7 +466,7 @@ impl Queue {
             bytes: -(held.bytes as i64),
             delivered: 0,
         };
-        ledger::apply(books, Which::Queue, &trees.q, Vec::new(), delta)?;
+        ledger::apply(books, Which::Queue, trees, Vec::new(), delta)?;
         books.lost += claimed;
         self.inner.admission.release(held.bytes);
         Ok(())
@@ -485,14 +489,14 @@ impl Queue {
         ledger::apply(
             books,
             Which::Damaged,
-            &trees.damaged,
+            trees,
             vec![(key, Some(v.to_vec()))],
             Delta::add(claimed, len),
         )?;
         // The books counted the entry as written; a damaged header may claim another count.
         let (events, bytes) = (claimed.min(books.q.events), len.min(books.q.bytes));
         let gone = Delta::remove(events, bytes);
-        ledger::apply(books, Which::Queue, &trees.q, vec![(key, None)], gone)?;
+        ledger::apply(books, Which::Queue, trees, vec![(key, None)], gone)?;
         self.inner.admission.release(bytes);
         tracing::error!(%stream, %why, events = claimed, "a queue entry is damaged: moved to the damaged tree (kept, not delivered)");
         books.lost += claimed;
@@ -509,13 +513,14 @@ impl Queue {
         entry: &Entry,
         remaining: &[&[u8]],
     ) -> Result<(), QueueError> {
-        self.settle_inner(stream, entry, remaining, 0)
+        self.settle_inner(&*self.store()?, stream, entry, remaining, 0)
     }
 
     /// [`Queue::settle`], where `dead` of the lines that leave went to the dead-letter tree
     /// (still held, so not counted as delivered).
     fn settle_inner(
         &self,
+        store: &Store,
         stream: &str,
         entry: &Entry,
         remaining: &[&[u8]],
@@ -527,7 +532,6 @@ impl Queue {
             return Ok(());
         }
         self.fault()?;
-        let store = self.store()?;
         let trees = store.trees(stream)?;
         let (value, freed, values) = if remaining.is_empty() {
             (None, entry.budget_bytes(), -1)
@@ -547,7 +551,7 @@ impl Queue {
         ledger::apply(
             &mut ledger.lock(),
             Which::Queue,
-            &trees.q,
+            trees,
             vec![(entry.key, value)],
             delta,
         )?;
@@ -570,31 +574,22 @@ impl Queue {
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let value = Entry::encode_parts(entry.enqueued_ms, lines.len() as u32, lines);
         let delta = Delta::add(lines.len() as u64, value.len() as u64);
-        let dead = &store.trees(stream)?.dead;
+        let trees = store.trees(stream)?;
         ledger::apply(
             &mut ledger.lock(),
             Which::Dead,
-            dead,
+            trees,
             vec![(key, Some(value))],
             delta,
         )?;
         // The dead letter must be on disk before the original goes.
         store.sync(&self.inner.config.path)?;
-        self.settle_inner(stream, entry, remaining, lines.len() as u64)
+        self.settle_inner(&store, stream, entry, remaining, lines.len() as u64)
     }
 
     /// Every dead-lettered entry of `stream`, oldest first.
     pub fn dead_letters(&self, stream: &str) -> Result<Vec<Entry>, QueueError> {
-        let store = self.store()?;
-        store
-            .trees(stream)?
-            .dead
-            .range(..SUMMARY_KEY)
-            .map(|item| {
-                item.map_err(QueueError::from)
-                    .and_then(|(k, v)| Entry::decode(&k, v))
-            })
-            .collect()
+        dead_letters_in(&*self.store()?, stream)
     }
 
     /// Moves every dead letter of `stream` back to the tail of its queue (after the operator
@@ -604,7 +599,7 @@ impl Queue {
         let store = self.store()?;
         let trees = store.trees(stream)?;
         let mut moved = 0;
-        for entry in self.dead_letters(stream)? {
+        for entry in dead_letters_in(&store, stream)? {
             let value = Entry::encode(entry.enqueued_ms, entry.count, &entry.lines);
             let count = u64::from(entry.count);
             let len = value.len() as u64;
@@ -614,7 +609,7 @@ impl Queue {
             ledger::apply(
                 &mut books,
                 Which::Queue,
-                &trees.q,
+                trees,
                 vec![(key, Some(value))],
                 back,
             )?;
@@ -623,7 +618,7 @@ impl Queue {
             ledger::apply(
                 &mut books,
                 Which::Dead,
-                &trees.dead,
+                trees,
                 vec![(entry.key, None)],
                 gone,
             )?;
@@ -641,9 +636,9 @@ impl Queue {
 
     /// Removes a refused key (see [`Queue::refuse`]) once storage works again.
     fn remove_refused(&self, store: &Store, stream: &str, key: u64) -> Result<(), QueueError> {
-        let q = &store.trees(stream)?.q;
+        let trees = store.trees(stream)?;
         let mut books = self.ledger(stream)?.lock();
-        let Some(v) = q.get(key.to_be_bytes())? else {
+        let Some(v) = trees.q.get(key.to_be_bytes())? else {
             return Ok(());
         };
         let count = u64::from(Entry::claimed_count(&v).unwrap_or(0));
@@ -651,7 +646,7 @@ impl Queue {
         ledger::apply(
             &mut books,
             Which::Queue,
-            q,
+            trees,
             vec![(key, None)],
             Delta::remove(count, len),
         )?;
@@ -736,6 +731,7 @@ impl Queue {
         if let Some(component) = self.inner.fatal.get() {
             return Some(match component {
                 commit::COMPONENT => "queue committer died",
+                compact::COMPONENT => "queue compactor died",
                 _ => "queue health round died",
             });
         }
@@ -832,11 +828,25 @@ impl Queue {
     pub fn close(&self) -> Result<(), QueueError> {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.commit.stop();
+        self.inner.compactor.stop();
         self.inner.health.stop();
         let store = self.store()?;
         store.sync(&self.inner.config.path)?;
         self.write_manifest()
     }
+}
+
+/// Every dead-lettered entry of `stream` in `store`, oldest first.
+fn dead_letters_in(store: &Store, stream: &str) -> Result<Vec<Entry>, QueueError> {
+    store
+        .trees(stream)?
+        .dead
+        .range(..SUMMARY_KEY)
+        .map(|item| {
+            item.map_err(QueueError::from)
+                .and_then(|(k, v)| Entry::decode(&k, v))
+        })
+        .collect()
 }
 
 fn now_ms() -> u64 {

@@ -129,6 +129,10 @@ pub(super) fn open(
     // Both modes write through the committer, which coalesces concurrent requests into
     // few sled values; only `fsync` waits for a flush before answering.
     let commit = Arc::new(GroupCommit::new(config.durability == Durability::Fsync));
+    // What is on disk at the start is settled.
+    commit
+        .settled_below
+        .store(loaded.highest, std::sync::atomic::Ordering::Release);
     let inner = Arc::new(Inner {
         config: config.clone(),
         store: RwLock::new(Some(Arc::new(store))),
@@ -138,6 +142,7 @@ pub(super) fn open(
         admission: Admission::new(config.max_bytes, config.min_free_bytes, queued_bytes),
         commit,
         health: Default::default(),
+        compactor: Default::default(),
         closed: AtomicBool::new(false),
         refused: Mutex::default(),
         dedup,
@@ -154,6 +159,7 @@ pub(super) fn open(
     super::health::round(&queue);
     queue.inner.commit.spawn(Arc::downgrade(&queue.inner))?;
     queue.inner.health.spawn(Arc::downgrade(&queue.inner))?;
+    queue.inner.compactor.spawn(Arc::downgrade(&queue.inner))?;
     Ok(queue)
 }
 

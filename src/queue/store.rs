@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use super::entry::{Entry, key_of};
 use super::ledger::{SUMMARY_KEY, Summary, Which};
@@ -23,6 +25,9 @@ pub(super) struct Trees {
     pub q: sled::Tree,
     pub dead: sled::Tree,
     pub damaged: sled::Tree,
+    /// Bytes written through this sled handle (all streams share it): what its next open
+    /// would replay from the log (sled 0.34 writes its snapshot only when it opens).
+    pub written: Arc<AtomicU64>,
 }
 
 impl Trees {
@@ -38,6 +43,8 @@ impl Trees {
 /// An open sled database and its trees.
 pub(super) struct Store {
     pub db: sled::Db,
+    /// See [`Trees::written`].
+    pub written: Arc<AtomicU64>,
     pub meta: sled::Tree,
     /// Accepted `messageId`s (see [`super::dedup`]).
     pub dedup: sled::Tree,
@@ -67,8 +74,10 @@ impl Store {
             let meta = db.open_tree("meta")?;
             let dedup = db.open_tree("dedup")?;
             let mut trees = HashMap::new();
+            let written = Arc::new(AtomicU64::new(0));
             for name in streams {
                 let t = Trees {
+                    written: written.clone(),
                     q: db.open_tree(format!("q/{name}"))?,
                     dead: db.open_tree(format!("dead/{name}"))?,
                     damaged: db.open_tree(format!("damaged/{name}"))?,
@@ -76,6 +85,7 @@ impl Store {
                 trees.insert(name.clone(), t);
             }
             Ok::<_, sled::Error>(Store {
+                written,
                 db,
                 meta,
                 dedup,

@@ -756,3 +756,203 @@ async fn a_health_round_panic_is_reported() {
         Err(QueueError::Dead("health"))
     ));
 }
+
+/// Values in the queue tree of `stream`, as its books count them.
+fn values(q: &Queue, stream: &str) -> u64 {
+    q.ledger(stream).unwrap().books().q.values
+}
+
+/// Appends `n` one-line requests to `a`, one at a time (each its own value).
+async fn trickle(q: &Queue, from: usize, n: usize) -> Vec<String> {
+    let mut sent = Vec::new();
+    for i in from..from + n {
+        let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "x".repeat(180));
+        q.append("a", line.as_bytes(), 1).await.unwrap();
+        sent.push(line);
+    }
+    sent
+}
+
+/// A trickle of single-event requests (one value each) is merged into few values; the
+/// stream keeps its order, every event is there once, the budget shrinks by the headers
+/// the merge saved, and all of it survives a restart — read from the summaries.
+#[tokio::test]
+async fn compaction_merges_small_entries_in_order_and_keeps_the_books_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Interval);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.inner.compactor.stop(); // passes run here, one by one
+    let sent = trickle(&q, 0, 2000).await;
+    assert_eq!(values(&q, "a"), 2000);
+    let bytes_before = q.queued_bytes();
+    compact::until_done(&q);
+    let after = values(&q, "a");
+    assert!(after < 20, "{after} values after compaction");
+    let saved = (2000 - after) * HEADER_LEN as u64;
+    assert_eq!(q.queued_bytes(), bytes_before - saved);
+    let all = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(lines(&all), sent, "order kept, nothing lost or doubled");
+    let stored: u64 = all.iter().map(Entry::budget_bytes).sum();
+    assert_eq!(
+        q.queued_bytes(),
+        stored,
+        "the budget is what the entries take"
+    );
+    q.crash();
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!(q.entries_read_at_open(), 0);
+    assert_eq!((q.queued_events("a"), q.queued_bytes()), (2000, stored));
+    q.close().unwrap();
+    drop(q);
+    let report = Queue::verify(&cfg, &streams()).unwrap();
+    assert!(!report.damaged(), "{report:?}");
+}
+
+/// Entries handed out for delivery are never merged (the flusher settles them by key), and
+/// nor is what follows a damaged entry merged across it: the damaged one stays for the
+/// delivery path to quarantine and report.
+#[tokio::test]
+async fn compaction_leaves_in_flight_and_damaged_entries_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let sent;
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.inner.compactor.stop();
+        sent = trickle(&q, 0, 900).await;
+        q.close().unwrap();
+    }
+    // Entry 500 (of 0..900) is damaged on disk.
+    tamper(&cfg, |db| {
+        let tree = db.open_tree("q/a").unwrap();
+        let (k, v) = tree.range(..SUMMARY_KEY).nth(500).unwrap().unwrap();
+        let mut bad = v.to_vec();
+        *bad.last_mut().unwrap() ^= 0x20;
+        tree.insert(k, bad).unwrap();
+    });
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.inner.compactor.stop();
+    let in_flight = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    compact::until_done(&q);
+    let again = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    let keys = |es: &[Entry]| es.iter().map(|e| (e.key, e.count)).collect::<Vec<_>>();
+    assert_eq!(
+        keys(&again),
+        keys(&in_flight),
+        "handed-out entries unchanged"
+    );
+    for e in &in_flight {
+        q.settle("a", e, &[]).unwrap();
+    }
+    let rest = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap();
+    let mut want = sent[10..].to_vec();
+    want.remove(490);
+    assert_eq!(lines(&rest), want, "all but the damaged one, in order");
+    assert!(values(&q, "a") < 20, "{} values", values(&q, "a"));
+    assert_eq!(q.queued_events("a"), 899 - 10);
+    assert_eq!(
+        q.manifest_counts()["a"].lost,
+        1,
+        "the damaged entry was reported"
+    );
+    assert_eq!(q.ledger("a").unwrap().books().damaged.values, 1, "and kept");
+}
+
+/// A compactor that dies in the middle of a merge (after reading its run, before the batch)
+/// changes nothing: the process is told to stop, and the next start finds every event
+/// once, in order, with exact counts.
+#[tokio::test]
+async fn a_compactor_that_dies_mid_merge_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.inner.compactor.stop();
+    let sent = trickle(&q, 0, 700).await;
+    let (events, bytes) = (q.queued_events("a"), q.queued_bytes());
+    q.inner.compactor.panic_next.store(true, Ordering::Release);
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compact::until_done(&q);
+    }));
+    assert!(died.is_err(), "the injected panic");
+    assert_eq!((q.queued_events("a"), q.queued_bytes()), (events, bytes));
+    q.crash();
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!((q.queued_events("a"), q.queued_bytes()), (events, bytes));
+    let all = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(lines(&all), sent);
+    // The running compactor dies the same way and is reported.
+    q.inner.compactor.panic_next.store(true, Ordering::Release);
+    let mut more = Vec::new();
+    for i in 700..1100 {
+        let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "x".repeat(180));
+        match q.append("a", line.as_bytes(), 1).await {
+            Ok(()) => more.push(line),
+            Err(e) => {
+                assert!(matches!(e, QueueError::Dead(compact::COMPONENT)), "{e}");
+                break;
+            }
+        }
+    }
+    let died = tokio::time::timeout(TEST_WAIT, q.failed()).await.unwrap();
+    assert_eq!(died, compact::COMPONENT);
+    assert_eq!(q.unready_reason(), Some("queue compactor died"));
+    q.crash();
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    let all = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(lines(&all), [sent, more].concat());
+}
+
+/// The health round re-opens sled once enough is written (so that sled writes a fresh
+/// snapshot and a start after a crash replays little of its log): appends made meanwhile
+/// wait instead of failing, deliveries go on, and the counts stay exact across it and
+/// across a crash after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_is_renewed_in_the_running_process_without_refusing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.inner
+        .health
+        .renew_after
+        .store(32 << 10, Ordering::Release);
+    let writer = {
+        let q = q.clone();
+        tokio::spawn(async move { trickle(&q, 0, 1500).await })
+    };
+    let mut delivered = Vec::new();
+    while !writer.is_finished() || q.queued_events("a") > 0 {
+        q.check_health_now();
+        for e in q.read_head("a", &HashSet::new(), 50, usize::MAX).unwrap() {
+            delivered.extend(
+                e.iter_lines()
+                    .map(|l| String::from_utf8(l.to_vec()).unwrap()),
+            );
+            q.settle("a", &e, &[]).unwrap();
+        }
+        if q.queued_events("a") == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let sent = writer.await.unwrap();
+    assert!(q.inner.health.renewals.load(Ordering::Acquire) >= 3);
+    assert_eq!(delivered, sent, "every event once, in order");
+    assert_eq!((q.queued_events("a"), q.queued_bytes()), (0, 0));
+    assert_eq!(q.manifest_counts()["a"].delivered, 1500);
+    let more = trickle(&q, 1500, 10).await;
+    q.crash();
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert_eq!(q.entries_read_at_open(), 0);
+    let all = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(lines(&all), more);
+    assert_eq!(q.manifest_counts()["a"].delivered, 1500);
+}

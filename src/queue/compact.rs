@@ -1,0 +1,279 @@
+//! Compaction: a background thread merges runs of small consecutive entries of a stream into
+//! one value, so that the number of sled values — what sled's memory and its log replay grow
+//! with — follows the bytes queued, not the number of requests that brought them (a long
+//! trickle of single-event requests is one value each when written).
+//!
+//! What makes it safe, step by step:
+//! - A run is merged in **one sled batch on the stream's queue tree**: the merged value
+//!   replaces the run's last key, the other keys are removed, and the tree's summary moves
+//!   in the same batch. sled recovers a batch whole or not at all, so a crash at any point
+//!   leaves either the run or the merged value, never both, never neither.
+//! - **Order is kept**: a run is contiguous (no key of the stream lies between its keys, which
+//!   is checked again under the stream's lock before the batch) and its lines keep their order.
+//! - **Nothing in flight or unacknowledged** is touched: only keys at or above what
+//!   `read_head` handed out (checked under the stream's lock, which `read_head` holds while it
+//!   hands entries out) and below what the committer has settled (acknowledged, or taken back
+//!   after an error) are merged.
+//! - A **damaged** entry ends a run and is left where it is, for `read_head` to quarantine
+//!   and report; dead letters and damaged entries live in other trees and are never merged.
+//! - It pauses while storage is failing, and never holds the stream's lock while it reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::entry::{Entry, HEADER_LEN, key_of};
+use super::ledger::{self, Delta, Which};
+use super::{Inner, Queue, QueueError};
+
+/// A merged value holds at most this many bytes of lines: large enough that a 10 GiB budget
+/// of 200-byte events is ~40 k values, small enough that a value stays far below sled's blob
+/// threshold (2 MiB with our segment size), so merged values are synced with the log.
+pub(super) const TARGET_BYTES: usize = 256 << 10;
+/// Entries with this many bytes of lines or more are left as they are (and end a run): so a
+/// merged value is never merged again, and each byte is rewritten at most once.
+pub(super) const SMALL_BYTES: usize = TARGET_BYTES / 4;
+/// Runs merged per stream before the thread looks at the other streams again.
+const RUNS_PER_TURN: usize = 64;
+/// Longest wait between passes when nothing wakes the thread.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// The compactor's name in failure reports and metrics.
+pub(super) const COMPONENT: &str = "compactor";
+
+/// The background thread's handle and signals.
+#[derive(Default)]
+pub(super) struct Compactor {
+    stop: AtomicBool,
+    wake: Condvar,
+    woken: Mutex<bool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Merges done (for tests and the gauges).
+    pub merged_runs: std::sync::atomic::AtomicU64,
+    /// Tests: panic in the middle of the next merge, after its batch is built.
+    #[cfg(test)]
+    pub panic_next: AtomicBool,
+}
+
+impl Compactor {
+    /// Starts the thread; it holds the queue only weakly between passes.
+    pub fn spawn(self: &Arc<Self>, queue: Weak<Inner>) -> std::io::Result<()> {
+        let me = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("queue-compactor".to_owned())
+            .spawn(move || {
+                // Per stream: where the next pass starts reading (the start of a run that
+                // may still grow; everything below it is merged or large already).
+                let mut cursors = std::collections::HashMap::<String, u64>::new();
+                while !me.stop.load(Ordering::Acquire) {
+                    let Some(inner) = queue.upgrade() else {
+                        return;
+                    };
+                    let queue = Queue { inner };
+                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pass(&queue, &me, &mut cursors)
+                    }));
+                    let more = match pass {
+                        Ok(more) => more,
+                        Err(panic) => {
+                            let why = super::store::panic_message(&*panic);
+                            queue.inner.fatal.report(COMPONENT, why);
+                            return;
+                        }
+                    };
+                    drop(queue);
+                    if more {
+                        continue;
+                    }
+                    let mut woken = me.woken.lock();
+                    me.wake.wait_while_for(
+                        &mut woken,
+                        |w| !*w && !me.stop.load(Ordering::Acquire),
+                        PERIOD,
+                    );
+                    *woken = false;
+                }
+            })?;
+        *self.thread.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Runs a pass soon (the committer calls it after each round).
+    pub fn wake(&self) {
+        *self.woken.lock() = true;
+        self.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake();
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Tests: passes until nothing is left to merge, from the start of every stream.
+#[cfg(test)]
+pub(super) fn until_done(queue: &Queue) {
+    let mut cursors = std::collections::HashMap::new();
+    while pass(queue, &queue.inner.compactor, &mut cursors) {}
+}
+
+/// One pass over every stream; returns whether a stream has more to merge right away.
+fn pass(
+    queue: &Queue,
+    me: &Compactor,
+    cursors: &mut std::collections::HashMap<String, u64>,
+) -> bool {
+    let a = &queue.inner.admission;
+    if a.is_failing() || queue.inner.closed.load(Ordering::Acquire) {
+        return false;
+    }
+    let mut more = false;
+    for stream in queue.inner.streams.keys() {
+        let cursor = cursors.entry(stream.clone()).or_default();
+        match compact_stream(queue, me, stream, cursor) {
+            Ok(m) => more |= m,
+            // A storage error: the committer or the flusher meets it too and starts the
+            // recovery; the next pass tries again.
+            Err(e) => {
+                tracing::debug!(%stream, error = %e, "compaction pass failed");
+                return false;
+            }
+        }
+    }
+    more
+}
+
+/// Merges up to [`RUNS_PER_TURN`] runs of `stream` from `cursor` on; returns whether it
+/// stopped for that limit (more to do).
+fn compact_stream(
+    queue: &Queue,
+    me: &Compactor,
+    stream: &str,
+    cursor: &mut u64,
+) -> Result<bool, QueueError> {
+    let ledger = queue.ledger(stream)?;
+    if !queue.refused_keys(stream).is_empty() {
+        return Ok(false);
+    }
+    let settled = queue.inner.commit.settled_below.load(Ordering::Acquire);
+    let from = (*cursor).max(ledger.handed_out.load(Ordering::Acquire));
+    if from >= settled {
+        return Ok(false);
+    }
+    let store = queue.store()?;
+    let trees = store.trees(stream)?;
+    let q = &trees.q;
+    let mut run: Vec<Entry> = Vec::new();
+    let (mut run_bytes, mut run_events) = (0, 0u64);
+    let mut merged = 0;
+    *cursor = from;
+    for item in q.range(from.to_be_bytes()..settled.to_be_bytes()) {
+        let (k, v) = item?;
+        let key = key_of(&k)?;
+        let entry = match Entry::decode(&k, v) {
+            Ok(e) => e,
+            Err(QueueError::Damaged { .. }) => {
+                merged += merge(queue, me, stream, trees, std::mem::take(&mut run))?;
+                (run_bytes, run_events) = (0, 0);
+                *cursor = key + 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let len = entry.lines.len();
+        let events = u64::from(entry.count);
+        let fits = run_bytes + len <= TARGET_BYTES && run_events + events <= u64::from(u32::MAX);
+        if len < SMALL_BYTES && fits {
+            if run.is_empty() {
+                *cursor = key;
+            }
+            (run_bytes, run_events) = (run_bytes + len, run_events + events);
+            run.push(entry);
+            continue;
+        }
+        // The run ends here and will not grow: merge it, whatever its size.
+        merged += merge(queue, me, stream, trees, std::mem::take(&mut run))?;
+        (run_bytes, run_events) = (0, 0);
+        *cursor = key;
+        if len < SMALL_BYTES {
+            (run_bytes, run_events) = (len, events);
+            run.push(entry);
+        } else {
+            *cursor = key + 1;
+        }
+        if merged >= RUNS_PER_TURN {
+            return Ok(true);
+        }
+    }
+    // The last run may still grow with later appends: merged only once it is large enough
+    // not to be merged again.
+    if run_bytes >= SMALL_BYTES {
+        let next = run.last().map_or(*cursor, |e| e.key + 1);
+        merge(queue, me, stream, trees, run)?;
+        *cursor = next;
+    }
+    Ok(false)
+}
+
+/// Merges `run` (consecutive entries, as read) into one value at its last key, if it is
+/// still what was read and nothing of it was handed out meanwhile. Returns 1 if it merged.
+fn merge(
+    queue: &Queue,
+    me: &Compactor,
+    stream: &str,
+    trees: &super::store::Trees,
+    run: Vec<Entry>,
+) -> Result<usize, QueueError> {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return Ok(0);
+    };
+    if run.len() < 2 {
+        return Ok(0);
+    }
+    let ledger = queue.ledger(stream)?;
+    let value = Entry::encode_parts(
+        first.enqueued_ms,
+        run.iter().map(|e| e.count).sum(),
+        &run.iter().map(|e| &e.lines[..]).collect::<Vec<_>>(),
+    );
+    let mut writes: Vec<ledger::Write> =
+        run[..run.len() - 1].iter().map(|e| (e.key, None)).collect();
+    writes.push((last.key, Some(value)));
+    let gone = (run.len() - 1) as u64;
+    let delta = Delta {
+        values: -(gone as i64),
+        bytes: -((gone * HEADER_LEN as u64) as i64),
+        ..Delta::default()
+    };
+    let mut books = ledger.lock();
+    if first.key < ledger.handed_out.load(Ordering::Acquire) {
+        return Ok(0);
+    }
+    let keys = trees
+        .q
+        .range(first.key.to_be_bytes()..=last.key.to_be_bytes())
+        .keys()
+        .map(|k| k.map_err(QueueError::from).and_then(|k| key_of(&k)))
+        .collect::<Result<Vec<u64>, _>>()?;
+    if !keys.iter().eq(run.iter().map(|e| &e.key)) {
+        return Ok(0);
+    }
+    #[cfg(test)]
+    if me.panic_next.swap(false, Ordering::AcqRel) {
+        panic!("injected compactor panic");
+    }
+    queue.fault()?;
+    ledger::apply(&mut books, Which::Queue, trees, writes, delta)?;
+    drop(books);
+    queue.inner.admission.release(gone * HEADER_LEN as u64);
+    me.merged_runs.fetch_add(1, Ordering::AcqRel);
+    Ok(1)
+}
