@@ -21,8 +21,8 @@ use parking_lot::{Condvar, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::entry::{Entry, Part};
-use super::ledger::{self, Delta, SUMMARY_KEY, Which};
+use super::entry::Part;
+use super::ledger::{self, Out, Which};
 use super::{Inner, Queue, QueueError};
 
 /// Largest entry the committer builds from several requests: big enough that a group of
@@ -362,23 +362,22 @@ impl Queue {
                 let count: u32 = chunk.iter().map(|p| p.parts[0].count).sum();
                 let enqueued = chunk.iter().map(|p| p.enqueued_ms).min().unwrap_or(0);
                 let parts: Vec<&[u8]> = chunk.iter().map(|p| p.parts[0].lines.as_slice()).collect();
-                let value = Entry::encode_parts(enqueued, count, &parts);
-                let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-                let len = value.len() as u64;
                 let result = self.fault().and_then(|()| {
                     let trees = store.trees(&name)?;
-                    let ledger = self.ledger(&name)?;
-                    let delta = Delta::add(u64::from(count), len);
-                    ledger::apply(
-                        &mut ledger.lock(),
+                    let mut books = self.ledger(&name)?.lock();
+                    let next_key = &self.inner.next_key;
+                    ledger::add(
+                        &mut books,
                         Which::Queue,
                         trees,
-                        vec![(key, Some(value))],
-                        delta,
+                        next_key,
+                        enqueued,
+                        count,
+                        &parts,
                     )
                 });
                 match result {
-                    Ok(_) => {
+                    Ok((key, len)) => {
                         let w = Written {
                             stream: name.clone(),
                             key,
@@ -511,8 +510,8 @@ impl Queue {
         answers
     }
 
-    /// Writes a request that spans several streams as one insert per stream (with that
-    /// stream's new summary) inside one multi-tree transaction, so that after a crash either
+    /// Writes a request that spans several streams as one stamped insert per stream inside
+    /// one multi-tree transaction, so that after a crash either
     /// all of it is there or none. Only such requests pay for sled's transaction lock.
     fn write_multi(
         &self,
@@ -526,8 +525,17 @@ impl Queue {
         let mut values = Vec::new();
         let mut books = Vec::new();
         for part in &p.parts {
-            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-            let value = Entry::encode(p.enqueued_ms, part.count, &part.lines);
+            let held = self.ledger(&part.stream)?.lock();
+            let next_key = &self.inner.next_key;
+            let lines = [&part.lines[..]];
+            let (key, value) = ledger::stamped(
+                &held,
+                Which::Queue,
+                next_key,
+                p.enqueued_ms,
+                part.count,
+                &lines,
+            );
             let len = value.len() as u64;
             ws.push(Written {
                 stream: part.stream.clone(),
@@ -535,24 +543,23 @@ impl Queue {
                 len,
                 count: part.count,
             });
-            trees.push(store.trees(&part.stream)?.q.clone());
-            let held = self.ledger(&part.stream)?.lock();
-            let (next, _) = held.q.after(Delta::add(u64::from(part.count), len));
-            values.push((key, value, next.encode()));
-            books.push((held, next));
+            let t = store.trees(&part.stream)?;
+            t.written(len)?;
+            trees.push(t.q.clone());
+            values.push((key, value));
+            books.push(held);
         }
         trees
             .as_slice()
             .transaction(|txs| {
-                for (tx, (key, value, summary)) in txs.iter().zip(&values) {
+                for (tx, (key, value)) in txs.iter().zip(&values) {
                     tx.insert(&key.to_be_bytes(), value.as_slice())?;
-                    tx.insert(SUMMARY_KEY, &summary[..])?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| QueueError::Storage(format!("{e:?}")))?;
-        for (mut held, next) in books {
-            held.q = next;
+        for (held, w) in books.iter_mut().zip(&ws) {
+            ledger::added(held, Which::Queue, w.count, w.len);
         }
         Ok(ws)
     }
@@ -564,14 +571,12 @@ impl Queue {
         self.inner.admission.release(w.len);
         let removed = self.ledger(&w.stream).and_then(|ledger| {
             let trees = store.trees(&w.stream)?;
-            let delta = Delta::remove(u64::from(w.count), w.len);
-            ledger::apply(
-                &mut ledger.lock(),
-                Which::Queue,
-                trees,
-                vec![(w.key, None)],
-                delta,
-            )
+            let out = Out {
+                events: u64::from(w.count),
+                bytes: w.len,
+                delivered: 0,
+            };
+            ledger::remove(&mut ledger.lock(), Which::Queue, trees, w.key, out)
         });
         if removed.is_err() {
             self.refuse(&w.stream, w.key);

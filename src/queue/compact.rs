@@ -4,10 +4,11 @@
 //! trickle of single-event requests is one value each when written).
 //!
 //! What makes it safe, step by step:
-//! - A run is merged in **one sled batch on the stream's queue tree**: the merged value
-//!   replaces the run's last key, the other keys are removed, and the tree's summary moves
-//!   in the same batch. sled recovers a batch whole or not at all, so a crash at any point
-//!   leaves either the run or the merged value, never both, never neither.
+//! - A merge is **announced first**: the queue tree's record names the run and the merged
+//!   count, then the merged value replaces the run's last key, then the other keys go (single
+//!   writes: sled's batches deadlock under this load, see [`super::ledger`]). A crash at any
+//!   point is finished or undone at the next start: a merged value at the last key means the
+//!   leftovers go; the original there means nothing happened. Never both, never neither.
 //! - **Order is kept**: a run is contiguous (no key of the stream lies between its keys, which
 //!   is checked again under the stream's lock before the batch) and its lines keep their order.
 //! - **Nothing in flight or unacknowledged** is touched: only keys at or above what
@@ -24,8 +25,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::entry::{Entry, HEADER_LEN, key_of};
-use super::ledger::{self, Delta, Which};
+use super::entry::{Entry, key_of};
+use super::ledger;
 use super::{Inner, Queue, QueueError};
 
 /// A merged value holds at most this many bytes of lines: large enough that a 10 GiB budget
@@ -239,20 +240,6 @@ fn merge(
         return Ok(0);
     }
     let ledger = queue.ledger(stream)?;
-    let value = Entry::encode_parts(
-        first.enqueued_ms,
-        run.iter().map(|e| e.count).sum(),
-        &run.iter().map(|e| &e.lines[..]).collect::<Vec<_>>(),
-    );
-    let mut writes: Vec<ledger::Write> =
-        run[..run.len() - 1].iter().map(|e| (e.key, None)).collect();
-    writes.push((last.key, Some(value)));
-    let gone = (run.len() - 1) as u64;
-    let delta = Delta {
-        values: -(gone as i64),
-        bytes: -((gone * HEADER_LEN as u64) as i64),
-        ..Delta::default()
-    };
     let mut books = ledger.lock();
     if first.key < ledger.handed_out.load(Ordering::Acquire) {
         return Ok(0);
@@ -271,9 +258,9 @@ fn merge(
         panic!("injected compactor panic");
     }
     queue.fault()?;
-    ledger::apply(&mut books, Which::Queue, trees, writes, delta)?;
+    let saved = ledger::merge(&mut books, trees, &run)?;
     drop(books);
-    queue.inner.admission.release(gone * HEADER_LEN as u64);
+    queue.inner.admission.release(saved);
     me.merged_runs.fetch_add(1, Ordering::AcqRel);
     Ok(1)
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::ledger::{self, Which};
+use super::ledger::Books;
 use super::store::{OpenError, Store};
 use super::{Inner, Queue, QueueError};
 
@@ -155,7 +155,7 @@ pub(super) fn round(q: &Queue) {
         .store
         .read()
         .as_ref()
-        .map_or(0, |s| s.written.load(Ordering::Relaxed));
+        .map_or(0, |s| s.log_bytes.load(Ordering::Relaxed));
     if !inner.admission.is_failing()
         && written >= inner.health.renew_after.load(Ordering::Relaxed)
         && let Err(e) = renew(q)
@@ -173,7 +173,7 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
     let Some(old) = slot.take() else {
         return Ok(());
     };
-    let written = old.written.load(Ordering::Relaxed);
+    let written = old.log_bytes.load(Ordering::Relaxed);
     wait_for_sole_owner(&old);
     let old = match Arc::try_unwrap(old) {
         Ok(old) => old,
@@ -214,16 +214,19 @@ fn recover(q: &Queue) -> Result<(), QueueError> {
     }
     let store = q.store()?;
     // The books follow what the store holds now: a round that failed may have been applied
-    // in sled's memory and lost with the re-open, or the other way round. Each tree's
-    // summary changed in the same batch as its entries, so reading them is a recount.
+    // in sled's memory and lost with the re-open, or the other way round. The trees tell it
+    // as at a start (records and last entries; see `ledger`), so this is a recount.
     let mut total = 0;
     for (name, ledger) in &q.inner.streams {
-        let trees = store.trees(name)?;
+        let (mut read, mut highest) = (0, 0);
         let mut books = ledger.lock();
-        for which in Which::ALL {
-            *books.get_mut(which) = ledger::read(trees.get(which))?.unwrap_or_default();
-        }
-        total += books.q.bytes;
+        let (found, _) = super::open::books_of(&store, name, &mut read, &mut highest)?;
+        *books = Books {
+            acked: books.acked,
+            lost: books.lost,
+            ..found
+        };
+        total += books.q.bytes();
     }
     q.inner.admission.set_queued(total);
     let refused = std::mem::take(&mut *q.inner.refused.lock());

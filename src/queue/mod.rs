@@ -64,7 +64,7 @@ pub use open::{StreamReport, VerifyReport};
 use crate::config::{Durability, QueueConfig};
 use admission::Admission;
 use commit::{GroupCommit, Pending, Request};
-use ledger::{Books, Delta, Ledger, SUMMARY_KEY, Which};
+use ledger::{Books, Ledger, Out, RECORD_KEY, Which};
 use store::Store;
 
 /// sled's segment size. A value is written as a separate, never-synced blob file when its log
@@ -411,7 +411,7 @@ impl Queue {
         // Under the stream's lock, so that the compactor (which merges only keys above what
         // was handed out, checked under this lock) never merges an entry being handed out.
         let mut books = ledger.lock();
-        for item in trees.q.range(..SUMMARY_KEY) {
+        for item in trees.q.range(..RECORD_KEY) {
             if out.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
@@ -450,25 +450,24 @@ impl Queue {
         stream: &str,
     ) -> Result<(), QueueError> {
         let held = books.q;
-        if held.values == 0 && held.events == 0 {
+        if held.events() == 0 && held.bytes() == 0 {
             return Ok(());
         }
         let trees = store.trees(stream)?;
-        if trees.q.range(..SUMMARY_KEY).next().transpose()?.is_some() {
+        if trees.q.range(..RECORD_KEY).next().transpose()?.is_some() {
             return Ok(());
         }
-        let claimed = held.events;
+        let claimed = held.events();
         tracing::error!(%stream, missing_events = claimed, "the queue holds fewer events than were acknowledged: {claimed} acknowledged events of {stream} are missing (found when the stream drained)");
         crate::metrics::queue_lost_events(stream, claimed);
-        let delta = Delta {
-            values: -(held.values as i64),
-            events: -(held.events as i64),
-            bytes: -(held.bytes as i64),
+        let out = Out {
+            events: claimed,
+            bytes: held.bytes(),
             delivered: 0,
         };
-        ledger::apply(books, Which::Queue, trees, Vec::new(), delta)?;
+        ledger::write_off(books, Which::Queue, trees, out)?;
         books.lost += claimed;
-        self.inner.admission.release(held.bytes);
+        self.inner.admission.release(out.bytes);
         Ok(())
     }
 
@@ -485,19 +484,22 @@ impl Queue {
     ) -> Result<(), QueueError> {
         let trees = store.trees(stream)?;
         let claimed = u64::from(Entry::claimed_count(&v).unwrap_or(0));
-        let len = v.len() as u64;
-        ledger::apply(
-            books,
-            Which::Damaged,
-            trees,
-            vec![(key, Some(v.to_vec()))],
-            Delta::add(claimed, len),
-        )?;
-        // The books counted the entry as written; a damaged header may claim another count.
-        let (events, bytes) = (claimed.min(books.q.events), len.min(books.q.bytes));
-        let gone = Delta::remove(events, bytes);
-        ledger::apply(books, Which::Queue, trees, vec![(key, None)], gone)?;
-        self.inner.admission.release(bytes);
+        // Kept first, then taken out of the queue: a crash between leaves it in both, and
+        // the next read quarantines it again (the damaged tree holds it once, by key).
+        trees.damaged.insert(key.to_be_bytes(), v.clone())?;
+        books.damaged.values += 1;
+        books.damaged.events += claimed;
+        // The books counted the entry as written; a damaged header may claim another count,
+        // and its budget is what an entry of its size takes.
+        let held = books.q;
+        let lines = v.len().saturating_sub(entry::HEADER_LEN);
+        let out = Out {
+            events: claimed.min(held.events()),
+            bytes: Entry::budget_of(lines).min(held.bytes()),
+            delivered: 0,
+        };
+        ledger::remove(books, Which::Queue, trees, key, out)?;
+        self.inner.admission.release(out.bytes);
         tracing::error!(%stream, %why, events = claimed, "a queue entry is damaged: moved to the damaged tree (kept, not delivered)");
         books.lost += claimed;
         crate::metrics::queue_lost_events(stream, claimed);
@@ -513,10 +515,10 @@ impl Queue {
         entry: &Entry,
         remaining: &[&[u8]],
     ) -> Result<(), QueueError> {
-        self.settle_inner(&*self.store()?, stream, entry, remaining, 0)
+        self.settle_inner(&*self.store()?, stream, entry, remaining, None)
     }
 
-    /// [`Queue::settle`], where `dead` of the lines that leave went to the dead-letter tree
+    /// [`Queue::settle`], where `dead` of the lines that leave go to the dead-letter tree
     /// (still held, so not counted as delivered).
     fn settle_inner(
         &self,
@@ -524,7 +526,7 @@ impl Queue {
         stream: &str,
         entry: &Entry,
         remaining: &[&[u8]],
-        dead: u64,
+        dead: Option<&[&[u8]]>,
     ) -> Result<(), QueueError> {
         let ledger = self.ledger(stream)?;
         let leaving = u64::from(entry.count) - remaining.len() as u64;
@@ -533,28 +535,26 @@ impl Queue {
         }
         self.fault()?;
         let trees = store.trees(stream)?;
-        let (value, freed, values) = if remaining.is_empty() {
-            (None, entry.budget_bytes(), -1)
-        } else {
-            let value = Entry::encode_parts(entry.enqueued_ms, remaining.len() as u32, remaining);
-            let freed = entry.budget_bytes() - value.len() as u64;
-            (Some(value), freed, 0)
+        // The record of what leaves is written before the entry changes: a removal can
+        // never look like a loss, and a crash between is told apart at the next start.
+        let out = Out {
+            events: leaving,
+            bytes: 0,
+            delivered: leaving - dead.map_or(0, |lines| lines.len() as u64),
         };
-        // The removal and the count of what it delivered are one batch: a removal can
-        // never look like a loss, nor a loss like a removal.
-        let delta = Delta {
-            values,
-            events: -(leaving as i64),
-            bytes: -(freed as i64),
-            delivered: leaving - dead,
-        };
-        ledger::apply(
-            &mut ledger.lock(),
-            Which::Queue,
-            trees,
-            vec![(entry.key, value)],
-            delta,
-        )?;
+        let mut books = ledger.lock();
+        // A dead letter's key is taken under the lock, like every key of the stream's trees
+        // (key order is stamp order); the queue tree's record names it before it is written,
+        // so a crash before the original changes takes the copy back (`ledger::recover`).
+        let dead = dead.map(|lines| ledger::DeadLetter {
+            key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+            lines,
+        });
+        let path = &self.inner.config.path;
+        let freed = ledger::take_out(&mut books, trees, entry, remaining, out, dead, || {
+            store.sync(path)
+        })?;
+        drop(books);
         self.inner.admission.release(freed);
         Ok(())
     }
@@ -568,23 +568,10 @@ impl Queue {
         lines: &[&[u8]],
         remaining: &[&[u8]],
     ) -> Result<(), QueueError> {
-        let ledger = self.ledger(stream)?;
+        self.ledger(stream)?;
         self.fault()?;
         let store = self.store()?;
-        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-        let value = Entry::encode_parts(entry.enqueued_ms, lines.len() as u32, lines);
-        let delta = Delta::add(lines.len() as u64, value.len() as u64);
-        let trees = store.trees(stream)?;
-        ledger::apply(
-            &mut ledger.lock(),
-            Which::Dead,
-            trees,
-            vec![(key, Some(value))],
-            delta,
-        )?;
-        // The dead letter must be on disk before the original goes.
-        store.sync(&self.inner.config.path)?;
-        self.settle_inner(&store, stream, entry, remaining, lines.len() as u64)
+        self.settle_inner(&store, stream, entry, remaining, Some(lines))
     }
 
     /// Every dead-lettered entry of `stream`, oldest first.
@@ -600,28 +587,27 @@ impl Queue {
         let trees = store.trees(stream)?;
         let mut moved = 0;
         for entry in dead_letters_in(&store, stream)? {
-            let value = Entry::encode(entry.enqueued_ms, entry.count, &entry.lines);
             let count = u64::from(entry.count);
-            let len = value.len() as u64;
             let mut books = ledger.lock();
-            let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-            let back = Delta::add(count, len);
-            ledger::apply(
+            let next_key = &self.inner.next_key;
+            let lines = [&entry.lines[..]];
+            let at = entry.enqueued_ms;
+            let (_, len) = ledger::add(
                 &mut books,
                 Which::Queue,
                 trees,
-                vec![(key, Some(value))],
-                back,
+                next_key,
+                at,
+                entry.count,
+                &lines,
             )?;
             self.inner.admission.add(len);
-            let gone = Delta::remove(count, entry.budget_bytes());
-            ledger::apply(
-                &mut books,
-                Which::Dead,
-                trees,
-                vec![(entry.key, None)],
-                gone,
-            )?;
+            let out = Out {
+                events: count,
+                bytes: entry.budget_bytes(),
+                delivered: 0,
+            };
+            ledger::remove(&mut books, Which::Dead, trees, entry.key, out)?;
             moved += count;
         }
         store.sync(&self.inner.config.path)?;
@@ -631,7 +617,7 @@ impl Queue {
 
     /// Records in the dead-letter tree of `stream`.
     pub fn dead_letter_events(&self, stream: &str) -> u64 {
-        self.ledger(stream).map_or(0, |l| l.books().dead.events)
+        self.ledger(stream).map_or(0, |l| l.books().dead.events())
     }
 
     /// Removes a refused key (see [`Queue::refuse`]) once storage works again.
@@ -641,18 +627,16 @@ impl Queue {
         let Some(v) = trees.q.get(key.to_be_bytes())? else {
             return Ok(());
         };
-        let count = u64::from(Entry::claimed_count(&v).unwrap_or(0));
-        let len = v.len() as u64;
-        ledger::apply(
-            &mut books,
-            Which::Queue,
-            trees,
-            vec![(key, None)],
-            Delta::remove(count, len),
-        )?;
+        let lines = v.len().saturating_sub(entry::HEADER_LEN);
+        let out = Out {
+            events: u64::from(Entry::claimed_count(&v).unwrap_or(0)),
+            bytes: Entry::budget_of(lines),
+            delivered: 0,
+        };
+        ledger::remove(&mut books, Which::Queue, trees, key, out)?;
         self.inner
             .admission
-            .release(len.min(self.inner.admission.queued()));
+            .release(out.bytes.min(self.inner.admission.queued()));
         Ok(())
     }
 
@@ -694,7 +678,7 @@ impl Queue {
 
     /// Records (lines) queued in `stream`.
     pub fn queued_events(&self, stream: &str) -> u64 {
-        self.ledger(stream).map_or(0, |l| l.books().q.events)
+        self.ledger(stream).map_or(0, |l| l.books().q.events())
     }
 
     /// Bytes queued across all streams (what `queue.max_bytes` limits).
@@ -758,7 +742,7 @@ impl Queue {
         let first = store
             .trees(stream)?
             .q
-            .range(..SUMMARY_KEY)
+            .range(..RECORD_KEY)
             .next()
             .transpose()?;
         Ok(first.and_then(|(k, v)| Entry::decode(&k, v).ok().map(|e| e.enqueued_ms)))
@@ -841,7 +825,7 @@ fn dead_letters_in(store: &Store, stream: &str) -> Result<Vec<Entry>, QueueError
     store
         .trees(stream)?
         .dead
-        .range(..SUMMARY_KEY)
+        .range(..RECORD_KEY)
         .map(|item| {
             item.map_err(QueueError::from)
                 .and_then(|(k, v)| Entry::decode(&k, v))

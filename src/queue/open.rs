@@ -11,10 +11,10 @@ use parking_lot::{Mutex, RwLock};
 
 use super::admission::{Admission, FreeSpace};
 use super::commit::GroupCommit;
-use super::ledger::{self, Books, Ledger, SUMMARY_KEY, Summary, Which};
+use super::ledger::{self, Books, Ledger, RECORD_KEY, Which};
 use super::lock::DirLock;
 use super::manifest::{self, Counts};
-use super::store::{OpenError, Store};
+use super::store::{OpenError, Store, Tally};
 use super::{Inner, Queue, QueueError};
 use crate::config::{Durability, QueueConfig};
 
@@ -35,10 +35,10 @@ pub struct StreamReport {
     pub damaged_entries: u64,
     /// Values kept in the damaged tree (from earlier opens).
     pub quarantined: u64,
-    /// Whether the trees' summaries match what the walk counted: "ok", "missing" (a queue
-    /// written before summaries existed; the next start writes them) or "disagrees" (the
-    /// store changed behind the queue's back; the next start trusts the summaries, and the
-    /// difference is reported when the stream drains).
+    /// Whether the trees' records (with their last entries) tell what the walk counted:
+    /// "ok", "missing" (a queue written before records existed; the next start writes them)
+    /// or "disagrees" (the store changed behind the queue's back; the next start trusts the
+    /// records, and the difference is reported when the stream drains).
     pub summary: &'static str,
 }
 
@@ -96,7 +96,7 @@ pub(super) fn open(
     let mut ledgers = HashMap::new();
     let mut queued_bytes = 0;
     for (name, mut books, damaged_entries) in loaded.books {
-        let found = books.q.events + books.dead.events;
+        let found = books.q.events() + books.dead.events();
         let counts = reconcile(
             &name,
             found,
@@ -106,12 +106,12 @@ pub(super) fn open(
         );
         (books.acked, books.q.delivered, books.lost) =
             (counts.acked, counts.delivered, counts.lost);
-        queued_bytes += books.q.bytes;
+        queued_bytes += books.q.bytes();
         ledgers.insert(name, Ledger::new(books));
     }
     tracing::info!(
         entries_read = loaded.read,
-        "queue opened: counts read from the trees' summaries{}",
+        "queue opened: counts read from the trees' records and last entries{}",
         if loaded.read > 0 {
             " and from walked entries"
         } else {
@@ -188,30 +188,8 @@ fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
         let mut read = 0;
         let mut highest = highest_key(&store.db).map_err(damaged)?;
         for name in streams {
-            let legacy_delivered = store.delivered(name).map_err(damaged)?;
-            let (mut b, damaged_entries) = match summaries(&store, name).map_err(damaged)? {
-                Some(b) => (b, 0),
-                None => {
-                    let tally = store.count(name, true).map_err(damaged)?;
-                    read += tally.read;
-                    highest = highest.max(tally.next_key);
-                    let b = Books {
-                        q: Summary {
-                            delivered: legacy_delivered,
-                            ..tally.q
-                        },
-                        dead: tally.dead,
-                        damaged: tally.damaged,
-                        ..Books::default()
-                    };
-                    let trees = store.trees(name).map_err(damaged)?;
-                    for which in Which::ALL {
-                        ledger::write(trees.get(which), b.get(which)).map_err(damaged)?;
-                    }
-                    (b, tally.damaged_entries)
-                }
-            };
-            b.q.delivered = b.q.delivered.max(legacy_delivered);
+            let (b, damaged_entries) =
+                books_of(&store, name, &mut read, &mut highest).map_err(damaged)?;
             books.push((name.clone(), b, damaged_entries));
         }
         Ok(Loaded {
@@ -229,25 +207,57 @@ fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
     })
 }
 
-/// A stream's books from its trees' summaries, if each tree has an intact one that fits it
-/// (no values ⇔ no entries: one read per tree).
-fn summaries(store: &Store, stream: &str) -> Result<Option<Books>, QueueError> {
+/// A stream's books as its trees tell them (see [`ledger::recover`]): a record and a last
+/// entry per tree, walking only a tree without a usable record (a queue written before
+/// records existed, or damage), which then gets one. The manifest's counts are left at 0.
+/// Returns them and how many damaged entries a walk found; entries read are added to `read`
+/// and a walk's highest key to `highest`.
+pub(super) fn books_of(
+    store: &Store,
+    stream: &str,
+    read: &mut u64,
+    highest: &mut u64,
+) -> Result<(Books, u64), QueueError> {
     let trees = store.trees(stream)?;
-    let mut books = Books::default();
-    for which in Which::ALL {
-        let tree = trees.get(which);
-        let empty = tree.range(..SUMMARY_KEY).next().transpose()?.is_none();
-        match ledger::read(tree)? {
-            Some(s) if (s.values == 0) == empty => *books.get_mut(which) = s,
-            // A tree that never held anything has no summary yet.
-            None if empty => {}
-            _ => {
-                tracing::warn!(%stream, tree = ?which, "the queue tree's summary is missing or does not fit it: counting its entries");
-                return Ok(None);
-            }
+    let legacy_delivered = store.delivered(stream)?;
+    let q = ledger::recover(trees, Which::Queue, read, true)?;
+    let dead = ledger::recover(trees, Which::Dead, read, true)?;
+    let (mut books, damaged_entries) = match (q, dead) {
+        (Some(q), Some(dead)) => (
+            Books {
+                q,
+                dead,
+                ..Books::default()
+            },
+            0,
+        ),
+        _ => {
+            tracing::warn!(%stream, "a queue tree has no usable record: counting its entries");
+            let tally = store.count(stream, true)?;
+            *read += tally.read;
+            *highest = (*highest).max(tally.next_key);
+            let q = Tally::flow(tally.q, tally.q_top, legacy_delivered);
+            let dead = Tally::flow(tally.dead, tally.dead_top, 0);
+            ledger::rebase(trees, Which::Queue, q)?;
+            ledger::rebase(trees, Which::Dead, dead)?;
+            let books = Books {
+                q,
+                dead,
+                ..Books::default()
+            };
+            (books, tally.damaged_entries)
+        }
+    };
+    books.damaged = store.count_damaged(stream)?;
+    books.q.delivered = books.q.delivered.max(legacy_delivered);
+    // A tree that never had anything taken out has no record yet: it gets one now, so that
+    // what is added to it from here on is counted from its stamps at the next start.
+    for which in [Which::Queue, Which::Dead] {
+        if ledger::stated(trees, which)?.is_none() {
+            ledger::rebase(trees, which, *books.flow(which))?;
         }
     }
-    Ok(Some(books))
+    Ok((books, damaged_entries))
 }
 
 /// Compares what a stream holds with what the manifest says it must, reports a shortfall,
@@ -375,11 +385,18 @@ fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport
         let found = tally.q.events + tally.dead.events;
         let trees = store.trees(name)?;
         let mut summary = "ok";
-        for (which, walked) in [(Which::Queue, &tally.q), (Which::Dead, &tally.dead)] {
-            summary = match (ledger::read(trees.get(which))?, summary) {
+        for (which, walked) in [(Which::Queue, tally.q), (Which::Dead, tally.dead)] {
+            let mut read = 0;
+            let told = match ledger::stated(trees, which)? {
+                Some(_) => ledger::recover(trees, which, &mut read, false)?,
+                None => None,
+            };
+            summary = match (told, summary) {
                 (_, "disagrees") => "disagrees",
-                (Some(s), _) if !same(&s, walked) => "disagrees",
-                (None, _) if walked.values > 0 => "missing",
+                (Some(f), _) if (f.events(), f.bytes()) != (walked.events, walked.bytes) => {
+                    "disagrees"
+                }
+                (None, _) if walked.events > 0 => "missing",
                 (_, earlier) => earlier,
             };
         }
@@ -391,7 +408,7 @@ fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport
             expected,
             missing: expected.map_or(0, |e| e.saturating_sub(found)),
             damaged_entries: tally.damaged_entries,
-            quarantined: tally.quarantined,
+            quarantined: tally.damaged.values,
         });
     }
     Ok(VerifyReport {
@@ -404,11 +421,6 @@ fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport
     })
 }
 
-/// Whether a summary says what a walk counted (values, events, bytes).
-fn same(summary: &Summary, walked: &Summary) -> bool {
-    (summary.values, summary.events, summary.bytes) == (walked.values, walked.events, walked.bytes)
-}
-
 /// The highest key of any queue, dead-letter or damaged tree.
 fn highest_key(db: &sled::Db) -> Result<u64, QueueError> {
     let mut next = 0;
@@ -418,7 +430,7 @@ fn highest_key(db: &sled::Db) -> Result<u64, QueueError> {
             .any(|p| name.starts_with(p))
         {
             let tree = db.open_tree(&name)?;
-            if let Some((k, _)) = tree.range(..SUMMARY_KEY).next_back().transpose()?
+            if let Some((k, _)) = tree.range(..RECORD_KEY).next_back().transpose()?
                 && let Ok(key) = super::entry::key_of(&k)
             {
                 next = next.max(key + 1);

@@ -15,8 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::entry::Stamp;
 use super::entry::{Entry, key_of};
-use super::ledger::{SUMMARY_KEY, Summary, Which};
+use super::ledger::{Damaged, Flow, RECORD_KEY, Which};
 use super::{QueueError, SEGMENT_SIZE};
 use crate::config::QueueConfig;
 
@@ -27,15 +28,36 @@ pub(super) struct Trees {
     pub damaged: sled::Tree,
     /// Bytes written through this sled handle (all streams share it): what its next open
     /// would replay from the log (sled 0.34 writes its snapshot only when it opens).
-    pub written: Arc<AtomicU64>,
+    pub log_bytes: Arc<AtomicU64>,
+    /// Tests: writes left before the store acts as if the process died (every later write
+    /// fails); `u64::MAX` for never.
+    #[cfg(test)]
+    pub crash_after: Arc<AtomicU64>,
 }
 
 impl Trees {
+    /// Counts a write of about `n` log bytes that is about to be made.
+    pub fn written(&self, n: u64) -> Result<(), QueueError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let left = self.crash_after.load(Ordering::Acquire);
+            if left == 0 {
+                return Err(QueueError::Storage("injected crash".to_owned()));
+            }
+            if left != u64::MAX {
+                self.crash_after.store(left - 1, Ordering::Release);
+            }
+        }
+        self.log_bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     pub fn get(&self, which: Which) -> &sled::Tree {
         match which {
             Which::Queue => &self.q,
             Which::Dead => &self.dead,
-            Which::Damaged => &self.damaged,
         }
     }
 }
@@ -43,8 +65,10 @@ impl Trees {
 /// An open sled database and its trees.
 pub(super) struct Store {
     pub db: sled::Db,
-    /// See [`Trees::written`].
-    pub written: Arc<AtomicU64>,
+    /// See [`Trees::log_bytes`].
+    pub log_bytes: Arc<AtomicU64>,
+    #[cfg(test)]
+    pub crash_after: Arc<AtomicU64>,
     pub meta: sled::Tree,
     /// Accepted `messageId`s (see [`super::dedup`]).
     pub dedup: sled::Tree,
@@ -74,10 +98,14 @@ impl Store {
             let meta = db.open_tree("meta")?;
             let dedup = db.open_tree("dedup")?;
             let mut trees = HashMap::new();
-            let written = Arc::new(AtomicU64::new(0));
+            let log_bytes = Arc::new(AtomicU64::new(0));
+            #[cfg(test)]
+            let crash_after = Arc::new(AtomicU64::new(u64::MAX));
             for name in streams {
                 let t = Trees {
-                    written: written.clone(),
+                    log_bytes: log_bytes.clone(),
+                    #[cfg(test)]
+                    crash_after: crash_after.clone(),
                     q: db.open_tree(format!("q/{name}"))?,
                     dead: db.open_tree(format!("dead/{name}"))?,
                     damaged: db.open_tree(format!("damaged/{name}"))?,
@@ -85,7 +113,9 @@ impl Store {
                 trees.insert(name.clone(), t);
             }
             Ok::<_, sled::Error>(Store {
-                written,
+                log_bytes,
+                #[cfg(test)]
+                crash_after,
                 db,
                 meta,
                 dedup,
@@ -126,23 +156,27 @@ impl Store {
             .map_or(0, u64::from_be_bytes))
     }
 
-    /// Counts what `stream` holds by reading every entry (a queue written before summaries
-    /// existed, a summary that is missing or damaged, and `queue verify`). With `quarantine`,
+    /// Counts what `stream` holds by reading every entry (a queue written before records
+    /// existed, a record that is missing or damaged, and `queue verify`). With `quarantine`,
     /// values that fail their check move to the `damaged/` tree (kept, never deleted), so
     /// delivery does not stall on them; without it nothing is written.
     pub fn count(&self, stream: &str, quarantine: bool) -> Result<Tally, QueueError> {
         let t = self.trees(stream)?;
         let mut tally = Tally::default();
         for (tree, dead) in [(&t.q, false), (&t.dead, true)] {
-            for item in tree.range(..SUMMARY_KEY) {
+            for item in tree.range(..RECORD_KEY) {
                 let (k, v) = item?;
                 tally.read += 1;
                 match Entry::decode(&k, v.clone()) {
                     Ok(e) => {
-                        let s = if dead { &mut tally.dead } else { &mut tally.q };
-                        s.values += 1;
+                        let (s, top) = if dead {
+                            (&mut tally.dead, &mut tally.dead_top)
+                        } else {
+                            (&mut tally.q, &mut tally.q_top)
+                        };
                         s.events += u64::from(e.count);
                         s.bytes += e.budget_bytes();
+                        *top = (*top).max(e.stamp.unwrap_or_default());
                         tally.next_key = tally.next_key.max(e.key + 1);
                     }
                     Err(QueueError::Damaged { why, .. }) => {
@@ -154,7 +188,7 @@ impl Store {
                             tally.next_key = tally.next_key.max(key + 1);
                         }
                         if quarantine {
-                            t.damaged.insert(&k, v.clone())?;
+                            t.damaged.insert(&k, v)?;
                             tree.remove(&k)?;
                         }
                     }
@@ -162,36 +196,62 @@ impl Store {
                 }
             }
         }
-        for item in t.damaged.range(..SUMMARY_KEY) {
-            let (_, v) = item?;
-            tally.quarantined += 1;
-            tally.damaged.values += 1;
-            tally.damaged.events += u64::from(Entry::claimed_count(&v).unwrap_or(0));
-            tally.damaged.bytes += v.len() as u64;
-        }
+        tally.damaged = self.count_damaged(stream)?;
         Ok(tally)
+    }
+
+    /// Counts the damaged tree of `stream` (normally empty; it only grows by damage).
+    pub fn count_damaged(&self, stream: &str) -> Result<Damaged, QueueError> {
+        let mut d = Damaged::default();
+        for item in self.trees(stream)?.damaged.iter() {
+            let (_, v) = item?;
+            d.values += 1;
+            d.events += u64::from(Entry::claimed_count(&v).unwrap_or(0));
+        }
+        Ok(d)
     }
 }
 
 /// What a walk of a stream's trees found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// The queue tree.
-    pub q: Summary,
+    /// The queue tree: events and budget bytes.
+    pub q: Stamp,
     /// The dead-letter tree.
-    pub dead: Summary,
+    pub dead: Stamp,
+    /// The highest stamp in the queue tree, and in the dead-letter tree.
+    pub q_top: Stamp,
+    pub dead_top: Stamp,
     /// The damaged tree, after this walk.
-    pub damaged: Summary,
+    pub damaged: Damaged,
     /// Values found damaged by this walk.
     pub damaged_entries: u64,
     /// Events those values claim to hold (when their header is readable).
     pub damaged_events: u64,
-    /// Values in the damaged tree.
-    pub quarantined: u64,
     /// One past the highest key seen.
     pub next_key: u64,
     /// Entries read.
     pub read: u64,
+}
+
+impl Tally {
+    /// A flow that holds `held` (what a walk found) and agrees with the highest stamp its
+    /// entries carry, so that a later start (which takes what came in from the last entry's
+    /// stamp) reads the same.
+    pub fn flow(held: Stamp, top: Stamp, delivered: u64) -> Flow {
+        let came_in = Stamp {
+            events: held.events.max(top.events),
+            bytes: held.bytes.max(top.bytes),
+        };
+        Flow {
+            came_in,
+            went_out: Stamp {
+                events: came_in.events - held.events,
+                bytes: came_in.bytes - held.bytes,
+            },
+            delivered,
+        }
+    }
 }
 
 /// The message of a caught panic.
