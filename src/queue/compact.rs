@@ -29,10 +29,13 @@ use super::entry::{Entry, key_of};
 use super::ledger;
 use super::{Inner, Queue, QueueError};
 
-/// A merged value holds at most this many bytes of lines: large enough that a 10 GiB budget
-/// of 200-byte events is ~40 k values, small enough that a value stays far below sled's blob
-/// threshold (2 MiB with our segment size), so merged values are synced with the log.
-pub(super) const TARGET_BYTES: usize = 256 << 10;
+/// A merged value holds at most this many bytes of lines: ~80 events of 200 bytes, so a
+/// 10 GiB budget of them is ~650 k values (sled keeps ~300 bytes of memory per value). Not
+/// more: sled 0.34 rewrites a leaf whole on every change near it, and with larger values its
+/// memory and files blow up (measured on 300 k single-event requests, VmHWM and files:
+/// 16 KiB 66 MiB and 169 MiB; 32 KiB 237 and 137; 64 KiB 525 MiB and 1.3 GiB; 256 KiB 539
+/// MiB and 769 MiB; no compaction 98 MiB and 145 MiB; see the README's sled notes).
+pub(super) const TARGET_BYTES: usize = 16 << 10;
 /// Entries with this many bytes of lines or more are left as they are (and end a run): so a
 /// merged value is never merged again, and each byte is rewritten at most once.
 pub(super) const SMALL_BYTES: usize = TARGET_BYTES / 4;

@@ -3,16 +3,21 @@
 //! its own disk.
 //!
 //! The files, one concern each:
-//! - [`entry`]: the value format (header, checksum, lines);
+//! - [`entry`]: the value format (header, stamp, checksum, lines);
+//! - `ledger.rs`: the accounting — every counter of a stream, the rules that move them, and
+//!   how a start reads them back from the trees without walking them;
 //! - `commit.rs`: the group commit — how an append becomes durable (check it against the
 //!   README's promise there);
+//! - `compact.rs`: the background merge of small consecutive entries (bounds sled's values);
 //! - [`admission`]: whether an append is taken: byte budget, free-space floor, failed storage;
 //! - [`dedup`]: the durable window of accepted `messageId`s (idempotent ingest);
-//! - `store.rs`: sled itself (opening it without panicking, trees, counting);
-//! - `open.rs`: the start-up: lock, open or move aside, count, and compare with the manifest;
+//! - `store.rs`: sled itself (opening it without panicking, trees, walking them);
+//! - `open.rs`: the start-up: lock, open or move aside, read the counts, and compare them
+//!   with the manifest;
 //! - [`manifest`]: the independent record of what the queue must hold (loss detection);
-//! - `health.rs`: the background round that reads free space, rewrites the manifest and
-//!   recovers failed storage (re-opening sled in the running process);
+//! - `health.rs`: the background round that reads free space, rewrites the manifest,
+//!   recovers failed storage and re-opens sled after every 512 MiB written (both in the
+//!   running process);
 //! - [`lock`]: one process per queue directory.
 //!
 //! # Why sled 0.34.7
@@ -23,8 +28,13 @@
 //! - `flush_async` deadlocks under concurrency (sled #1241, #1357), so appends are made
 //!   durable by a **group commit** (see `commit.rs`).
 //! - `apply_batch` and transactions take a process-wide write lock that stalls every other
-//!   writer, so a request's records for one stream are made **one value**; only a request
-//!   that spans several streams is written as a transaction.
+//!   writer and roll the IO buffer twice each; one per append starved sled's file
+//!   truncation into a deadlock (its 7 IO threads wait on the segment accountant, whose
+//!   holder waits on a truncation queued behind them). So a request's records for one
+//!   stream are made **one value**, the counts are kept with single writes (`ledger.rs`),
+//!   and only a request that spans several streams is written as a transaction.
+//! - It writes its page-table snapshot only when it opens, so an open replays every log
+//!   write since the last one: the health round re-opens it while running.
 //! - `flush()` ends in `sync_file_range`, which survives a process crash but not a power
 //!   loss, and values stored as separate blob files are never synced at all; the committer
 //!   `fdatasync`s both, and the segment size keeps entries up to 2 MiB in the synced log.

@@ -111,12 +111,7 @@ pub(super) fn open(
     }
     tracing::info!(
         entries_read = loaded.read,
-        "queue opened: counts read from the trees' records and last entries{}",
-        if loaded.read > 0 {
-            " and from walked entries"
-        } else {
-            ""
-        }
+        "queue opened: counts read from each tree's record and last entry"
     );
     warn_about_unconfigured_streams(&store.db, streams);
     let manifest = manifest::Writer::open(&config.path)?;
