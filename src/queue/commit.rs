@@ -51,7 +51,7 @@ pub(super) struct Pending {
     /// Lines skipped as already accepted.
     pub duplicates: u32,
     /// Ids this request adds to the dedup window (recorded with it, or forgotten).
-    pub ids: Vec<Box<str>>,
+    pub ids: Vec<super::dedup::Id>,
     pub enqueued_ms: u64,
     /// Budget bytes taken for it (its lines plus one header per part).
     pub reserved: u64,
@@ -415,10 +415,10 @@ impl Queue {
         &self,
         store: &super::store::Store,
         written: &WrittenGroup,
-    ) -> (Result<(), QueueError>, Vec<Box<str>>) {
-        let new_ids: Vec<Box<str>> = written
+    ) -> (Result<(), QueueError>, Vec<super::dedup::Id>) {
+        let new_ids: Vec<super::dedup::Id> = written
             .iter()
-            .flat_map(|(_, requests)| requests.iter().flat_map(|p| p.ids.iter().cloned()))
+            .flat_map(|(_, requests)| requests.iter().flat_map(|p| p.ids.iter().copied()))
             .collect();
         if new_ids.is_empty() {
             return (Ok(()), new_ids);
@@ -492,7 +492,7 @@ impl Queue {
         store: &super::store::Store,
         written: WrittenGroup,
         nothing_new: Vec<Pending>,
-        new_ids: &[Box<str>],
+        new_ids: &[super::dedup::Id],
         e: &QueueError,
     ) -> Vec<(Answer, Result<Stored, QueueError>)> {
         self.storage_failed("group flush", e);

@@ -798,7 +798,10 @@ async fn compaction_merges_small_entries_in_order_and_keeps_the_books_exact() {
     // Merged values of at least SMALL_BYTES each, and a tail run shorter than that.
     let line_bytes: u64 = sent.iter().map(|l| l.len() as u64).sum();
     let bound = line_bytes / compact::SMALL_BYTES as u64 + compact::SMALL_BYTES as u64 / 190;
-    assert!(after <= bound, "{after} values after compaction (bound {bound})");
+    assert!(
+        after <= bound,
+        "{after} values after compaction (bound {bound})"
+    );
     let saved = (2000 - after) * HEADER_LEN as u64;
     assert_eq!(q.queued_bytes(), bytes_before - saved);
     let all = q
