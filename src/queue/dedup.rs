@@ -217,7 +217,7 @@ fn decode(hasher_key: &[u8; 16], k: &[u8], v: &[u8]) -> Option<Accepted> {
     if v.first() == Some(&FINGERPRINTS) {
         let ms = u64::from_be_bytes(v.get(1..9)?.try_into().ok()?);
         let rest = &v[9..];
-        if rest.len() % 16 != 0 {
+        if !rest.len().is_multiple_of(16) {
             return None;
         }
         let ids = rest
