@@ -39,6 +39,10 @@ pub const BILLED_BYTES: &str = "firehose_edge_billed_bytes_total";
 pub const DEAD_LETTER_EVENTS: &str = "firehose_edge_dead_letter_events";
 /// Group flushes of the queue.
 pub const QUEUE_FLUSHES: &str = "firehose_edge_queue_flushes_total";
+/// Queue entries merged into others by the compactor (values sled no longer holds).
+pub const QUEUE_MERGED: &str = "firehose_edge_queue_merged_entries_total";
+/// In-process re-opens of sled that keep its snapshot fresh.
+pub const QUEUE_REOPENS: &str = "firehose_edge_queue_reopens_total";
 
 /// Queue directories that would not open and were moved aside at start.
 pub const QUEUE_MOVED_ASIDE: &str = "firehose_edge_queue_moved_aside_total";
@@ -67,6 +71,7 @@ pub const COMPONENT_FAILURES: &str = "firehose_edge_component_failures_total";
 pub const COMPONENTS: &[&str] = &[
     "committer",
     "health",
+    "compactor",
     "flusher",
     "ingest_server",
     "admin_server",
@@ -159,6 +164,16 @@ pub fn queue_flush() {
     counter!(QUEUE_FLUSHES).increment(1);
 }
 
+/// The compactor merged `n` entries into one.
+pub fn queue_merged(n: u64) {
+    counter!(QUEUE_MERGED).increment(n);
+}
+
+/// sled was re-opened so that it writes a fresh snapshot.
+pub fn queue_reopened() {
+    counter!(QUEUE_REOPENS).increment(1);
+}
+
 /// `n` messages from `source` skipped as duplicates.
 pub fn events_duplicate(source: &str, n: u64) {
     counter!(EVENTS_DUPLICATE, "source" => source.to_owned()).increment(n);
@@ -180,6 +195,8 @@ pub fn queue_lost_events(stream: &str, n: u64) {
 pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
     counter!(QUEUE_MOVED_ASIDE).increment(0);
     counter!(QUEUE_FLUSHES).increment(0);
+    counter!(QUEUE_MERGED).increment(0);
+    counter!(QUEUE_REOPENS).increment(0);
     for &component in COMPONENTS {
         counter!(COMPONENT_FAILURES, "component" => component).increment(0);
     }

@@ -265,5 +265,6 @@ fn merge(
     drop(books);
     queue.inner.admission.release(saved);
     me.merged_runs.fetch_add(1, Ordering::AcqRel);
+    crate::metrics::queue_merged(run.len() as u64);
     Ok(1)
 }

@@ -188,6 +188,7 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
     *slot = Some(Arc::new(open_again(q)?));
     drop(slot);
     q.inner.health.renewals.fetch_add(1, Ordering::AcqRel);
+    crate::metrics::queue_reopened();
     tracing::info!(
         written_mib = written >> 20,
         took_ms = started.elapsed().as_millis() as u64,
