@@ -594,7 +594,10 @@ fn each_replica_keeps_its_queue_on_a_claim_sized_for_the_budget() {
             .as_str()
             .expect("a memory limit"),
     );
-    assert!(memory >= 2 * (256 << 20), "twice the 256 MiB ceiling: {memory}");
+    assert!(
+        memory >= 2 * (256 << 20),
+        "twice the 256 MiB ceiling: {memory}"
+    );
     assert!(
         (memory as f64) < budget as f64 / 4.0,
         "memory is sized from the measurements, not from the {budget}-byte budget"

@@ -69,8 +69,18 @@ impl Compactor {
             .name("queue-compactor".to_owned())
             .spawn(move || {
                 // Per stream: where the next pass starts reading (the start of a run that
-                // may still grow; everything below it is merged or large already).
+                // may still grow; everything below it is merged or large already). A new
+                // process starts near the tail: what an earlier one left unmerged is a tail
+                // run at most, and reading the whole queue to look would cost its size in
+                // memory (sled keeps what a reader touched).
                 let mut cursors = std::collections::HashMap::<String, u64>::new();
+                if let Some(inner) = queue.upgrade() {
+                    let queue = Queue { inner };
+                    for stream in queue.inner.streams.keys() {
+                        let from = near_the_tail(&queue, stream).unwrap_or(0);
+                        cursors.insert(stream.clone(), from);
+                    }
+                }
                 while !me.stop.load(Ordering::Acquire) {
                     let Some(inner) = queue.upgrade() else {
                         return;
@@ -129,6 +139,26 @@ pub(super) fn until_done(queue: &Queue) {
     while pass(queue, &queue.inner.compactor, &mut cursors) {}
 }
 
+/// The key [`TAIL_ENTRIES`] entries before the end of `stream`'s queue tree.
+fn near_the_tail(queue: &Queue, stream: &str) -> Result<u64, QueueError> {
+    let store = queue.store()?;
+    let q = &store.trees(stream)?.q;
+    let key = q
+        .range(..ledger::RECORD_KEY)
+        .keys()
+        .rev()
+        .take(TAIL_ENTRIES)
+        .last();
+    match key.transpose()? {
+        Some(k) => key_of(&k),
+        None => Ok(0),
+    }
+}
+
+/// Entries a new process looks back from the tail for a run left unmerged (a tail run is
+/// shorter than [`SMALL_BYTES`], so at most this many single-event entries).
+const TAIL_ENTRIES: usize = 64;
+
 /// One pass over every stream; returns whether a stream has more to merge right away.
 fn pass(
     queue: &Queue,
@@ -181,6 +211,7 @@ fn compact_stream(
     *cursor = from;
     for item in q.range(from.to_be_bytes()..settled.to_be_bytes()) {
         let (k, v) = item?;
+        trees.read(v.len());
         let key = key_of(&k)?;
         let entry = match Entry::decode(&k, v) {
             Ok(e) => e,

@@ -23,6 +23,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// round re-opens sled in the running process (appends and deliveries wait meanwhile, they
 /// are not refused), which bounds what a start after a crash replays, whatever the backlog.
 pub(super) const RENEW_AFTER_BYTES: u64 = 512 << 20;
+/// sled 0.34 also keeps every page a reader touched, whatever its `cache_capacity` (a drain
+/// of 10 M queued events held ~780 MiB that way): after this many bytes of entries read
+/// through one handle, the round re-opens sled too, which lets all of it go.
+pub(super) const RENEW_AFTER_READ_BYTES: u64 = 128 << 20;
 
 /// The health round's name in failure reports and metrics.
 pub(super) const COMPONENT: &str = "health";
@@ -39,8 +43,9 @@ pub(super) struct Health {
     /// One round at a time (the background one and [`super::Queue::check_health_now`]):
     /// two re-opens racing would each find sled held by the other.
     round: Mutex<()>,
-    /// [`RENEW_AFTER_BYTES`] (tests set less).
+    /// [`RENEW_AFTER_BYTES`] and [`RENEW_AFTER_READ_BYTES`] (tests set less).
     pub renew_after: AtomicU64,
+    pub renew_after_read: AtomicU64,
     /// Renewals done.
     pub renewals: AtomicU64,
 }
@@ -56,6 +61,7 @@ impl Default for Health {
             thread: Mutex::new(None),
             round: Mutex::new(()),
             renew_after: AtomicU64::new(RENEW_AFTER_BYTES),
+            renew_after_read: AtomicU64::new(RENEW_AFTER_READ_BYTES),
             renewals: AtomicU64::new(0),
         }
     }
@@ -151,13 +157,15 @@ pub(super) fn round(q: &Queue) {
     {
         q.storage_failed("manifest write", &e);
     }
-    let written = inner
-        .store
-        .read()
-        .as_ref()
-        .map_or(0, |s| s.log_bytes.load(Ordering::Relaxed));
+    let (written, read) = inner.store.read().as_ref().map_or((0, 0), |s| {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (load(&s.log_bytes), load(&s.read_bytes))
+    });
+    let h = &inner.health;
+    let due = written >= h.renew_after.load(Ordering::Relaxed)
+        || read >= h.renew_after_read.load(Ordering::Relaxed);
     if !inner.admission.is_failing()
-        && written >= inner.health.renew_after.load(Ordering::Relaxed)
+        && due
         && let Err(e) = renew(q)
     {
         q.storage_failed("sled re-open", &e);
@@ -174,6 +182,7 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
         return Ok(());
     };
     let written = old.log_bytes.load(Ordering::Relaxed);
+    let read = old.read_bytes.load(Ordering::Relaxed);
     wait_for_sole_owner(&old);
     let old = match Arc::try_unwrap(old) {
         Ok(old) => old,
@@ -191,8 +200,9 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
     crate::metrics::queue_reopened();
     tracing::info!(
         written_mib = written >> 20,
+        read_mib = read >> 20,
         took_ms = started.elapsed().as_millis() as u64,
-        "re-opened sled so that it writes a fresh snapshot (a start after a crash replays only what is written after it)"
+        "re-opened sled: a fresh snapshot (a start after a crash replays only what is written after it) and an empty page cache"
     );
     Ok(())
 }

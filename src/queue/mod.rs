@@ -426,6 +426,7 @@ impl Queue {
                 break;
             }
             let (k, v) = item?;
+            trees.read(v.len());
             let key = entry::key_of(&k)?;
             if skip.contains(&key) || refused.contains(&key) {
                 continue;

@@ -29,6 +29,9 @@ pub(super) struct Trees {
     /// Bytes written through this sled handle (all streams share it): what its next open
     /// would replay from the log (sled 0.34 writes its snapshot only when it opens).
     pub log_bytes: Arc<AtomicU64>,
+    /// Bytes of entries read through this sled handle: what its page cache may hold (sled
+    /// 0.34 keeps the pages a reader touched, whatever `cache_capacity` says).
+    pub read_bytes: Arc<AtomicU64>,
     /// Tests: writes left before the store acts as if the process died (every later write
     /// fails); `u64::MAX` for never.
     #[cfg(test)]
@@ -54,6 +57,12 @@ impl Trees {
         Ok(())
     }
 
+    /// Counts `n` bytes of entries read.
+    pub fn read(&self, n: usize) {
+        self.read_bytes
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn get(&self, which: Which) -> &sled::Tree {
         match which {
             Which::Queue => &self.q,
@@ -65,8 +74,9 @@ impl Trees {
 /// An open sled database and its trees.
 pub(super) struct Store {
     pub db: sled::Db,
-    /// See [`Trees::log_bytes`].
+    /// See [`Trees::log_bytes`] and [`Trees::read_bytes`].
     pub log_bytes: Arc<AtomicU64>,
+    pub read_bytes: Arc<AtomicU64>,
     #[cfg(test)]
     pub crash_after: Arc<AtomicU64>,
     pub meta: sled::Tree,
@@ -99,11 +109,13 @@ impl Store {
             let dedup = db.open_tree("dedup")?;
             let mut trees = HashMap::new();
             let log_bytes = Arc::new(AtomicU64::new(0));
+            let read_bytes = Arc::new(AtomicU64::new(0));
             #[cfg(test)]
             let crash_after = Arc::new(AtomicU64::new(u64::MAX));
             for name in streams {
                 let t = Trees {
                     log_bytes: log_bytes.clone(),
+                    read_bytes: read_bytes.clone(),
                     #[cfg(test)]
                     crash_after: crash_after.clone(),
                     q: db.open_tree(format!("q/{name}"))?,
@@ -114,6 +126,7 @@ impl Store {
             }
             Ok::<_, sled::Error>(Store {
                 log_bytes,
+                read_bytes,
                 #[cfg(test)]
                 crash_after,
                 db,

@@ -1077,3 +1077,27 @@ async fn a_crash_at_any_write_of_a_merge_or_a_settle_leaves_exact_counts() {
         }
     }
 }
+
+/// Reading is a reason to re-open sled too (it keeps every page a reader touched): after
+/// enough entries read, the round renews the handle, and reading goes on from the new one.
+#[tokio::test]
+async fn reading_enough_renews_sled_and_reading_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.inner.compactor.stop();
+    q.inner
+        .health
+        .renew_after_read
+        .store(64 << 10, Ordering::Release);
+    let sent = trickle(&q, 0, 400).await;
+    assert_eq!(q.inner.health.renewals.load(Ordering::Acquire), 0);
+    for _ in 0..3 {
+        let all = q
+            .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!(lines(&all), sent);
+        q.check_health_now();
+    }
+    assert_eq!(q.inner.health.renewals.load(Ordering::Acquire), 3);
+}
