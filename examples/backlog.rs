@@ -36,8 +36,9 @@
 //! 7. **restart after the drain** (sled's files do not shrink), then SIGTERM.
 //!
 //! sled 0.34.7 writes its page-table snapshot only when it opens (`snapshot_after_ops` is a
-//! no-op), so the first open after a fill replays the whole log; later opens start from the
-//! snapshot that open wrote. The crash restart is that first open; the clean restart is not.
+//! no-op), so an open replays every log write since the last one; the queue re-opens sled
+//! in the running process after every 512 MiB written (and 128 MiB read), so that a crash
+//! restart replays little whatever the backlog.
 //! `--cold` evicts the queue's files from the page cache (`fadvise DONTNEED`, those files only)
 //! before every open, as after a node loss; by default they are warm.
 //!

@@ -1101,3 +1101,60 @@ async fn reading_enough_renews_sled_and_reading_goes_on() {
     }
     assert_eq!(q.inner.health.renewals.load(Ordering::Acquire), 3);
 }
+
+/// A queue written before records and stamps (version-2 entries, no record): its first
+/// start walks it once, exactly, and writes the records; later starts read only the ends,
+/// and new entries are counted from their stamps on top.
+#[tokio::test]
+async fn a_queue_from_before_records_is_walked_once_then_read_from_its_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.close().unwrap();
+    }
+    // What the previous version left: v2 entries and a `delivered/a` counter in `meta`.
+    let v2 = |text: &str| {
+        let mut v = vec![2u8];
+        v.extend_from_slice(&5u64.to_be_bytes());
+        v.extend_from_slice(&1u32.to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&v[1..13]);
+        crc.update(text.as_bytes());
+        v.extend_from_slice(&crc.finalize().to_be_bytes());
+        v.extend_from_slice(text.as_bytes());
+        v
+    };
+    tamper(&cfg, |db| {
+        let tree = db.open_tree("q/a").unwrap();
+        tree.remove(RECORD_KEY).unwrap();
+        for i in 0..50u64 {
+            tree.insert(i.to_be_bytes(), v2(&format!("old{i}\n")))
+                .unwrap();
+        }
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("delivered/a", &7u64.to_be_bytes()[..]).unwrap();
+    });
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        assert_eq!(
+            q.entries_read_at_open(),
+            1 + 50,
+            "its last entry, then a walk"
+        );
+        assert_eq!(q.queued_events("a"), 50);
+        assert_eq!(q.manifest_counts()["a"].delivered, 7);
+        q.append("a", b"new\n", 1).await.unwrap();
+        q.crash();
+    }
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    reads_only_the_ends(&q);
+    assert_eq!(q.queued_events("a"), 51);
+    let budget: u64 = q
+        .read_head("a", &HashSet::new(), usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(Entry::budget_bytes)
+        .sum();
+    assert_eq!(q.queued_bytes(), budget);
+}
