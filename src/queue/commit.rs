@@ -241,6 +241,11 @@ fn committer_loop(commit: &GroupCommit, queue: &std::sync::Weak<Inner>) {
             let next = queue.inner.next_key.load(Ordering::Acquire);
             commit.settled_below.store(next, Ordering::Release);
             queue.inner.compactor.wake();
+            // Not waiting for the store here: the round's answers go out first.
+            let store = queue.inner.store.try_read().and_then(|s| s.clone());
+            if let Some(store) = store {
+                queue.inner.health.renew_if_due(&store);
+            }
             drop(queue);
             // Answered only now, with the queue released: a caller that drops the queue after
             // its answer then holds the last handle, and the queue closes on its thread.

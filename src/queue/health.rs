@@ -25,8 +25,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 pub(super) const RENEW_AFTER_BYTES: u64 = 512 << 20;
 /// sled 0.34 also keeps every page a reader touched, whatever its `cache_capacity` (a drain
 /// of 10 M queued events held ~780 MiB that way): after this many bytes of entries read
-/// through one handle, the round re-opens sled too, which lets all of it go.
-pub(super) const RENEW_AFTER_READ_BYTES: u64 = 128 << 20;
+/// through one handle, the round re-opens sled too, which lets all of it go. (Each re-open
+/// costs an open, which grows with the pages sled keeps for a drained head: 50 ms to 4 s
+/// over a drain of 50 M events; so not more often.)
+pub(super) const RENEW_AFTER_READ_BYTES: u64 = 256 << 20;
 
 /// The health round's name in failure reports and metrics.
 pub(super) const COMPONENT: &str = "health";
@@ -108,6 +110,20 @@ impl Health {
         Ok(())
     }
 
+    /// Wakes the round if `store` has written or read enough to be re-opened (called by the
+    /// writers and readers, so that the re-open follows at once, not up to a period later).
+    pub fn renew_if_due(&self, store: &Store) {
+        if self.renewal_due(store) {
+            self.wake();
+        }
+    }
+
+    fn renewal_due(&self, store: &Store) -> bool {
+        store.log_bytes.load(Ordering::Relaxed) >= self.renew_after.load(Ordering::Relaxed)
+            || store.read_bytes.load(Ordering::Relaxed)
+                >= self.renew_after_read.load(Ordering::Relaxed)
+    }
+
     /// Runs a round soon (after a storage error).
     pub fn wake(&self) {
         *self.woken.lock() = true;
@@ -157,13 +173,7 @@ pub(super) fn round(q: &Queue) {
     {
         q.storage_failed("manifest write", &e);
     }
-    let (written, read) = inner.store.read().as_ref().map_or((0, 0), |s| {
-        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        (load(&s.log_bytes), load(&s.read_bytes))
-    });
-    let h = &inner.health;
-    let due = written >= h.renew_after.load(Ordering::Relaxed)
-        || read >= h.renew_after_read.load(Ordering::Relaxed);
+    let due = (inner.store.read().as_ref()).is_some_and(|s| inner.health.renewal_due(s));
     if !inner.admission.is_failing()
         && due
         && let Err(e) = renew(q)
@@ -184,6 +194,7 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
     let written = old.log_bytes.load(Ordering::Relaxed);
     let read = old.read_bytes.load(Ordering::Relaxed);
     wait_for_sole_owner(&old);
+    let waited = started.elapsed();
     let old = match Arc::try_unwrap(old) {
         Ok(old) => old,
         Err(old) => {
@@ -193,7 +204,9 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
         }
     };
     old.sync(&q.inner.config.path)?;
+    let synced = started.elapsed();
     drop(old);
+    let dropped = started.elapsed();
     *slot = Some(Arc::new(open_again(q)?));
     drop(slot);
     q.inner.health.renewals.fetch_add(1, Ordering::AcqRel);
@@ -202,6 +215,9 @@ fn renew(q: &Queue) -> Result<(), QueueError> {
         written_mib = written >> 20,
         read_mib = read >> 20,
         took_ms = started.elapsed().as_millis() as u64,
+        waited_ms = waited.as_millis() as u64,
+        synced_ms = synced.as_millis() as u64,
+        dropped_ms = dropped.as_millis() as u64,
         "re-opened sled: a fresh snapshot (a start after a crash replays only what is written after it) and an empty page cache"
     );
     Ok(())

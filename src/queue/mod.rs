@@ -426,11 +426,13 @@ impl Queue {
                 break;
             }
             let (k, v) = item?;
-            trees.read(v.len());
             let key = entry::key_of(&k)?;
             if skip.contains(&key) || refused.contains(&key) {
                 continue;
             }
+            // Counted once per hand-out: entries in flight are passed over again and again,
+            // but their pages are the same.
+            trees.read(v.len());
             match Entry::decode(&k, v.clone()) {
                 Ok(entry) => {
                     bytes += entry.lines.len();
@@ -445,6 +447,7 @@ impl Queue {
         if let Some(last) = out.last() {
             ledger.handed_out.fetch_max(last.key + 1, Ordering::AcqRel);
         }
+        self.inner.health.renew_if_due(&store);
         if out.is_empty() && skip.is_empty() && refused.is_empty() {
             self.check_drained(&mut books, &store, stream)?;
         }
