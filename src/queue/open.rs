@@ -166,13 +166,12 @@ struct Loaded {
     books: Vec<(String, Books, u64)>,
     /// One past the highest key of any tree: a key is never reused.
     highest: u64,
-    /// Entries read to count them (0 when every summary was there).
+    /// Entries read to count them (a few per tree when every record was there).
     read: u64,
 }
 
-/// Opens sled and reads every stream's books from its trees' summaries, walking only a
-/// stream whose summaries are missing or do not fit its trees (a queue written before they
-/// existed, or damage). sled can also panic or fail while its trees are read (a damaged
+/// Opens sled and reads every stream's books from its trees (see [`books_of`]), walking only
+/// a tree without a usable record (a queue written before records existed, or damage). sled can also panic or fail while its trees are read (a damaged
 /// page), so the whole of it counts as opening: a panic or an error here is damage, and the
 /// directory is moved aside instead of crash-looping.
 fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {

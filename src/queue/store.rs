@@ -4,9 +4,9 @@
 //! Tree `q/<stream>`: key = big-endian `u64` sequence number (iteration order is age order),
 //! value = an [`Entry`]. `dead/<stream>`: the same, for records the sink refused for good.
 //! `damaged/<stream>`: values whose checksum or header failed, kept (never deleted) for an
-//! operator, out of the delivery path. Each of them also holds its summary (see
-//! [`super::ledger`]). `meta`: a probe key used to test whether writes work again, and the
-//! `delivered/<stream>` counters queues kept before summaries existed (read, never written).
+//! operator, out of the delivery path. `q/` and `dead/` also hold their record, under a
+//! 9-byte key after every entry (see [`super::ledger`]). `meta`: a probe key used to test whether writes work again, and the
+//! `delivered/<stream>` counters queues kept before records existed (read, never written).
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -550,7 +550,7 @@ async fn an_entry_removed_behind_the_queues_back_is_found_by_verify_and_at_the_d
     assert_eq!(
         q.queued_events("a"),
         4,
-        "the summary is trusted at the start"
+        "the record is trusted at the start"
     );
     let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
     assert_eq!(lines(&head), ["4\n"]);
@@ -783,7 +783,7 @@ async fn trickle(q: &Queue, from: usize, n: usize) -> Vec<String> {
 
 /// A trickle of single-event requests (one value each) is merged into few values; the
 /// stream keeps its order, every event is there once, the budget shrinks by the headers
-/// the merge saved, and all of it survives a restart — read from the summaries.
+/// the merge saved, and all of it survives a restart — read from the tree's ends.
 #[tokio::test]
 async fn compaction_merges_small_entries_in_order_and_keeps_the_books_exact() {
     let dir = tempfile::tempdir().unwrap();
