@@ -19,11 +19,11 @@
 //!   and report; dead letters and damaged entries live in other trees and are never merged.
 //! - It pauses while storage is failing, and never holds the stream's lock while it reads.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use super::background::Background;
 
 use super::entry::{Entry, key_of};
 use super::ledger;
@@ -50,85 +50,63 @@ pub(super) const COMPONENT: &str = "compactor";
 /// The background thread's handle and signals.
 #[derive(Default)]
 pub(super) struct Compactor {
-    stop: AtomicBool,
-    wake: Condvar,
-    woken: Mutex<bool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Background,
     /// Merges done (for tests and the gauges).
     pub merged_runs: std::sync::atomic::AtomicU64,
     /// Tests: panic in the middle of the next merge, after its batch is built.
     #[cfg(test)]
-    pub panic_next: AtomicBool,
+    pub panic_next: std::sync::atomic::AtomicBool,
 }
 
 impl Compactor {
     /// Starts the thread; it holds the queue only weakly between passes.
     pub fn spawn(self: &Arc<Self>, queue: Weak<Inner>) -> std::io::Result<()> {
         let me = self.clone();
-        let handle = std::thread::Builder::new()
-            .name("queue-compactor".to_owned())
-            .spawn(move || {
-                // Per stream: where the next pass starts reading (the start of a run that
-                // may still grow; everything below it is merged or large already). A new
-                // process starts near the tail: what an earlier one left unmerged is a tail
-                // run at most, and reading the whole queue to look would cost its size in
-                // memory (sled keeps what a reader touched).
-                let mut cursors = std::collections::HashMap::<String, u64>::new();
-                if let Some(inner) = queue.upgrade() {
-                    let queue = Queue { inner };
-                    for stream in queue.inner.streams.keys() {
-                        let from = near_the_tail(&queue, stream).unwrap_or(0);
-                        cursors.insert(stream.clone(), from);
-                    }
+        self.thread.spawn("queue-compactor", move || {
+            // Per stream: where the next pass starts reading (the start of a run that
+            // may still grow; everything below it is merged or large already). A new
+            // process starts near the tail: what an earlier one left unmerged is a tail
+            // run at most, and reading the whole queue to look would cost its size in
+            // memory (sled keeps what a reader touched).
+            let mut cursors = std::collections::HashMap::<String, u64>::new();
+            if let Some(inner) = queue.upgrade() {
+                let queue = Queue { inner };
+                for stream in queue.inner.streams.keys() {
+                    let from = near_the_tail(&queue, stream).unwrap_or(0);
+                    cursors.insert(stream.clone(), from);
                 }
-                while !me.stop.load(Ordering::Acquire) {
-                    let Some(inner) = queue.upgrade() else {
+            }
+            while !me.thread.stopping() {
+                let Some(inner) = queue.upgrade() else {
+                    return;
+                };
+                let queue = Queue { inner };
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pass(&queue, &me, &mut cursors)
+                }));
+                let more = match pass {
+                    Ok(more) => more,
+                    Err(panic) => {
+                        let why = super::store::panic_message(&*panic);
+                        queue.inner.fatal.report(COMPONENT, why);
                         return;
-                    };
-                    let queue = Queue { inner };
-                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pass(&queue, &me, &mut cursors)
-                    }));
-                    let more = match pass {
-                        Ok(more) => more,
-                        Err(panic) => {
-                            let why = super::store::panic_message(&*panic);
-                            queue.inner.fatal.report(COMPONENT, why);
-                            return;
-                        }
-                    };
-                    drop(queue);
-                    if more {
-                        continue;
                     }
-                    let mut woken = me.woken.lock();
-                    me.wake.wait_while_for(
-                        &mut woken,
-                        |w| !*w && !me.stop.load(Ordering::Acquire),
-                        PERIOD,
-                    );
-                    *woken = false;
+                };
+                drop(queue);
+                if !more {
+                    me.thread.wait(PERIOD);
                 }
-            })?;
-        *self.thread.lock() = Some(handle);
-        Ok(())
+            }
+        })
     }
 
     /// Runs a pass soon (the committer calls it after each round).
     pub fn wake(&self) {
-        *self.woken.lock() = true;
-        self.wake.notify_one();
+        self.thread.wake();
     }
 
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.wake();
-        let handle = self.thread.lock().take();
-        if let Some(handle) = handle
-            && handle.thread().id() != std::thread::current().id()
-        {
-            let _ = handle.join();
-        }
+        self.thread.stop();
     }
 }
 

@@ -3,10 +3,12 @@
 //! storage — first by probing whether sled writes again, else by re-opening sled inside the
 //! running process (after an I/O error sled 0.34 refuses every later operation).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+
+use super::background::Background;
 use std::time::Duration;
 
 use super::ledger::Books;
@@ -35,13 +37,10 @@ pub(super) const COMPONENT: &str = "health";
 
 /// The background thread's handle and signals.
 pub(super) struct Health {
-    stop: AtomicBool,
+    thread: Background,
     /// Tests: panic in the next background round.
     #[cfg(test)]
-    pub panic_next: AtomicBool,
-    wake: Condvar,
-    woken: Mutex<bool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub panic_next: std::sync::atomic::AtomicBool,
     /// One round at a time (the background one and [`super::Queue::check_health_now`]):
     /// two re-opens racing would each find sled held by the other.
     round: Mutex<()>,
@@ -55,12 +54,9 @@ pub(super) struct Health {
 impl Default for Health {
     fn default() -> Self {
         Health {
-            stop: AtomicBool::new(false),
+            thread: Background::default(),
             #[cfg(test)]
-            panic_next: AtomicBool::new(false),
-            wake: Condvar::new(),
-            woken: Mutex::new(false),
-            thread: Mutex::new(None),
+            panic_next: std::sync::atomic::AtomicBool::new(false),
             round: Mutex::new(()),
             renew_after: AtomicU64::new(RENEW_AFTER_BYTES),
             renew_after_read: AtomicU64::new(RENEW_AFTER_READ_BYTES),
@@ -74,40 +70,30 @@ impl Health {
     /// queue stops it.
     pub fn spawn(self: &Arc<Self>, queue: Weak<Inner>) -> std::io::Result<()> {
         let health = self.clone();
-        let handle = std::thread::Builder::new()
-            .name("queue-health".to_owned())
-            .spawn(move || {
-                while !health.stop.load(Ordering::Acquire) {
-                    let Some(inner) = queue.upgrade() else {
-                        return;
-                    };
-                    let queue = Queue { inner };
-                    // A round that panics is not retried: the free-space readings, the
-                    // manifest and recovery stop with it, so the process must stop too.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        #[cfg(test)]
-                        if health.panic_next.swap(false, Ordering::AcqRel) {
-                            panic!("injected health round panic");
-                        }
-                        round(&queue)
-                    }));
-                    if let Err(panic) = result {
-                        let why = super::store::panic_message(&*panic);
-                        queue.inner.fatal.report(COMPONENT, why);
-                        return;
+        self.thread.spawn("queue-health", move || {
+            while !health.thread.stopping() {
+                let Some(inner) = queue.upgrade() else {
+                    return;
+                };
+                let queue = Queue { inner };
+                // A round that panics is not retried: the free-space readings, the
+                // manifest and recovery stop with it, so the process must stop too.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    #[cfg(test)]
+                    if health.panic_next.swap(false, Ordering::AcqRel) {
+                        panic!("injected health round panic");
                     }
-                    drop(queue);
-                    let mut woken = health.woken.lock();
-                    health.wake.wait_while_for(
-                        &mut woken,
-                        |w| !*w && !health.stop.load(Ordering::Acquire),
-                        PERIOD,
-                    );
-                    *woken = false;
+                    round(&queue)
+                }));
+                if let Err(panic) = result {
+                    let why = super::store::panic_message(&*panic);
+                    queue.inner.fatal.report(COMPONENT, why);
+                    return;
                 }
-            })?;
-        *self.thread.lock() = Some(handle);
-        Ok(())
+                drop(queue);
+                health.thread.wait(PERIOD);
+            }
+        })
     }
 
     /// Wakes the round if `store` has written or read enough to be re-opened (called by the
@@ -126,19 +112,11 @@ impl Health {
 
     /// Runs a round soon (after a storage error).
     pub fn wake(&self) {
-        *self.woken.lock() = true;
-        self.wake.notify_one();
+        self.thread.wake();
     }
 
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.wake();
-        let handle = self.thread.lock().take();
-        if let Some(handle) = handle
-            && handle.thread().id() != std::thread::current().id()
-        {
-            let _ = handle.join();
-        }
+        self.thread.stop();
     }
 }
 

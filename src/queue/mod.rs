@@ -43,6 +43,7 @@
 //!   `size_on_disk()`.
 
 pub mod admission;
+mod background;
 mod commit;
 mod compact;
 pub mod dedup;
@@ -301,6 +302,12 @@ impl Queue {
         self.inner.commit.stop();
         self.inner.compactor.stop();
         self.inner.health.stop();
+    }
+
+    /// Tests: entries stay as appended (the compactor does not run).
+    #[cfg(test)]
+    pub(crate) fn stop_compactor(&self) {
+        self.inner.compactor.stop();
     }
 
     /// Tests: the committer panics in its next round (as a bug in sled or in our code would).
