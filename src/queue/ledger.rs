@@ -527,11 +527,21 @@ pub(super) fn recover(
         Some(Err(e)) => return Err(e),
         None => {}
     }
+    // The entry the record names, if it is there; a damaged one makes the tree a walk's
+    // (which moves it aside), never a reason to take the whole queue for damaged.
+    let mut damaged = false;
     let mut entry = |key: u64| -> Result<Option<Entry>, QueueError> {
         match tree.get(key.to_be_bytes())? {
             Some(v) => {
                 *read += 1;
-                Entry::decode(&key.to_be_bytes(), v).map(Some)
+                match Entry::decode(&key.to_be_bytes(), v) {
+                    Ok(e) => Ok(Some(e)),
+                    Err(QueueError::Damaged { .. }) => {
+                        damaged = true;
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             None => Ok(None),
         }
@@ -556,6 +566,9 @@ pub(super) fn recover(
             (merged, None)
         }
     };
+    if damaged {
+        return Ok(None);
+    }
     if !happened
         && repair
         && let Some(dead) = dead

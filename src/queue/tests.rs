@@ -1158,3 +1158,44 @@ async fn a_queue_from_before_records_is_walked_once_then_read_from_its_ends() {
         .sum();
     assert_eq!(q.queued_bytes(), budget);
 }
+
+/// The entry a tree's record names turns out damaged at the next start: that tree is walked
+/// (the damaged entry moved aside and reported), never the whole queue taken for damaged.
+#[tokio::test]
+async fn a_damaged_entry_named_by_the_record_means_a_walk_not_a_moved_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    {
+        let q = Queue::open(&cfg, &streams()).unwrap();
+        q.inner.compactor.stop();
+        q.append("a", b"1\n2\n3\n", 3).await.unwrap();
+        q.append("a", b"4\n", 1).await.unwrap();
+        let head = q.read_head("a", &HashSet::new(), 1, usize::MAX).unwrap();
+        q.settle("a", &head[0], &[b"3\n"]).unwrap(); // the record names this rewrite
+        q.close().unwrap();
+    }
+    tamper(&cfg, |db| {
+        let tree = db.open_tree("q/a").unwrap();
+        let (k, v) = tree.range(..RECORD_KEY).next().unwrap().unwrap();
+        let mut bad = v.to_vec();
+        *bad.last_mut().unwrap() ^= 0x20;
+        tree.insert(k, bad).unwrap();
+    });
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    assert!(
+        !std::fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("damaged")),
+        "nothing was moved aside"
+    );
+    assert_eq!(
+        q.queued_events("a"),
+        1,
+        "the good entry, counted by the walk"
+    );
+    assert_eq!(q.ledger("a").unwrap().books().damaged.values, 1);
+    let head = q.read_head("a", &HashSet::new(), 10, usize::MAX).unwrap();
+    assert_eq!(lines(&head), ["4\n"]);
+}
