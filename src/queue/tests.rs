@@ -431,15 +431,24 @@ async fn a_second_open_of_one_directory_is_refused_and_changes_nothing() {
     q.append("a", b"1\n", 1).await.unwrap();
     let err = Queue::open(&cfg, &streams()).err().expect("refused");
     assert!(matches!(err, QueueError::InUse { .. }), "{err}");
-    assert!(
-        !dir.path()
-            .read_dir()
-            .unwrap()
-            .any(|e| { e.unwrap().file_name().to_string_lossy().contains("damaged") }),
-        "nothing was moved aside"
-    );
+    assert_nothing_moved_aside(dir.path());
     q.append("a", b"2\n", 1).await.unwrap();
     assert_eq!(q.queued_events("a"), 2);
+}
+
+/// Flips a bit in the last byte of entry `k` (value `v`) of `tree`, as bit rot would.
+fn damage(tree: &sled::Tree, k: &[u8], v: &[u8]) {
+    let mut bad = v.to_vec();
+    *bad.last_mut().unwrap() ^= 0x20;
+    tree.insert(k, bad).unwrap();
+}
+
+/// No `<queue>.damaged-*` directory next to the queue: nothing was moved aside.
+fn assert_nothing_moved_aside(dir: &Path) {
+    let moved = std::fs::read_dir(dir)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().contains("damaged"));
+    assert!(!moved, "nothing was moved aside");
 }
 
 /// Opens the closed queue's sled database directly (as damage would) and runs `f` on it.
@@ -583,9 +592,7 @@ async fn a_damaged_entry_is_kept_aside_reported_and_not_delivered() {
     tamper(&cfg, |db| {
         let tree = db.open_tree("q/a").unwrap();
         let (k, v) = tree.range(..RECORD_KEY).next_back().unwrap().unwrap();
-        let mut bad = v.to_vec();
-        *bad.last_mut().unwrap() ^= 0x20;
-        tree.insert(k, bad).unwrap();
+        damage(&tree, &k, &v);
     });
     let report = Queue::verify(&cfg, &streams()).unwrap();
     assert_eq!(report.streams[0].damaged_entries, 1);
@@ -842,9 +849,7 @@ async fn compaction_leaves_in_flight_and_damaged_entries_alone() {
     tamper(&cfg, |db| {
         let tree = db.open_tree("q/a").unwrap();
         let (k, v) = tree.range(..RECORD_KEY).nth(500).unwrap().unwrap();
-        let mut bad = v.to_vec();
-        *bad.last_mut().unwrap() ^= 0x20;
-        tree.insert(k, bad).unwrap();
+        damage(&tree, &k, &v);
     });
     let q = Queue::open(&cfg, &streams()).unwrap();
     q.inner.compactor.stop();
@@ -1177,19 +1182,10 @@ async fn a_damaged_entry_named_by_the_record_means_a_walk_not_a_moved_queue() {
     tamper(&cfg, |db| {
         let tree = db.open_tree("q/a").unwrap();
         let (k, v) = tree.range(..RECORD_KEY).next().unwrap().unwrap();
-        let mut bad = v.to_vec();
-        *bad.last_mut().unwrap() ^= 0x20;
-        tree.insert(k, bad).unwrap();
+        damage(&tree, &k, &v);
     });
     let q = Queue::open(&cfg, &streams()).unwrap();
-    assert!(
-        !std::fs::read_dir(dir.path()).unwrap().any(|e| e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .contains("damaged")),
-        "nothing was moved aside"
-    );
+    assert_nothing_moved_aside(dir.path());
     assert_eq!(
         q.queued_events("a"),
         1,
