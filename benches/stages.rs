@@ -22,8 +22,8 @@ use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use firehose_edge::config::{Durability, FlusherConfig, QueueConfig};
-use firehose_edge::event::{self, Endpoint};
 use firehose_edge::flusher::{Flusher, Packing};
+use firehose_edge::protocol::classic::{self as event, Endpoint};
 use firehose_edge::queue::Queue;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;

@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use firehose_edge::config::{Config, Durability, FlusherConfig, QueueConfig};
-use firehose_edge::event::{self, Endpoint};
 use firehose_edge::flusher::{Flusher, Packing};
+use firehose_edge::protocol::classic::{self as event, Endpoint};
 use firehose_edge::queue::Queue;
 use firehose_edge::{Listeners, run_with_sink};
 use http::header::{CONTENT_TYPE, HOST};

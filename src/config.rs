@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+// Each protocol's section is declared in its own file.
+pub use crate::protocol::classic::StreamsConfig;
+pub use crate::protocol::posthog::PostHogConfig;
+pub use crate::protocol::segment::SegmentConfig;
+pub use crate::protocol::snowplow::SnowplowConfig;
+
 /// Prefix of environment overrides: `FIREHOSE_EDGE__QUEUE__PATH=/var/lib/q` sets `queue.path`.
 pub const ENV_PREFIX: &str = "FIREHOSE_EDGE__";
 
@@ -88,6 +94,10 @@ pub struct Config {
     pub cors: CorsConfig,
     /// The Segment-compatible API.
     pub segment: SegmentConfig,
+    /// PostHog's capture API.
+    pub posthog: PostHogConfig,
+    /// Snowplow's tracker protocol.
+    pub snowplow: SnowplowConfig,
 }
 
 /// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).
@@ -146,48 +156,6 @@ impl AuthConfig {
 
 /// The source of requests made with a plain API key, or to an open service.
 pub const DEFAULT_SOURCE: &str = "default";
-
-/// `[segment]`: the Segment-compatible API (`/v1/*`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SegmentConfig {
-    /// Delivery stream(s) of `track` messages.
-    pub track: StreamList,
-    /// Delivery stream(s) of `identify` messages.
-    pub identify: StreamList,
-    /// Delivery stream(s) of `page` messages.
-    pub page: StreamList,
-    /// Delivery stream(s) of `screen` messages.
-    pub screen: StreamList,
-    /// Delivery stream(s) of `group` messages.
-    pub group: StreamList,
-    /// Delivery stream(s) of `alias` messages.
-    pub alias: StreamList,
-    /// Largest message, as sent (Segment: 32 KB); 400 above it. At most Firehose's record
-    /// limit (1,024,000 bytes), since each message becomes one record; a message whose record
-    /// (with the fields the server adds) would still exceed it is a 400 too.
-    pub max_message_bytes: usize,
-    /// Largest `/v1/batch` body (Segment: 500 KB); 400 above it.
-    pub max_batch_bytes: usize,
-    /// Peers whose `X-Forwarded-For` is believed for `context.ip` (load balancers).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
-}
-
-impl Default for SegmentConfig {
-    fn default() -> Self {
-        SegmentConfig {
-            track: "segment_tracks".into(),
-            identify: "segment_identifies".into(),
-            page: "segment_pages".into(),
-            screen: "segment_screens".into(),
-            group: "segment_groups".into(),
-            alias: "segment_aliases".into(),
-            max_message_bytes: 32 * 1024,
-            max_batch_bytes: 500 * 1024,
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
 
 /// `[cors]`: which web origins may call the ingest API from a browser.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -414,28 +382,6 @@ impl Default for SinkConfig {
             endpoint_url: None,
             connect_timeout_ms: 3_000,
             request_timeout_ms: 15_000,
-        }
-    }
-}
-
-/// `[streams]`: the delivery stream (or streams) each endpoint writes to.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamsConfig {
-    /// Stream(s) of `POST /track`.
-    pub track: StreamList,
-    /// Stream(s) of `POST /alias`.
-    pub alias: StreamList,
-    /// Stream(s) of `POST /profile`.
-    pub profile: StreamList,
-}
-
-impl Default for StreamsConfig {
-    fn default() -> Self {
-        StreamsConfig {
-            track: "log_user_events".into(),
-            alias: "link_users".into(),
-            profile: "user_profiles".into(),
         }
     }
 }
@@ -963,18 +909,7 @@ impl Config {
 
     /// Every endpoint's key and stream list, in endpoint order.
     fn stream_lists(&self) -> Vec<(&'static str, &StreamList)> {
-        let (s, g) = (&self.streams, &self.segment);
-        vec![
-            ("streams.track", &s.track),
-            ("streams.alias", &s.alias),
-            ("streams.profile", &s.profile),
-            ("segment.track", &g.track),
-            ("segment.identify", &g.identify),
-            ("segment.page", &g.page),
-            ("segment.screen", &g.screen),
-            ("segment.group", &g.group),
-            ("segment.alias", &g.alias),
-        ]
+        crate::protocol::stream_lists(self)
     }
 
     /// Where the records queued under `queue` (an endpoint's first stream) are delivered, and

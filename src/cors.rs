@@ -1,8 +1,9 @@
 //! CORS for browsers calling the ingest API from other origins.
 
 use http::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ORIGIN,
+    VARY,
 };
 use http::{HeaderMap, HeaderValue};
 
@@ -48,8 +49,15 @@ impl Cors {
     }
 
     /// Adds the headers of an actual (non-preflight) response; `origin` is the request's
-    /// origin if it is allowed (see [`Cors::allowed_origin`]).
-    pub fn decorate(&self, origin: Option<HeaderValue>, response: &mut HeaderMap) {
+    /// origin if it is allowed (see [`Cors::allowed_origin`]); `credentials` for a protocol
+    /// whose browser clients send cookies (the answer then names the origin, never `*`, as
+    /// it always does here).
+    pub fn decorate(
+        &self,
+        origin: Option<HeaderValue>,
+        credentials: bool,
+        response: &mut HeaderMap,
+    ) {
         if !self.enabled() {
             return;
         }
@@ -57,17 +65,36 @@ impl Cors {
         response.append(VARY, HeaderValue::from_static("origin"));
         if let Some(origin) = origin {
             response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            if credentials {
+                response.insert(
+                    ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
         }
     }
 
     /// Adds the headers of a successful preflight answer to `request` (a preflight from an
-    /// allowed origin).
-    pub fn preflight(&self, origin: &HeaderValue, request: &HeaderMap, response: &mut HeaderMap) {
+    /// allowed origin) for a route taking `methods`.
+    pub fn preflight(
+        &self,
+        origin: &HeaderValue,
+        request: &HeaderMap,
+        methods: &'static str,
+        credentials: bool,
+        response: &mut HeaderMap,
+    ) {
         response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         response.insert(
             ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST"),
+            HeaderValue::from_static(methods),
         );
+        if credentials {
+            response.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
         response.insert(ACCESS_CONTROL_ALLOW_HEADERS, allowed_headers(request));
         response.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         response.append(VARY, HeaderValue::from_static("origin"));

@@ -1,8 +1,10 @@
-//! The public API: routing, request limits, and the path from body to durable queue entry.
+//! The public API: routing, request limits, and the path from body to durable queue entry,
+//! the same for every protocol.
 //!
-//! `POST /track|/alias|/profile` → CORS preflight → API key → content type, encoding and
-//! size checks → body read under a deadline and a (decompressed) cap → [`event::encode`] →
-//! [`Queue::append`] (which returns once the records are durable) → 200. Every refusal is an
+//! route ([`protocol::Table`]) → CORS preflight → method → API key → content type, encoding
+//! and size checks → body read under a deadline and a (decompressed) cap → the protocol's
+//! [`Protocol::accept`] (validation, records) → [`Queue::append`] / [`Queue::append_batch`]
+//! (which return once the records are durable) → the protocol's answer. Every refusal is an
 //! [`IngestError`], mapped to its status in one `match`.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -18,11 +20,11 @@ use crate::auth::ApiKeys;
 use crate::body::{self, BodyError};
 use crate::config::{Config, ConfigError};
 use crate::cors::Cors;
-use crate::event::{self, EncodeError, Endpoint, FieldError, Limits};
 use crate::metrics;
+use crate::protocol::classic::FieldError;
+use crate::protocol::{self, Auth, Protocol, Records, Route};
 use crate::queue::{Queue, QueueError};
 use crate::response::json_response;
-use crate::segment::{self, SegmentError, V1};
 
 /// Seconds a client is told to wait when the queue cannot take more.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -33,9 +35,9 @@ pub enum IngestError {
     /// No such path.
     #[error("not found")]
     NotFound,
-    /// An ingest path with a method other than POST.
+    /// An ingest path with a method it does not take (those it does, for `Allow`).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     /// A content type other than JSON or text/plain (classic API only), or an unknown
     /// content encoding.
     #[error("unsupported content type or encoding")]
@@ -80,9 +82,10 @@ pub enum IngestError {
     /// The body could not be read from the connection.
     #[error("body could not be read: {0}")]
     BodyRead(String),
-    /// Over Segment's per-message or per-batch size (`/v1`; Segment answers 400).
+    /// Over a compatibility protocol's own per-message or per-batch size (Segment answers
+    /// 400, and its SDKs drop rather than retry it).
     #[error("{0}")]
-    SegmentTooLarge(String),
+    ProtocolTooLarge(String),
     /// The queue's byte budget is spent, or its disk is below the free-space floor.
     #[error("the queue is full; retry later")]
     QueueFull,
@@ -97,7 +100,7 @@ impl IngestError {
     fn status_and_reason(&self) -> (StatusCode, &'static str) {
         match self {
             IngestError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            IngestError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method"),
+            IngestError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method"),
             IngestError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type")
             }
@@ -109,7 +112,7 @@ impl IngestError {
             IngestError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             IngestError::Corrupt => (StatusCode::BAD_REQUEST, "corrupt_body"),
             IngestError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-            IngestError::SegmentTooLarge(_) => (StatusCode::BAD_REQUEST, "too_large"),
+            IngestError::ProtocolTooLarge(_) => (StatusCode::BAD_REQUEST, "too_large"),
             IngestError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_read"),
             IngestError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -120,7 +123,7 @@ impl IngestError {
     /// RudderStack's Python SDK (and analytics-python 1.x) take a 4xx as final only when its
     /// body has both `code` and `message`, and otherwise retry it like a network error —
     /// a storm of retries of a request that can never succeed.
-    fn into_response(self, compat: bool) -> Response<Full<Bytes>> {
+    pub fn into_response(self, compat: bool) -> Response<Full<Bytes>> {
         let (status, reason) = self.status_and_reason();
         let mut body = match &self {
             IngestError::Invalid(details) => {
@@ -138,8 +141,8 @@ impl IngestError {
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         match self {
-            IngestError::MethodNotAllowed => {
-                headers.insert(ALLOW, HeaderValue::from_static("POST"));
+            IngestError::MethodNotAllowed(allowed) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allowed));
             }
             IngestError::Unauthorized => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -175,60 +178,19 @@ pub struct Ingest {
     queue: Queue,
     max_body_bytes: usize,
     body_timeout: Duration,
-    limits: Limits,
     keys: ApiKeys,
     cors: Cors,
-    streams: [String; 3],
-    segment: crate::config::SegmentConfig,
-}
-
-/// Where a request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// `/track`, `/alias`, `/profile`.
-    Classic(Endpoint),
-    /// The Segment-compatible `/v1/*`.
-    V1(V1),
-}
-
-impl Route {
-    fn from_path(path: &str) -> Option<Route> {
-        Endpoint::from_path(path)
-            .map(Route::Classic)
-            .or_else(|| V1::from_path(path).map(Route::V1))
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::Classic(e) => e.name(),
-            Route::V1(v) => v.name(),
-        }
-    }
-
-    /// Whether the declared `Content-Type` must say JSON. Only our own API insists: its
-    /// clients are ours to fix. A compatibility API serves clients that someone else wrote
-    /// and that cannot be changed, so it reads the body as its protocol defines it whatever
-    /// the label says (RudderStack's Node SDK labels its gzipped JSON batches
-    /// `application/x-www-form-urlencoded`, its HTTP client's default, and drops a batch
-    /// answered 4xx); a body that is not JSON is still a 400 that says why.
-    fn checks_content_type(self) -> bool {
-        match self {
-            Route::Classic(_) => true,
-            Route::V1(_) => false,
-        }
-    }
+    routes: protocol::Table,
+    trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Metric label of every route (and `other`).
 pub fn route_labels() -> Vec<&'static str> {
-    let mut labels: Vec<&'static str> = Endpoint::ALL.iter().map(|e| e.name()).collect();
-    labels.extend(V1::LABELS);
-    labels.push("other");
-    labels
+    protocol::route_labels()
 }
 
 impl Ingest {
-    /// An ingest handler writing to `queue` with the limits, keys, CORS and stream names of
+    /// An ingest handler writing to `queue` with the limits, keys, CORS and protocols of
     /// `config`.
     pub fn new(queue: Queue, config: &Config) -> Result<Ingest, ConfigError> {
         let keys = ApiKeys::with_sources(&config.auth.keys_with_sources()?);
@@ -241,46 +203,33 @@ impl Ingest {
             queue,
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
-            limits: Limits {
-                max_events: config.server.max_events_per_request,
-                max_string_chars: config.server.max_string_chars,
-            },
             keys,
             cors: Cors::new(&config.cors),
-            streams: [
-                config.streams.track.queue().to_owned(),
-                config.streams.alias.queue().to_owned(),
-                config.streams.profile.queue().to_owned(),
-            ],
-            segment: config.segment.clone(),
+            routes: protocol::Table::new(config),
+            trusted_proxies: config.segment.trusted_proxies.clone(),
         })
-    }
-
-    fn stream(&self, endpoint: Endpoint) -> &str {
-        match endpoint {
-            Endpoint::Track => &self.streams[0],
-            Endpoint::Alias => &self.streams[1],
-            Endpoint::Profile => &self.streams[2],
-        }
     }
 
     /// Answers one request. Never fails: every problem becomes a status code.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let endpoint = Route::from_path(request.uri().path());
-        let label = endpoint.map_or("other", Route::label);
+        let found = self.routes.find(request.uri().path());
+        let label = found.map_or("other", |(_, route)| route.label);
+        let credentials = found.is_some_and(|(p, _)| p.cors_credentials());
         // Only the origin is needed after the request is consumed, and only with CORS on.
         let origin = self.cors.allowed_origin(request.headers()).cloned();
-        let mut response = match self.accept(endpoint, request).await {
-            Ok(Accepted::Records(n)) => {
-                json_response(StatusCode::OK, &json!({"status": "ok", "accepted": n}))
-            }
-            // What Segment's API answers, and its SDKs expect.
-            Ok(Accepted::Segment) => json_response(StatusCode::OK, &json!({"success": true})),
-            Ok(Accepted::Preflight(origin, asked)) => {
+        let mut response = match self.accept(found, request).await {
+            Ok(Accepted::Answer(response)) => response,
+            Ok(Accepted::Preflight(origin, asked, methods)) => {
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
-                self.cors.preflight(&origin, &asked, response.headers_mut());
+                self.cors.preflight(
+                    &origin,
+                    &asked,
+                    methods,
+                    credentials,
+                    response.headers_mut(),
+                );
                 response
             }
             Err(e) => {
@@ -293,11 +242,12 @@ impl Ingest {
                 };
                 let cause = cause.as_deref();
                 tracing::debug!(endpoint = label, status = status.as_u16(), error = %e, cause, "request refused");
-                e.into_response(endpoint.is_some_and(|r| !r.checks_content_type()))
+                e.into_response(found.is_some_and(|(p, _)| p.compat_errors()))
             }
         };
-        if endpoint.is_some() && response.status() != StatusCode::NO_CONTENT {
-            self.cors.decorate(origin, response.headers_mut());
+        if found.is_some() && response.status() != StatusCode::NO_CONTENT {
+            self.cors
+                .decorate(origin, credentials, response.headers_mut());
         }
         metrics::request(label, response.status().as_u16(), started.elapsed());
         response
@@ -305,123 +255,124 @@ impl Ingest {
 
     async fn accept(
         &self,
-        route: Option<Route>,
+        found: Option<(&dyn Protocol, &'static Route)>,
         request: Request<Incoming>,
     ) -> Result<Accepted, IngestError> {
-        let route = route.ok_or(IngestError::NotFound)?;
+        let (protocol, route) = found.ok_or(IngestError::NotFound)?;
         if request.method() == Method::OPTIONS && self.cors.enabled() {
             // Preflights carry no credentials, so they are answered before the key check.
             return match self.cors.allowed_origin(request.headers()) {
                 Some(origin) => Ok(Accepted::Preflight(
                     origin.clone(),
                     request.headers().clone(),
+                    route.methods.header(),
                 )),
                 None => Err(IngestError::OriginNotAllowed),
             };
         }
-        if request.method() != Method::POST {
-            return Err(IngestError::MethodNotAllowed);
+        if !route.methods.allow(request.method()) {
+            return Err(IngestError::MethodNotAllowed(route.methods.header()));
         }
-        // `/v1` clients may send their write key in the body instead (checked once read).
         let source = match self.keys.enabled() {
-            false => Some(crate::config::DEFAULT_SOURCE.to_owned()),
-            true => self
-                .keys
-                .source(request.headers(), request.uri().query())
-                .map(str::to_owned),
+            false => Some(crate::config::DEFAULT_SOURCE),
+            true => self.keys.source(request.headers(), request.uri().query()),
         };
-        if source.is_none() && !matches!(route, Route::V1(_)) {
+        if source.is_none() && route.auth == Auth::Key {
             return Err(IngestError::Unauthorized);
         }
-        let peer = client_ip(&request, &self.segment.trusted_proxies);
-        if route.checks_content_type() {
+        let ip = client_ip(&request, &self.trusted_proxies);
+        if route.strict_content_type {
             check_content_type(request.headers().get(CONTENT_TYPE))?;
         }
-        let encoding =
-            body::encoding(request.headers()).map_err(|_| IngestError::UnsupportedMediaType)?;
+        let (parts, incoming) = request.into_parts();
+        // A GET carries its data in the query string (Snowplow's pixel); its body is not read.
+        let body = match parts.method == Method::GET {
+            true => Bytes::new(),
+            false => self.read_body(&parts.headers, incoming).await?,
+        };
+        // A UTF-8 byte-order mark is not part of the JSON value; Python's `json` (the
+        // replaced service) skipped it, so clients that send one keep working.
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+        let accepted = protocol.accept(&protocol::Request {
+            route,
+            method: &parts.method,
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            path: parts.uri.path(),
+            body,
+            source,
+            keys: &self.keys,
+            ip: ip.as_deref(),
+            at: SystemTime::now(),
+            max_body_bytes: self.max_body_bytes,
+        })?;
+        self.store(accepted.records).await?;
+        Ok(Accepted::Answer(accepted.answer))
+    }
+
+    /// Reads a request's body under the deadline and the (decompressed) cap.
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        incoming: Incoming,
+    ) -> Result<Bytes, IngestError> {
+        let encoding = body::encoding(headers).map_err(|_| IngestError::UnsupportedMediaType)?;
         let limit = self.max_body_bytes;
-        let declared = request
-            .headers()
+        let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(IngestError::BodyTooLarge { limit });
         }
-        let body = body::read(request.into_body(), encoding, limit, self.body_timeout)
+        body::read(incoming, encoding, limit, self.body_timeout)
             .await
-            .map_err(|e| match e {
-                BodyError::TooLarge { limit } => IngestError::BodyTooLarge { limit },
-                BodyError::Timeout(_) => IngestError::BodyTimeout,
-                BodyError::UnsupportedEncoding(_) => IngestError::UnsupportedMediaType,
-                BodyError::Corrupt(_) => IngestError::Corrupt,
-                BodyError::Read(e) => IngestError::BodyRead(e),
-            })?;
-        // A UTF-8 byte-order mark is not part of the JSON value; Python's `json` (the
-        // replaced service) skipped it, so clients that send one keep working.
-        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
-        let endpoint = match route {
-            Route::Classic(endpoint) => endpoint,
-            Route::V1(v1) => return self.accept_v1(v1, body, source, peer).await,
-        };
-        let records = event::encode_with_limits(endpoint, body, SystemTime::now(), self.limits)
-            .map_err(|e| match e {
-                EncodeError::Invalid(details) => IngestError::Invalid(details),
-                EncodeError::TooManyEvents { count, max } => {
-                    IngestError::TooManyEvents { count, max }
-                }
-                EncodeError::RecordTooLarge { index, bytes } => {
-                    IngestError::EventTooLarge { index, bytes }
-                }
-            })?;
-        let stream = self.stream(endpoint);
-        self.queue
-            .append(stream, &records.ndjson, records.count)
-            .await
-            .map_err(queue_error)?;
-        metrics::events_accepted(stream, u64::from(records.count));
-        Ok(Accepted::Records(records.count))
+            .map_err(body_error)
     }
 
-    /// The Segment-compatible path: the write key (from the headers, or the body's
-    /// `writeKey`) names the source; the messages are queued all or none, skipping
-    /// `messageId`s already accepted from that source.
-    async fn accept_v1(
-        &self,
-        v1: V1,
-        body: &[u8],
-        source: Option<String>,
-        ip: Option<String>,
-    ) -> Result<Accepted, IngestError> {
-        let source = match source {
-            Some(source) => source,
-            None => segment::write_key(body)
-                .and_then(|k| self.keys.source_of(&k).map(str::to_owned))
-                .ok_or(IngestError::Unauthorized)?,
-        };
-        let received = segment::Received {
-            at: SystemTime::now(),
-            ip,
-            source: &source,
-        };
-        let lines = segment::encode(v1, body, &received, &self.segment).map_err(|e| match e {
-            SegmentError::Invalid(details) => IngestError::Invalid(details),
-            SegmentError::TooLarge(why) => IngestError::SegmentTooLarge(why),
-        })?;
-        let appended = self
-            .queue
-            .append_batch(&source, lines)
-            .await
-            .map_err(queue_error)?;
-        if appended.duplicates > 0 {
-            metrics::events_duplicate(&source, u64::from(appended.duplicates));
+    /// Appends a request's records, all or none, and counts them.
+    async fn store(&self, records: Records) -> Result<(), IngestError> {
+        match records {
+            Records::None => {}
+            Records::Lines {
+                stream,
+                ndjson,
+                count,
+            } => {
+                self.queue
+                    .append(&stream, &ndjson, count)
+                    .await
+                    .map_err(queue_error)?;
+                metrics::events_accepted(&stream, u64::from(count));
+            }
+            Records::Messages { source, lines } => {
+                let appended = self
+                    .queue
+                    .append_batch(&source, lines)
+                    .await
+                    .map_err(queue_error)?;
+                if appended.duplicates > 0 {
+                    metrics::events_duplicate(&source, u64::from(appended.duplicates));
+                }
+                // What was stored, stream by stream: a batch with duplicates among its
+                // messages stored the others, and they count.
+                for (stream, n) in &appended.per_stream {
+                    metrics::events_accepted(stream, u64::from(*n));
+                }
+            }
         }
-        // What was stored, stream by stream: a batch with duplicates among its messages
-        // stored the others, and they count.
-        for (stream, n) in &appended.per_stream {
-            metrics::events_accepted(stream, u64::from(*n));
-        }
-        Ok(Accepted::Segment)
+        Ok(())
+    }
+}
+
+/// A body that could not be read or decoded, as the client's answer.
+pub fn body_error(e: BodyError) -> IngestError {
+    match e {
+        BodyError::TooLarge { limit } => IngestError::BodyTooLarge { limit },
+        BodyError::Timeout(_) => IngestError::BodyTimeout,
+        BodyError::UnsupportedEncoding(_) => IngestError::UnsupportedMediaType,
+        BodyError::Corrupt(_) => IngestError::Corrupt,
+        BodyError::Read(e) => IngestError::BodyRead(e),
     }
 }
 
@@ -466,12 +417,11 @@ fn client_ip<B>(request: &Request<B>, trusted: &[std::net::IpAddr]) -> Option<St
 
 /// What a successful request was.
 enum Accepted {
-    /// This many records are durable.
-    Records(u32),
-    /// A CORS preflight from this allowed origin, with its request's headers.
-    Preflight(HeaderValue, http::HeaderMap),
-    /// A `/v1` request, queued (or already queued: duplicates).
-    Segment,
+    /// Stored (or nothing to store): the protocol's answer.
+    Answer(Response<Full<Bytes>>),
+    /// A CORS preflight from this allowed origin, with its request's headers and the route's
+    /// methods.
+    Preflight(HeaderValue, http::HeaderMap, &'static str),
 }
 
 /// JSON (the default when absent) or `text/plain` (what `navigator.sendBeacon` sends).

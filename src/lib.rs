@@ -4,12 +4,14 @@
 //! The data path, module by module:
 //!
 //! 1. [`server`] accepts HTTP/1.1 connections under timeouts and a connection cap;
-//!    [`ingest`] routes `POST /track`, `/alias`, `/profile`, checks API keys ([`auth`]) and
-//!    CORS ([`cors`]), reads the body under a deadline and a decompressed-size cap
-//!    ([`body`]), and maps every refusal to a status code.
-//! 2. [`event`] validates a body against the original service's schemas and encodes it, once,
-//!    into the NDJSON lines that will land in the lake; [`segment`] does the same for
-//!    Segment's HTTP Tracking API (`/v1/*`), one line per message.
+//!    [`ingest`] routes each request to its protocol, checks API keys ([`auth`]) and CORS
+//!    ([`cors`]), reads the body under a deadline and a decompressed-size cap ([`body`]),
+//!    and maps every refusal to a status code.
+//! 2. [`protocol`] holds one file per ingest protocol, each validating a request and encoding
+//!    it, once, into the NDJSON lines that will land in the lake: [`protocol::classic`] (the
+//!    original service's `/track`, `/alias`, `/profile`), [`protocol::segment`] (Segment's
+//!    and RudderStack's `/v1/*`), [`protocol::posthog`] (PostHog's capture API) and
+//!    [`protocol::snowplow`] (Snowplow's tracker protocol).
 //! 3. [`queue`] appends a request's lines to sled as one entry and answers when they are on
 //!    disk (group commit: concurrent requests share one flush); it survives the faults of its
 //!    own disk and reports any loss.
@@ -32,14 +34,13 @@ pub mod body;
 pub mod config;
 pub mod cors;
 pub mod delivery;
-pub mod event;
 pub mod firehose_limits;
 pub mod flusher;
 pub mod ingest;
 pub mod metrics;
+pub mod protocol;
 pub mod queue;
 pub mod response;
-pub mod segment;
 pub mod server;
 pub mod sink;
 

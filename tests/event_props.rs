@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use firehose_edge::event::{EncodeError, Endpoint, Records, encode};
+use firehose_edge::protocol::classic::{EncodeError, Endpoint, Records, encode};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Value};
@@ -448,7 +448,7 @@ fn decode_records(endpoint: Endpoint, records: &Records) -> Vec<Map<String, Valu
         .collect()
 }
 
-fn error_paths(errors: &[firehose_edge::event::FieldError]) -> Vec<String> {
+fn error_paths(errors: &[firehose_edge::protocol::classic::FieldError]) -> Vec<String> {
     let mut paths: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
     paths.sort();
     paths

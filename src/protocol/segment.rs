@@ -11,17 +11,21 @@
 //! message refuses the whole request (400), so nothing is half stored.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 use std::time::SystemTime;
 
-use regex::Regex;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use time::format_description::well_known::Rfc3339;
-use time::{OffsetDateTime, UtcOffset};
+use time::OffsetDateTime;
 
-use crate::config::{FIREHOSE_MAX_RECORD_BYTES, SegmentConfig};
-use crate::event::{FieldError, check_raw};
+use super::json::check_raw;
+use super::record::{self, TIME_REASON, parse_time};
+use super::{Accepted, Auth, Methods, Path, Protocol, Records, Registration, Request, Route};
+use crate::config::{Config, FIREHOSE_MAX_RECORD_BYTES, StreamList};
+use crate::ingest::IngestError;
+use crate::protocol::classic::FieldError;
 use crate::queue::BatchLine;
+use crate::response::json_response;
 
 /// A message type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +48,6 @@ pub enum Kind {
 struct Spec {
     kind: Kind,
     name: &'static str,
-    /// Short path analytics.js uses (`/v1/t`, …).
-    short: &'static str,
     required: &'static [&'static str],
 }
 
@@ -54,37 +56,31 @@ const KINDS: [Spec; 6] = [
     Spec {
         kind: Kind::Track,
         name: "track",
-        short: "t",
         required: &["event"],
     },
     Spec {
         kind: Kind::Identify,
         name: "identify",
-        short: "i",
         required: &[],
     },
     Spec {
         kind: Kind::Page,
         name: "page",
-        short: "p",
         required: &[],
     },
     Spec {
         kind: Kind::Screen,
         name: "screen",
-        short: "s",
         required: &[],
     },
     Spec {
         kind: Kind::Group,
         name: "group",
-        short: "g",
         required: &["groupId"],
     },
     Spec {
         kind: Kind::Alias,
         name: "alias",
-        short: "a",
         required: &["previousId", "userId"],
     },
 ];
@@ -124,46 +120,151 @@ pub enum V1 {
     Batch,
 }
 
+/// Segment's API, registered in [`super::PROTOCOLS`].
+pub const PROTOCOL: Registration = Registration {
+    name: "segment",
+    routes: &ROUTES,
+    streams,
+    enabled: always,
+    build,
+};
+
+/// The route tag of `/v1/batch`; a single message's is its kind's index in `KINDS`.
+const BATCH: u8 = u8::MAX;
+
+const ROUTES: [Route; 15] = [
+    route("/v1/batch", "v1_batch", BATCH),
+    route("/v1/import", "v1_batch", BATCH),
+    // RudderStack's browser SDK sends its `sendBeacon` batches here.
+    route("/beacon/v1/batch", "v1_batch", BATCH),
+    // analytics-next posts single messages to the short names.
+    route("/v1/track", "v1_track", 0),
+    route("/v1/t", "v1_track", 0),
+    route("/v1/identify", "v1_identify", 1),
+    route("/v1/i", "v1_identify", 1),
+    route("/v1/page", "v1_page", 2),
+    route("/v1/p", "v1_page", 2),
+    route("/v1/screen", "v1_screen", 3),
+    route("/v1/s", "v1_screen", 3),
+    route("/v1/group", "v1_group", 4),
+    route("/v1/g", "v1_group", 4),
+    route("/v1/alias", "v1_alias", 5),
+    route("/v1/a", "v1_alias", 5),
+];
+
+const fn route(path: &'static str, label: &'static str, id: u8) -> Route {
+    Route {
+        path: Path::Exact(path),
+        label,
+        methods: Methods::POST,
+        // The write key may be in the body (`writeKey`), as browsers send it.
+        auth: Auth::Protocol,
+        // A compatibility API serves clients that someone else wrote and that cannot be
+        // changed, so it reads the body as its protocol defines it whatever the label says
+        // (RudderStack's Node SDK labels its gzipped JSON batches
+        // `application/x-www-form-urlencoded`, its HTTP client's default, and drops a batch
+        // answered 4xx); a body that is not JSON is still a 400 that says why.
+        strict_content_type: false,
+        id,
+    }
+}
+
 impl V1 {
-    /// The endpoint at `path`, if it is one.
-    pub fn from_path(path: &str) -> Option<V1> {
-        // RudderStack's browser SDK sends its `sendBeacon` batches here.
-        if path == "/beacon/v1/batch" {
-            return Some(V1::Batch);
-        }
-        let rest = path.strip_prefix("/v1/")?;
-        match rest {
-            "batch" | "import" => Some(V1::Batch),
-            _ => KINDS
-                .iter()
-                .find(|s| s.name == rest || s.short == rest)
-                .map(|s| V1::Single(s.kind)),
+    fn of(route: &Route) -> V1 {
+        match route.id {
+            BATCH => V1::Batch,
+            i => V1::Single(KINDS[usize::from(i)].kind),
         }
     }
+}
 
-    /// Metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            V1::Batch => "v1_batch",
-            V1::Single(Kind::Track) => "v1_track",
-            V1::Single(Kind::Identify) => "v1_identify",
-            V1::Single(Kind::Page) => "v1_page",
-            V1::Single(Kind::Screen) => "v1_screen",
-            V1::Single(Kind::Group) => "v1_group",
-            V1::Single(Kind::Alias) => "v1_alias",
+fn streams(config: &Config) -> Vec<(&'static str, &StreamList)> {
+    let g = &config.segment;
+    vec![
+        ("segment.track", &g.track),
+        ("segment.identify", &g.identify),
+        ("segment.page", &g.page),
+        ("segment.screen", &g.screen),
+        ("segment.group", &g.group),
+        ("segment.alias", &g.alias),
+    ]
+}
+
+fn always(_: &Config) -> bool {
+    true
+}
+
+fn build(config: &Config) -> Box<dyn Protocol> {
+    Box::new(Segment(config.segment.clone()))
+}
+
+/// Segment's API as configured.
+struct Segment(SegmentConfig);
+
+impl Protocol for Segment {
+    /// The write key (from the headers, or the body's `writeKey`) names the source; the
+    /// messages are queued all or none, skipping `messageId`s already accepted from it.
+    fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
+        let source = request.source(write_key(request.body).as_deref())?;
+        let received = Received {
+            at: request.at,
+            ip: request.ip.map(str::to_owned),
+            source: &source,
+        };
+        let lines = encode(V1::of(request.route), request.body, &received, &self.0).map_err(
+            |e| match e {
+                SegmentError::Invalid(details) => IngestError::Invalid(details),
+                SegmentError::TooLarge(why) => IngestError::ProtocolTooLarge(why),
+            },
+        )?;
+        Ok(Accepted {
+            records: Records::Messages { source, lines },
+            // What Segment's API answers, and its SDKs expect.
+            answer: json_response(StatusCode::OK, &serde_json::json!({"success": true})),
+        })
+    }
+}
+
+/// `[segment]`: the Segment-compatible API (`/v1/*`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Delivery stream(s) of `track` messages.
+    pub track: StreamList,
+    /// Delivery stream(s) of `identify` messages.
+    pub identify: StreamList,
+    /// Delivery stream(s) of `page` messages.
+    pub page: StreamList,
+    /// Delivery stream(s) of `screen` messages.
+    pub screen: StreamList,
+    /// Delivery stream(s) of `group` messages.
+    pub group: StreamList,
+    /// Delivery stream(s) of `alias` messages.
+    pub alias: StreamList,
+    /// Largest message, as sent (Segment: 32 KB); 400 above it. At most Firehose's record
+    /// limit (1,024,000 bytes), since each message becomes one record; a message whose record
+    /// (with the fields the server adds) would still exceed it is a 400 too.
+    pub max_message_bytes: usize,
+    /// Largest `/v1/batch` body (Segment: 500 KB); 400 above it.
+    pub max_batch_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed for `context.ip` (load balancers).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        SegmentConfig {
+            track: "segment_tracks".into(),
+            identify: "segment_identifies".into(),
+            page: "segment_pages".into(),
+            screen: "segment_screens".into(),
+            group: "segment_groups".into(),
+            alias: "segment_aliases".into(),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
-
-    /// Every endpoint's metric label.
-    pub const LABELS: [&'static str; 7] = [
-        "v1_batch",
-        "v1_track",
-        "v1_identify",
-        "v1_page",
-        "v1_screen",
-        "v1_group",
-        "v1_alias",
-    ];
 }
 
 /// The keys of every record, in order.
@@ -321,7 +422,7 @@ pub fn encode(
         ),
         false => (None, None),
     };
-    let received_at = OffsetDateTime::from(received.at);
+    let received_at = record::now_of(received.at);
     let mut errors = Vec::new();
     // Checked once for the whole batch, under its own path.
     let batch_sent = match batch_sent_at.filter(|v| v.get() != "null") {
@@ -464,18 +565,14 @@ pub fn encode(
             .or(times.get("originalTimestamp"))
             .copied();
         let sent = times.get("sentAt").copied().or(batch_sent);
-        // The device's time corrected for its clock's skew. Client clocks can be anywhere in
-        // the years 0000–9999, and the correction of two such times may leave that range (it
-        // once panicked, found by schemathesis) or land where RFC 3339 cannot write it in UTC.
-        // A time that cannot be written is not a reason to refuse the message (the document
-        // allows every such pair): the record then takes the server's `receivedAt`, and keeps
-        // the device's `originalTimestamp` and `sentAt` as sent.
-        let corrected = match (original, sent) {
-            (Some((_, o)), Some((_, s))) => received_at.checked_sub(s - o).and_then(writable_utc),
-            (Some((_, o)), None) => writable_utc(o),
-            (None, _) => None,
-        }
-        .unwrap_or(received_at);
+        // The device's time corrected for its clock's skew (see `record::corrected`): a
+        // time that cannot be written is not a reason to refuse the message; the record
+        // keeps the device's `originalTimestamp` and `sentAt` as sent.
+        let corrected =
+            record::corrected(received_at, original.map(|(_, t)| t), sent.map(|(_, t)| t));
+        // What the server adds (ids, times, the batch's context, nulls) can take a message
+        // under `max_message_bytes` past Firehose's record limit: refused now, not dead-lettered
+        // later.
         let line = write_record(
             kind,
             &msg,
@@ -484,17 +581,14 @@ pub fn encode(
             original.map(|(raw, _)| raw),
             sent.map(|(raw, _)| raw),
             corrected,
-        );
-        // What the server adds (ids, times, the batch's context, nulls) can take a message
-        // under `max_message_bytes` past Firehose's record limit: refused now, not dead-lettered
-        // later.
-        if line.len() > FIREHOSE_MAX_RECORD_BYTES {
-            return Err(SegmentError::TooLarge(format!(
+        )
+        .map_err(|e| {
+            SegmentError::TooLarge(format!(
                 "{} encodes to a record of {} bytes, over Firehose's {FIREHOSE_MAX_RECORD_BYTES}-byte record limit",
                 path(""),
-                line.len()
-            )));
-        }
+                e.bytes
+            ))
+        })?;
         let message_id = msg
             .get("messageId")
             .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
@@ -511,61 +605,6 @@ pub fn encode(
     }
 }
 
-/// Why a time field was refused.
-const TIME_REASON: &str = "must be an RFC 3339 date-time such as 2026-11-24T10:00:00.000Z";
-
-/// The date-times `/v1` accepts: the whole language, which `openapi.yaml` states as the
-/// `Time` schema's `pattern` (a test keeps the two identical, and checks that `time` parses
-/// every string of it). It is RFC 3339's `date-time` (section 5.6): a date that exists (month
-/// lengths and leap years are in the pattern, so a tool generating strings from it makes only
-/// real dates), `T` or `t`, hours 00–23, no leap second (`:60`), any number of fraction
-/// digits, then `Z`, `z` or an offset `±hh:mm`. What ISO 8601 adds beyond RFC 3339 (week and
-/// ordinal dates, the basic format, `+hhmm` offsets, reduced precision) is refused: no
-/// document could say which of it a parser takes, and the SDKs send RFC 3339
-/// (`toISOString()`, Python's `isoformat()` of an aware time).
-pub const DATE_TIME_PATTERN: &str = concat!(
-    "^(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])",
-    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))",
-    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)",
-    "[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?",
-    "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$",
-);
-
-/// A time field's value, if it is a string of [`DATE_TIME_PATTERN`].
-fn parse_time(raw: &RawValue) -> Option<OffsetDateTime> {
-    static GRAMMAR: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(DATE_TIME_PATTERN).expect("the date-time pattern compiles"));
-    let text: String = serde_json::from_str(raw.get()).ok()?;
-    if !GRAMMAR.is_match(&text) {
-        return None;
-    }
-    // Every string of the pattern is one `time` parses (a property test checks it).
-    OffsetDateTime::parse(&text, &Rfc3339).ok()
-}
-
-/// `t` in UTC, if RFC 3339 can write it there (years 0000–9999): an offset can carry a time
-/// near either end of that range past it.
-fn writable_utc(t: OffsetDateTime) -> Option<OffsetDateTime> {
-    t.checked_to_offset(UtcOffset::UTC)
-        .filter(|t| (0..=9999).contains(&t.year()))
-}
-
-/// `t` as the record writes it: UTC with milliseconds. `t` is in UTC already (see
-/// [`writable_utc`]).
-fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 /// Writes one record: every key of [`RECORD_KEYS`] in order.
 fn write_record(
     kind: Kind,
@@ -575,82 +614,65 @@ fn write_record(
     original: Option<&RawValue>,
     sent: Option<&RawValue>,
     timestamp: OffsetDateTime,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    let quoted = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    let raw_or_null = |field: &str| msg.get(field).map_or("null", |v| v.get()).to_owned();
-    let message_id = match msg.get("messageId").filter(|v| v.get() != "null") {
-        Some(v) => v.get().to_owned(),
-        None => quoted(&uuid::Uuid::now_v7().to_string()),
-    };
-    let context = merged_context(msg.get("context"), batch_context, received.ip.as_deref());
-    let extra: Vec<(&String, &&RawValue)> = msg
-        .iter()
-        .filter(|(k, _)| !COLUMNS.contains(&k.as_str()) && !DROPPED.contains(&k.as_str()))
-        .collect();
-    let extra = if extra.is_empty() {
-        "null".to_owned()
-    } else {
-        join_object(extra.into_iter().map(|(k, v)| (k.as_str(), v.get())))
-    };
-    for key in RECORD_KEYS {
-        let value = match key {
-            "type" => quoted(kind.spec().name),
-            "messageId" => message_id.clone(),
-            "source" => quoted(received.source),
-            "context" => context.clone(),
-            "timestamp" => quoted(&format_time(timestamp)),
-            "originalTimestamp" => original.map_or("null", |v| v.get()).to_owned(),
-            "sentAt" => sent.map_or("null", |v| v.get()).to_owned(),
-            "receivedAt" => quoted(&format_time(OffsetDateTime::from(received.at))),
-            "extra" => extra.clone(),
-            field => raw_or_null(field),
-        };
-        out.push(if key == "type" { b'{' } else { b',' });
-        out.extend_from_slice(quoted(key).as_bytes());
-        out.push(b':');
-        // A CR or LF inside valid JSON can only be whitespace between tokens.
-        out.extend(value.bytes().filter(|&b| b != b'\n' && b != b'\r'));
-    }
-    out.extend_from_slice(b"}\n");
-    out
+) -> Result<Vec<u8>, record::TooLarge> {
+    let ip = received
+        .ip
+        .as_deref()
+        .map(|ip| serde_json::to_string(ip).expect("a string serializes"));
+    let context = merged_context(msg.get("context"), batch_context, ip.as_deref());
+    record::one(512, |out| {
+        for key in RECORD_KEYS {
+            match key {
+                "type" => out.string(key, kind.spec().name),
+                "messageId" => match msg.get("messageId").filter(|v| v.get() != "null") {
+                    Some(v) => out.raw(key, v.get()),
+                    None => out.new_id(key),
+                },
+                "source" => out.string(key, received.source),
+                "context" => out.object(key, context.iter().map(|(k, v)| (k.as_str(), *v))),
+                "timestamp" => out.time(key, timestamp),
+                "originalTimestamp" => out.raw_or_null(key, original),
+                "sentAt" => out.raw_or_null(key, sent),
+                "receivedAt" => out.time(key, record::now_of(received.at)),
+                "extra" => out.object_or_null(
+                    key,
+                    msg.iter()
+                        .filter(|(k, _)| {
+                            !COLUMNS.contains(&k.as_str()) && !DROPPED.contains(&k.as_str())
+                        })
+                        .map(|(k, v)| (k.as_str(), v.get())),
+                ),
+                field => out.raw_or_null(key, msg.get(field).copied()),
+            }
+        }
+    })
 }
 
-/// The message's `context`, with the batch's `context` keys it lacks and `ip` when absent.
-fn merged_context(own: Option<&&RawValue>, batch: Option<&Object<'_>>, ip: Option<&str>) -> String {
-    let mut fields: BTreeMap<String, String> = own
+/// The message's `context`, with the batch's `context` keys it lacks and `ip` (a JSON
+/// string) when absent.
+fn merged_context<'a>(
+    own: Option<&&'a RawValue>,
+    batch: Option<&'a Object<'a>>,
+    ip: Option<&'a str>,
+) -> BTreeMap<String, &'a str> {
+    let mut fields: BTreeMap<String, &'a str> = own
         .and_then(|c| object(c))
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, v.get().to_owned()))
+        .map(|(k, v)| (k, v.get()))
         .collect();
     for (k, v) in batch.into_iter().flatten() {
-        fields
-            .entry(k.clone())
-            .or_insert_with(|| v.get().to_owned());
+        fields.entry(k.clone()).or_insert_with(|| v.get());
     }
     if let Some(ip) = ip {
-        fields
-            .entry("ip".to_owned())
-            .or_insert_with(|| serde_json::to_string(ip).expect("a string serializes"));
+        fields.entry("ip".to_owned()).or_insert(ip);
     }
-    join_object(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-}
-
-fn join_object<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    let parts: Vec<String> = fields
-        .map(|(k, v)| {
-            format!(
-                "{}:{v}",
-                serde_json::to_string(k).expect("a string serializes")
-            )
-        })
-        .collect();
-    format!("{{{}}}", parts.join(","))
+    fields
 }
 
 #[cfg(test)]
 mod tests {
+    use super::record::DATE_TIME_PATTERN;
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
@@ -662,7 +684,7 @@ mod tests {
 
     #[test]
     fn the_document_states_the_date_time_pattern_the_server_uses() {
-        let document = include_str!("../openapi.yaml");
+        let document = include_str!("../../openapi.yaml");
         assert!(
             document.contains(&format!("pattern: '{DATE_TIME_PATTERN}'")),
             "openapi.yaml's Time schema must carry DATE_TIME_PATTERN, byte for byte"

@@ -10,10 +10,17 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use time::OffsetDateTime;
 
-use crate::config::FIREHOSE_MAX_RECORD_BYTES;
+pub use super::json::MAX_FREE_FORM_DEPTH;
+use super::json::{check_raw, decoded_chars, integer_value};
+use super::{Accepted, Auth, Methods, Path, Protocol, Registration, Request, Route, record};
+use crate::config::{Config, StreamList};
+use crate::ingest::IngestError;
+use crate::response::json_response;
 
 /// The three ingest endpoints of the original service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,6 +53,126 @@ impl Endpoint {
             Endpoint::Track => "track",
             Endpoint::Alias => "alias",
             Endpoint::Profile => "profile",
+        }
+    }
+}
+
+/// The classic API, registered in [`super::PROTOCOLS`].
+pub const PROTOCOL: Registration = Registration {
+    name: "classic",
+    routes: &ROUTES,
+    streams,
+    enabled: always,
+    build,
+};
+
+const ROUTES: [Route; 3] = [
+    route("/track", Endpoint::Track),
+    route("/alias", Endpoint::Alias),
+    route("/profile", Endpoint::Profile),
+];
+
+const fn route(path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        path: Path::Exact(path),
+        // The path without its slash.
+        label: match endpoint {
+            Endpoint::Track => "track",
+            Endpoint::Alias => "alias",
+            Endpoint::Profile => "profile",
+        },
+        methods: Methods::POST,
+        auth: Auth::Key,
+        // Our own API insists on JSON: its clients are ours to fix.
+        strict_content_type: true,
+        id: endpoint as u8,
+    }
+}
+
+fn streams(config: &Config) -> Vec<(&'static str, &StreamList)> {
+    let s = &config.streams;
+    vec![
+        ("streams.track", &s.track),
+        ("streams.alias", &s.alias),
+        ("streams.profile", &s.profile),
+    ]
+}
+
+fn always(_: &Config) -> bool {
+    true
+}
+
+fn build(config: &Config) -> Box<dyn Protocol> {
+    Box::new(Classic {
+        limits: Limits {
+            max_events: config.server.max_events_per_request,
+            max_string_chars: config.server.max_string_chars,
+        },
+        streams: [
+            config.streams.track.queue().to_owned(),
+            config.streams.alias.queue().to_owned(),
+            config.streams.profile.queue().to_owned(),
+        ],
+    })
+}
+
+/// The classic API as configured: its limits, and the stream of each endpoint.
+struct Classic {
+    limits: Limits,
+    streams: [String; 3],
+}
+
+impl Protocol for Classic {
+    fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
+        let endpoint = Endpoint::ALL[usize::from(request.route.id)];
+        let records = encode_with_limits(endpoint, request.body, request.at, self.limits).map_err(
+            |e| match e {
+                EncodeError::Invalid(details) => IngestError::Invalid(details),
+                EncodeError::TooManyEvents { count, max } => {
+                    IngestError::TooManyEvents { count, max }
+                }
+                EncodeError::RecordTooLarge { index, bytes } => {
+                    IngestError::EventTooLarge { index, bytes }
+                }
+            },
+        )?;
+        let answer = json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "accepted": records.count}),
+        );
+        Ok(Accepted {
+            records: super::Records::Lines {
+                stream: self.streams[usize::from(request.route.id)].clone(),
+                ndjson: records.ndjson,
+                count: records.count,
+            },
+            answer,
+        })
+    }
+
+    fn compat_errors(&self) -> bool {
+        false
+    }
+}
+
+/// `[streams]`: the delivery stream (or streams) each endpoint writes to.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Stream(s) of `POST /track`.
+    pub track: StreamList,
+    /// Stream(s) of `POST /alias`.
+    pub alias: StreamList,
+    /// Stream(s) of `POST /profile`.
+    pub profile: StreamList,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            track: "log_user_events".into(),
+            alias: "link_users".into(),
+            profile: "user_profiles".into(),
         }
     }
 }
@@ -88,11 +215,6 @@ pub struct Records {
     /// How many lines.
     pub count: u32,
 }
-
-/// Deepest nesting of arrays and objects inside `metadata` / `attributes`. The lake's
-/// readers stop somewhere (serde_json at 128 levels, Athena's JSON reader around 1,000); a
-/// record they cannot read is lost in all but name, so deeper values are refused at ingest.
-pub const MAX_FREE_FORM_DEPTH: usize = 64;
 
 /// Caps on what one request may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,140 +460,6 @@ impl Validator {
     }
 }
 
-/// The value of `text` (a raw JSON value) if it is a number with no fractional part that fits
-/// in 64 bits, however it is written: `1732435200`, `1732435200.0`, `1.7324352e9`, `-0`.
-/// JSON has one number type, and JSON Schema's `integer` (what `openapi.yaml` declares) is any
-/// number whose fractional part is zero; a validator that went by the spelling would refuse
-/// what the document allows. Exact (decimal, not through `f64`), so no large value is rounded.
-pub(crate) fn integer_value(text: &str) -> Option<i64> {
-    if let Ok(n) = text.parse::<i64>() {
-        return Some(n);
-    }
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e),
-        None => (unsigned, "0"),
-    };
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let exponent_digits = exponent.trim_start_matches(['+', '-']);
-    if !digits_only(whole)
-        || !(fraction.is_empty() || digits_only(fraction))
-        || !digits_only(exponent_digits)
-    {
-        return None; // a string, a boolean, null, an object or an array
-    }
-    let digits = format!("{whole}{fraction}");
-    let significant = digits.trim_start_matches('0').trim_end_matches('0');
-    if significant.is_empty() {
-        return Some(0); // `0.0`, `-0e5`: zero however large the exponent
-    }
-    // value = significant × 10^scale
-    let trailing_zeros = digits.trim_start_matches('0').len() - significant.len();
-    // An exponent too long for i64 is far outside the range either way.
-    let exponent: i64 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
-        i64::MIN / 2
-    } else {
-        i64::MAX / 2
-    });
-    let scale = exponent
-        .saturating_sub(fraction.len() as i64)
-        .saturating_add(trailing_zeros as i64);
-    // A fractional part, or more digits than the 19 of i64::MAX.
-    if scale < 0 || significant.len() as i64 + scale > 19 {
-        return None;
-    }
-    let magnitude: i128 = format!("{significant}{}", "0".repeat(scale as usize))
-        .parse()
-        .ok()?;
-    i64::try_from(if negative { -magnitude } else { magnitude }).ok()
-}
-
-/// Characters (Unicode code points) of the JSON string literal `raw` (quotes included) once
-/// decoded, which is what JSON Schema's `maxLength` counts: an escape is one character, and
-/// an escaped surrogate pair one too.
-fn decoded_chars(raw: &[u8]) -> usize {
-    let inner = &raw[1..raw.len() - 1];
-    let unit = |at: usize| {
-        inner
-            .get(at..at + 4)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u16::from_str_radix(h, 16).ok())
-            .unwrap_or(0)
-    };
-    let (mut chars, mut i) = (0, 0);
-    while i < inner.len() {
-        i += match inner[i] {
-            b'\\' if inner.get(i + 1) == Some(&b'u') => {
-                let pair = (0xD800..0xDC00).contains(&unit(i + 2))
-                    && inner.get(i + 6..i + 8) == Some(b"\\u")
-                    && (0xDC00..0xE000).contains(&unit(i + 8));
-                if pair { 12 } else { 6 }
-            }
-            b'\\' => 2,
-            b if b < 0x80 => 1,
-            b if b < 0xE0 => 2,
-            b if b < 0xF0 => 3,
-            _ => 4,
-        };
-        chars += 1;
-    }
-    chars
-}
-
-/// Checks a raw JSON value (already known to be valid JSON) for what strict readers of the
-/// lake refuse although the JSON grammar allows it: an unpaired UTF-16 surrogate escape
-/// (`"\ud800"`), and nesting deeper than [`MAX_FREE_FORM_DEPTH`]. Written by hand: it is one
-/// pass over bytes that serde_json has validated, where a full parse would allocate.
-pub(crate) fn check_raw(raw: &[u8]) -> Result<(), String> {
-    let hex = |at: usize| {
-        raw.get(at..at + 4)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u16::from_str_radix(h, 16).ok())
-    };
-    let unpaired = || Err("contains an unpaired UTF-16 surrogate escape".to_owned());
-    let (mut depth, mut i, mut in_string) = (0usize, 0usize, false);
-    while i < raw.len() {
-        match (in_string, raw[i]) {
-            (true, b'\\') if raw.get(i + 1) == Some(&b'u') => {
-                let unit = hex(i + 2).unwrap_or(0);
-                if (0xD800..0xDC00).contains(&unit) {
-                    let low = (raw.get(i + 6..i + 8) == Some(b"\\u"))
-                        .then(|| hex(i + 8))
-                        .flatten();
-                    if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
-                        return unpaired();
-                    }
-                    i += 12;
-                    continue;
-                }
-                if (0xDC00..0xE000).contains(&unit) {
-                    return unpaired();
-                }
-                i += 6;
-                continue;
-            }
-            // Any other escape: skip the escaped byte (it may be a quote).
-            (true, b'\\') => i += 1,
-            (true, b'"') => in_string = false,
-            (false, b'"') => in_string = true,
-            (false, b'[' | b'{') => {
-                depth += 1;
-                if depth > MAX_FREE_FORM_DEPTH {
-                    return Err(format!("nested deeper than {MAX_FREE_FORM_DEPTH} levels"));
-                }
-            }
-            (false, b']' | b'}') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    Ok(())
-}
-
 /// Where in the body a check applies; the path text is built only for an error.
 #[derive(Debug, Clone, Copy)]
 enum Scope {
@@ -501,82 +489,56 @@ impl Scope {
 
 /// Writes records as `{"messageId":..,"receivedAt":..,<fields>}\n`.
 struct Writer {
-    buf: Vec<u8>,
-    received_at: String,
-    line_start: usize,
-    count: u32,
+    out: record::Writer,
+    received_at: OffsetDateTime,
 }
 
 impl Writer {
     fn new(body_len: usize, received_at: SystemTime) -> Writer {
         Writer {
             // Each record adds ~110 bytes of id, time and keys to what the body carried.
-            buf: Vec::with_capacity(body_len + 256),
-            received_at: humantime::format_rfc3339_millis(received_at).to_string(),
-            line_start: 0,
-            count: 0,
+            out: record::Writer::with_capacity(body_len + 256),
+            received_at: record::now_of(received_at),
         }
     }
 
     fn begin(&mut self) {
-        self.line_start = self.buf.len();
-        let mut id = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
-        self.buf.extend_from_slice(b"{\"messageId\":\"");
-        self.buf.extend_from_slice(id.as_bytes());
-        self.buf.extend_from_slice(b"\",\"receivedAt\":\"");
-        self.buf.extend_from_slice(self.received_at.as_bytes());
-        self.buf.push(b'"');
+        self.out.begin();
+        self.out.new_id("messageId");
+        self.out.time("receivedAt", self.received_at);
     }
 
     /// A scalar field copied raw (already valid JSON), or `null` when absent.
     fn field(&mut self, name: &str, raw: Option<&RawValue>) {
-        self.key(name);
-        self.buf
-            .extend_from_slice(raw.map_or("null", RawValue::get).as_bytes());
+        self.out.raw_or_null(name, raw);
     }
 
     /// An integer field (validated by [`integer_value`]) in plain integer form, however the
     /// client wrote it (`1.7e9` is written `1700000000`), or `null`: the lake's column is a
     /// bigint, which a reader would not parse from `1.7e9`.
     fn integer_field(&mut self, name: &str, raw: Option<&RawValue>) {
-        self.key(name);
         match raw.and_then(|r| integer_value(r.get())) {
-            Some(n) => self.buf.extend_from_slice(n.to_string().as_bytes()),
-            None => self.buf.extend_from_slice(b"null"),
+            Some(n) => self.out.raw(name, &n.to_string()),
+            None => self.out.raw(name, "null"),
         }
     }
 
-    /// A free-form object copied raw without line breaks, or `null` when absent. Inside a
-    /// valid JSON text a CR or LF can only be whitespace between tokens (strings must escape
-    /// them), so dropping them changes nothing but the layout.
+    /// A free-form object copied raw (the writer drops its line breaks), or `null`.
     fn object_field(&mut self, name: &str, raw: Option<&RawValue>) {
-        self.key(name);
-        let text = raw.map_or("null", RawValue::get).as_bytes();
-        self.buf
-            .extend(text.iter().copied().filter(|&b| b != b'\n' && b != b'\r'));
-    }
-
-    fn key(&mut self, name: &str) {
-        self.buf.extend_from_slice(b",\"");
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.extend_from_slice(b"\":");
+        self.out.raw_or_null(name, raw);
     }
 
     fn end(&mut self, index: usize) -> Result<(), EncodeError> {
-        self.buf.extend_from_slice(b"}\n");
-        self.count += 1;
-        let bytes = self.buf.len() - self.line_start;
-        if bytes > FIREHOSE_MAX_RECORD_BYTES {
-            return Err(EncodeError::RecordTooLarge { index, bytes });
-        }
-        Ok(())
+        self.out.end().map_err(|e| EncodeError::RecordTooLarge {
+            index,
+            bytes: e.bytes,
+        })
     }
 
     fn finish(self) -> Records {
         Records {
-            ndjson: self.buf,
-            count: self.count,
+            count: self.out.lines(),
+            ndjson: self.out.into_bytes(),
         }
     }
 }
@@ -584,6 +546,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FIREHOSE_MAX_RECORD_BYTES;
     use serde_json::{Value, json};
 
     fn now() -> SystemTime {
