@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the official analytics SDKs that tests/sdk.rs drives against firehose-edge (and
+# Installs the official analytics SDKs that tests/sdk.rs, tests/posthog.rs and tests/snowplow.rs
+# drive against firehose-edge (and
 # DuckDB for tests/lake.rs, kubernetes-validate for tests/deploy.rs), at pinned versions, into
 # ./.venv (created by scripts/ensure-moto.sh, which runs first).
 # Idempotent: quick and offline when they are already there. Prints nothing on stdout.
@@ -8,6 +9,8 @@ set -euo pipefail
 SEGMENT_PYTHON="2.4.0"   # segment-analytics-python
 RUDDER_PYTHON="2.1.9"    # rudder-sdk-python
 ANALYTICS_PYTHON="1.4.post1"  # analytics-python: segment-analytics-python's old name (see below)
+POSTHOG_PYTHON="7.91.1"  # posthog (posthog-python), for tests/posthog.rs
+SNOWPLOW_PYTHON="1.1.0"  # snowplow-tracker, for tests/snowplow.rs
 DUCKDB="1.4.2"           # duckdb, for tests/lake.rs (not an SDK, but the same venv)
 SCHEMATHESIS="4.32.5"    # schemathesis, for tests/openapi.rs
 KUBERNETES_VALIDATE="1.37.0"  # kubernetes-validate, for tests/deploy.rs (bundles its schemas: offline)
@@ -25,13 +28,14 @@ log() { printf 'ensure-sdks: %s\n' "$*" >&2; }
 py=".venv/bin/python"
 [ -x "$py" ] || { log "error: $py missing (scripts/ensure-moto.sh creates it)"; exit 1; }
 
-if "$py" - "$SEGMENT_PYTHON" "$RUDDER_PYTHON" "$ANALYTICS_PYTHON" "$DUCKDB" "$SCHEMATHESIS" "$KUBERNETES_VALIDATE" >/dev/null 2>&1 <<'PY'
+if "$py" - "$SEGMENT_PYTHON" "$RUDDER_PYTHON" "$ANALYTICS_PYTHON" "$DUCKDB" "$SCHEMATHESIS" "$KUBERNETES_VALIDATE" "$POSTHOG_PYTHON" "$SNOWPLOW_PYTHON" >/dev/null 2>&1 <<'PY'
 import sys
 from importlib.metadata import version
 import segment.analytics, rudderstack.analytics, analytics, duckdb, schemathesis, kubernetes_validate  # noqa: F401
+import posthog, snowplow_tracker  # noqa: F401
 from segment.analytics.version import VERSION
-names = ("segment-analytics-python", "rudder-sdk-python", "analytics-python", "duckdb", "schemathesis", "kubernetes-validate")
-ok = tuple(version(n) for n in names) == tuple(sys.argv[1:7])
+names = ("segment-analytics-python", "rudder-sdk-python", "analytics-python", "duckdb", "schemathesis", "kubernetes-validate", "posthog", "snowplow-tracker")
+ok = tuple(version(n) for n in names) == tuple(sys.argv[1:9])
 # The files themselves, not only the metadata: segment-analytics-python's are not the
 # copy analytics-python carries.
 sys.exit(0 if ok and VERSION == sys.argv[1] else 1)
@@ -39,9 +43,10 @@ PY
 then
     log "python SDKs already installed"
 else
-    log "installing segment-analytics-python $SEGMENT_PYTHON, rudder-sdk-python $RUDDER_PYTHON, duckdb $DUCKDB, schemathesis $SCHEMATHESIS, kubernetes-validate $KUBERNETES_VALIDATE"
+    log "installing segment-analytics-python $SEGMENT_PYTHON, rudder-sdk-python $RUDDER_PYTHON, posthog $POSTHOG_PYTHON, snowplow-tracker $SNOWPLOW_PYTHON, duckdb $DUCKDB, schemathesis $SCHEMATHESIS, kubernetes-validate $KUBERNETES_VALIDATE"
     "$py" -m pip install --quiet --disable-pip-version-check \
         "segment-analytics-python==$SEGMENT_PYTHON" "rudder-sdk-python==$RUDDER_PYTHON" \
+        "posthog==$POSTHOG_PYTHON" "snowplow-tracker==$SNOWPLOW_PYTHON" \
         "duckdb==$DUCKDB" "schemathesis==$SCHEMATHESIS" \
         "kubernetes-validate==$KUBERNETES_VALIDATE" >&2
     log "installing analytics-python $ANALYTICS_PYTHON (${ANALYTICS_PYTHON_DEPS[*]}) into $ANALYTICS_PYTHON_DIR"
