@@ -1251,7 +1251,10 @@ mod tests {
              group = \"s\"\nalias = \"b\"",
         )
         .unwrap();
-        assert_eq!(c.stream_names(), ["a", "b", "s"]);
+        assert_eq!(
+            c.stream_names(),
+            ["a", "b", "s", "posthog_events", "snowplow_events"]
+        );
     }
 
     #[test]
