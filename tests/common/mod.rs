@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod docker;
+pub mod driver;
 pub mod fake_firehose;
 pub mod matrix;
 pub mod moto;
