@@ -198,6 +198,8 @@ async fn each_rule_is_a_400_naming_the_field_and_nothing_of_the_request_is_store
         (with("co", json!("[1, 2]")), "data[1].co"),
         (with("cx", json!("bm90IGpzb24")), "data[1].cx"),
         (with("dtm", json!("yesterday")), "data[1].dtm"),
+        (with("stm", json!("12345678901234")), "data[1].stm"),
+        (with("contexts", json!("{}")), "data[1].contexts"),
         (
             with("collector_tstamp", json!("x")),
             "data[1].collector_tstamp",

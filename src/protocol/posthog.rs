@@ -180,8 +180,8 @@ const COLUMNS: [&str; 7] = [
     "uuid",
 ];
 
-/// Never stored: the project token is the key; `sent_at` is the batch's (stored apart).
-const DROPPED: [&str; 6] = ["api_key", "token", "$token", "sent_at", "sentAt", "ip"];
+/// Never stored: the project token is the key.
+const DROPPED: [&str; 3] = ["api_key", "token", "$token"];
 
 impl Protocol for PostHog {
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
@@ -273,6 +273,24 @@ impl PostHog {
         // The token: the envelope's, else the single event's, else the first event's
         // `properties.token` (posthog-js puts it on every event).
         let key_holder = envelope.as_ref().or(events.first().filter(|_| !batch));
+        let holder_path = |field: &str| match envelope {
+            Some(_) => field.to_owned(),
+            None => path(0, field),
+        };
+        for field in ["api_key", "token", "$token"] {
+            if key_holder
+                .and_then(|o| o.get(field))
+                .is_some_and(|v| !v.get().starts_with('"'))
+            {
+                errors.push(FieldError {
+                    path: holder_path(field),
+                    reason: "must be a string".to_owned(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(IngestError::Invalid(errors));
+        }
         let token = key_holder
             .and_then(|o| {
                 ["api_key", "token", "$token"]
@@ -293,18 +311,14 @@ impl PostHog {
         // posthog-js before 1.407.3.
         let mut sent = None;
         if let Some(raw) = key_holder
-            .and_then(|o| o.get("sent_at").or(o.get("sentAt")))
+            .and_then(|o| o.get("sent_at"))
             .copied()
             .filter(|v| v.get() != "null")
         {
             match parse_time(raw) {
                 Some(t) => sent = Some((raw.get().to_owned(), t)),
                 None => errors.push(FieldError {
-                    path: if envelope.is_some() {
-                        "sent_at".to_owned()
-                    } else {
-                        path(0, "sent_at")
-                    },
+                    path: holder_path("sent_at"),
                     reason: TIME_REASON.to_owned(),
                 }),
             }
@@ -316,6 +330,7 @@ impl PostHog {
             source: &source,
             ip: request.ip,
             sent: sent.as_ref().map(|(raw, t)| (raw.as_str(), *t)),
+            single: !batch,
         };
         let mut lines = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
@@ -416,6 +431,8 @@ struct Received<'a> {
     ip: Option<&'a str>,
     /// The batch's `sent_at`: raw JSON, and the time.
     sent: Option<(&'a str, OffsetDateTime)>,
+    /// Whether the request is one event, whose `sent_at` is that column, not an extra.
+    single: bool,
 }
 
 /// What checking an event found.
@@ -583,6 +600,7 @@ fn write(
             event
                 .iter()
                 .filter(|(k, _)| !COLUMNS.contains(&k.as_ref()) && !DROPPED.contains(&k.as_ref()))
+                .filter(|(k, _)| !(received.single && k.as_ref() == "sent_at"))
                 .map(|(k, v)| (k.as_ref(), v.get())),
         );
     })
@@ -675,6 +693,7 @@ mod tests {
             source: "web",
             ip: Some("192.0.2.9"),
             sent,
+            single: false,
         }
     }
 

@@ -124,22 +124,24 @@ const PAYLOAD_DATA: &str = "iglu:com.snowplowanalytics.snowplow/payload_data/jso
 /// The fields every event must have (`payload_data`'s `required`).
 const REQUIRED: [&str; 3] = ["e", "p", "tv"];
 
-/// Keys the record writes itself; a tracker field of the same name would make a record
-/// with a key twice. `ip`, `eid` and the encoded fields are read and written there.
-const WRITTEN: [&str; 12] = [
-    "eid",
+/// Keys the record writes itself: a tracker field of the same name is refused (the record
+/// would have the key twice).
+const RESERVED: [&str; 7] = [
     "source",
     "collector_tstamp",
     "derived_tstamp",
-    "ip",
     "useragent",
     "referer",
     "unstruct_event",
     "contexts",
-    "ue_px",
-    "ue_pr",
-    "cx",
 ];
+
+/// Tracker fields the record writes in its own way: `eid` and `ip` (the tracker's override
+/// of the address) as its columns, the encoded ones decoded.
+const CONSUMED: [&str; 6] = ["eid", "ip", "ue_px", "ue_pr", "cx", "co"];
+
+/// Most digits of a time in milliseconds: 13 reach the year 2286.
+const MAX_MILLIS_DIGITS: usize = 13;
 
 /// The 1×1 transparent GIF Snowplow's collector answers its pixel with (43 bytes).
 const PIXEL_GIF: [u8; 43] = [
@@ -393,15 +395,19 @@ fn encode(
     }
     let mut millis = |field: &'static str| -> Option<time::OffsetDateTime> {
         let text = event.get(field)?;
-        let t = text
-            .parse::<i64>()
-            .ok()
-            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+        let digits = (1..=MAX_MILLIS_DIGITS).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_digit());
+        let t = digits
+            .then(|| text.parse::<i64>().ok())
+            .flatten()
             .and_then(record::from_millis);
         if t.is_none() {
             errors.push((
                 field,
-                "must be milliseconds since the Unix epoch, as a string of digits".to_owned(),
+                format!(
+                    "must be milliseconds since the Unix epoch: a string of 1 to \
+                     {MAX_MILLIS_DIGITS} digits"
+                ),
             ));
         }
         t
@@ -410,11 +416,8 @@ fn encode(
     let unstruct = decoded(event, "ue_px", "ue_pr", &mut errors);
     let contexts = decoded(event, "cx", "co", &mut errors);
     for key in event.keys() {
-        if let Some(&reserved) = WRITTEN[1..8].iter().find(|w| **w == key.as_ref()) {
-            // `ip` is the tracker's own override (`setIpAddress`), read below.
-            if reserved != "ip" {
-                errors.push((reserved, "is written by the collector".to_owned()));
-            }
+        if let Some(&reserved) = RESERVED.iter().find(|w| **w == key.as_ref()) {
+            errors.push((reserved, "is written by the collector".to_owned()));
         }
     }
     if !errors.is_empty() {
@@ -460,7 +463,7 @@ fn encode(
 /// The tracker's fields, as sent, but for those the record writes itself.
 fn write_fields(out: &mut Writer, event: &Event<'_>) {
     for (key, value) in event {
-        if !WRITTEN.contains(&key.as_ref()) && key != "co" {
+        if !CONSUMED.contains(&key.as_ref()) && !RESERVED.contains(&key.as_ref()) {
             let quoted = serde_json::to_string(value.as_ref()).expect("a string serializes");
             out.client_field(key, &quoted);
         }
