@@ -28,6 +28,10 @@ pub struct Seen {
     /// Where the write key was: `Basic`, `writeKey in body`, `Bearer`, `-`, …
     pub auth: String,
     pub status: u16,
+    /// The query string, or empty.
+    pub query: String,
+    /// The body exactly as sent (to send it again).
+    pub body: Bytes,
 }
 
 /// The proxy; stopped when dropped.
@@ -189,6 +193,8 @@ async fn forward(
         content_encoding,
         auth,
         status: 502,
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        body: body.clone(),
     };
     let response = match forwarded.body(body).send().await {
         Ok(upstream) => {
