@@ -106,7 +106,7 @@ const NODE: Sdk = Sdk {
 
 impl Sdk {
     async fn drive(self, host: &str, count: usize, skew_secs: i64, gzip: bool) -> Vec<Value> {
-        let mut command = if self.python {
+        let command = if self.python {
             let mut c = tokio::process::Command::new(driver::python("posthog"));
             c.arg(driver::root().join("tests/py/posthog_client.py"))
                 .args([host, TOKEN, &count.to_string(), &skew_secs.to_string()]);
