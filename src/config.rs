@@ -665,6 +665,20 @@ impl Config {
 
     /// Checks the values that types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
+        let sources = self.auth.sources.keys().map(|s| ("auth.sources", s)).chain(
+            self.snowplow
+                .app_ids
+                .values()
+                .map(|s| ("snowplow.app_ids", s)),
+        );
+        for (key, source) in sources {
+            if source.is_empty() || source.starts_with(crate::protocol::ID_SCOPE_MARK) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{source:?} is not a source name (empty, or starts with U+FFFF)"),
+                ));
+            }
+        }
         let f = &self.flusher;
         if !(1..=MAX_BATCH_RECORDS).contains(&f.max_batch_records) {
             return Err(ConfigError::invalid(

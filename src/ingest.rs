@@ -345,10 +345,10 @@ impl Ingest {
                     .map_err(queue_error)?;
                 metrics::events_accepted(&stream, u64::from(count));
             }
-            Records::Messages { source, lines } => {
+            Records::Messages { source, ids, lines } => {
                 let appended = self
                     .queue
-                    .append_batch(&source, lines)
+                    .append_batch(&protocol::dedup_scope(ids, &source), lines)
                     .await
                     .map_err(queue_error)?;
                 if appended.duplicates > 0 {

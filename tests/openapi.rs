@@ -72,24 +72,36 @@ async fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         Value::Array(vec![]),
         "document and validator drifted"
     );
-    let classic = found["classic_records"].as_u64().unwrap() as usize;
-    let v1 = found["v1_records"].as_u64().unwrap() as usize;
-    assert!(classic > 0 && v1 > 0, "{found}");
-    // Every 2xx request's records are in the lake.
+    let counted = |key: &str| found[key].as_u64().unwrap() as usize;
+    let want = [
+        counted("classic_records"),
+        counted("v1_records"),
+        counted("posthog_records"),
+        counted("snowplow_records"),
+    ];
+    assert!(
+        want.iter().all(|&n| n > 0),
+        "every protocol stored records: {found}"
+    );
     let lake = dir.path().join("lake");
     let count =
         |streams: &[&str]| -> usize { streams.iter().map(|s| lake_lines(&lake, s).len()).sum() };
-    let classic_streams = ["log_user_events", "link_users", "user_profiles"];
-    let v1_streams = [
-        "segment_tracks",
-        "segment_identifies",
-        "segment_pages",
-        "segment_screens",
-        "segment_groups",
-        "segment_aliases",
+    let streams: [&[&str]; 4] = [
+        &["log_user_events", "link_users", "user_profiles"],
+        &[
+            "segment_tracks",
+            "segment_identifies",
+            "segment_pages",
+            "segment_screens",
+            "segment_groups",
+            "segment_aliases",
+        ],
+        &["posthog_events"],
+        &["snowplow_events"],
     ];
+    let landed = || streams.map(|s| count(s));
     tokio::time::timeout(WAIT, async {
-        while count(&classic_streams) < classic || count(&v1_streams) < v1 {
+        while landed().iter().zip(&want).any(|(got, want)| got < want) {
             // Another task writes the lake: nothing to await but its files.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -97,11 +109,10 @@ async fn schemathesis_finds_the_server_true_to_its_openapi_document() {
     .await
     .unwrap_or_else(|_| {
         panic!(
-            "the lake holds {} of {classic} classic and {} of {v1} /v1 records",
-            count(&classic_streams),
-            count(&v1_streams)
+            "the lake holds {:?} of {want:?} classic, /v1, PostHog and Snowplow records",
+            landed()
         )
     });
     server.stop().await;
-    assert_eq!((count(&classic_streams), count(&v1_streams)), (classic, v1));
+    assert_eq!(landed(), want, "classic, /v1, PostHog and Snowplow records");
 }

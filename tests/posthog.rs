@@ -366,3 +366,36 @@ async fn the_token_names_the_source_and_the_start_up_calls_need_none() {
     assert_eq!(people[0]["source"], "web");
     server.stop().await;
 }
+
+/// Each protocol has its own namespace of ids in the dedup window: a PostHog `uuid` equal to
+/// a Segment `messageId` or a Snowplow `eid` from the same source is not a duplicate of it.
+#[tokio::test]
+async fn an_id_is_a_duplicate_only_within_its_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let id = "0198c3c1-0000-7000-8000-0000000000aa";
+    let requests = [
+        (
+            "/v1/track",
+            json!({"userId": "u", "event": "e", "messageId": id}),
+        ),
+        ("/batch/", json!({"batch": [event(id, "e")]})),
+        (
+            "/com.snowplowanalytics.snowplow/tp2",
+            json!({"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+                   "data": [{"e": "pv", "p": "web", "tv": "t", "eid": id}]}),
+        ),
+    ];
+    // Each twice: the second time is a duplicate within its own protocol.
+    for _ in 0..2 {
+        for (path, body) in &requests {
+            let (status, _) = send(&server, path, body.to_string().into_bytes(), &[JSON]).await;
+            assert_eq!(status, 200, "{path}");
+        }
+    }
+    server.sink.wait_for_events(3).await;
+    for stream in ["segment_tracks", "posthog_events", "snowplow_events"] {
+        assert_eq!(server.sink.lines(stream).len(), 1, "{stream}");
+    }
+    server.stop().await;
+}

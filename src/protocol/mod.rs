@@ -200,14 +200,31 @@ pub enum Records {
         count: u32,
     },
     /// Messages for their streams, each skipped if its id was accepted from `source` within
-    /// the dedup window.
+    /// the dedup window, in the protocol's own namespace of ids.
     Messages {
         /// Their source.
         source: String,
+        /// The namespace of their ids: a PostHog `uuid` is not a Segment `messageId`, and a
+        /// client's id that happens to equal another protocol's must not make its event a
+        /// duplicate. Segment's is `""` (the window's ids from before there were others).
+        ids: &'static str,
         /// The messages.
         lines: Vec<BatchLine>,
     },
 }
+
+/// The dedup window's name for the ids of `source` in the namespace `ids` (see
+/// [`Records::Messages`]): the source itself for `""`, else one that no source name of the
+/// configuration can be (source names are refused when they start with U+FFFF).
+pub fn dedup_scope(ids: &str, source: &str) -> String {
+    match ids {
+        "" => source.to_owned(),
+        ids => format!("{ID_SCOPE_MARK}{ids}\u{0}{source}"),
+    }
+}
+
+/// What starts a protocol's id namespace in the dedup window (a noncharacter).
+pub const ID_SCOPE_MARK: char = '\u{FFFF}';
 
 /// A protocol, built from the configuration.
 pub trait Protocol: Send + Sync {

@@ -362,7 +362,11 @@ impl PostHog {
             return Err(IngestError::Invalid(errors));
         }
         Ok(Accepted {
-            records: Records::Messages { source, lines },
+            records: Records::Messages {
+                source,
+                ids: "posthog",
+                lines,
+            },
             // What PostHog's capture answers. Exactly 200: posthog-python and posthog-js
             // retry any other status, 2xx included.
             answer: json_response(StatusCode::OK, &serde_json::json!({"status": 1})),

@@ -235,8 +235,8 @@ pub const DATE_TIME_PATTERN: &str = concat!(
 
 /// A time field's value, if it is a JSON string of [`DATE_TIME_PATTERN`].
 pub fn parse_time(raw: &RawValue) -> Option<OffsetDateTime> {
-    let text: &str = serde_json::from_str(raw.get()).ok()?;
-    parse_time_text(text)
+    let text: std::borrow::Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+    parse_time_text(&text)
 }
 
 /// `text`, if it is a string of [`DATE_TIME_PATTERN`].

@@ -218,7 +218,11 @@ impl Protocol for Segment {
             },
         )?;
         Ok(Accepted {
-            records: Records::Messages { source, lines },
+            records: Records::Messages {
+                source,
+                ids: "",
+                lines,
+            },
             // What Segment's API answers, and its SDKs expect.
             answer: json_response(StatusCode::OK, &serde_json::json!({"success": true})),
         })

@@ -223,7 +223,11 @@ impl Protocol for Snowplow {
             return Err(IngestError::Invalid(errors));
         }
         Ok(Accepted {
-            records: Records::Messages { source, lines },
+            records: Records::Messages {
+                source,
+                ids: "snowplow",
+                lines,
+            },
             answer: match batch {
                 true => answer("text/plain; charset=utf-8", Bytes::from_static(b"ok")),
                 false => {
@@ -374,9 +378,12 @@ fn post_events(body: &[u8]) -> Result<Vec<Event<'_>>, IngestError> {
     Ok(events)
 }
 
-/// The event of a pixel request's query string (form-encoded: `+` and `%20` are spaces).
+/// The event of a pixel request's query string (form-encoded: `+` and `%20` are spaces),
+/// without an API key sent there (`?api_key=`, `?writeKey=`): a key is never stored.
 fn query_event(query: Option<&str>) -> Event<'_> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes()).collect()
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k != "api_key" && k != "writeKey")
+        .collect()
 }
 
 /// An event's record and its `eid` (the message id the dedup window keeps).
@@ -620,9 +627,12 @@ mod tests {
 
     #[test]
     fn a_pixel_query_is_form_decoded() {
-        let e = query_event(Some("e=pv&url=http%3A%2F%2Fx%2Fa+b&page=A%20B&tv=py-1.1.0"));
+        let e = query_event(Some(
+            "e=pv&url=http%3A%2F%2Fx%2Fa+b&page=A%20B&tv=py-1.1.0&api_key=k&writeKey=k",
+        ));
         assert_eq!(e["url"], "http://x/a b");
         assert_eq!(e["page"], "A B");
+        assert!(!e.contains_key("api_key") && !e.contains_key("writeKey"));
     }
 
     #[test]

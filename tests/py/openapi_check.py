@@ -7,12 +7,15 @@ Usage: openapi_check.py OPENAPI BASE_URL CASSETTE
 2. From schemathesis' VCR cassette: what every 2xx request carried, so the caller can check it
    all reached the lake — the records `accepted` by the classic endpoints, and the distinct
    messages of the `/v1` ones (a `messageId` already accepted is answered 200 and not stored
-   again). Prints {"classic_records": N, "v1_records": M, "drift": [...problems]}.
+   again), PostHog's events (by `uuid`) and Snowplow's (by `eid`, the pixel's from its query).
+   Prints {"classic_records": N, "v1_records": M, "posthog_records": P, "snowplow_records": S,
+   "drift": [...problems]}.
 """
 
 import base64
 import json
 import sys
+import urllib.parse
 import urllib.request
 
 import yaml
@@ -41,19 +44,53 @@ def is_v1(path):
     return path.startswith("/v1/") or path in BATCH_PATHS
 
 
+POSTHOG_CAPTURE = {f"/{p}{s}" for p in ("e", "i/v0/e", "capture", "batch") for s in ("", "/")}
+SNOWPLOW_POST, SNOWPLOW_PIXEL = "/com.snowplowanalytics.snowplow/tp2", ("/i", "/ice.png")
+STORES_NOTHING = ("/flags", "/decide", "/array/")
+
+
+class Distinct:
+    """Stored messages, deduplicated by id (one without an id is always stored)."""
+
+    def __init__(self):
+        self.ids, self.without = set(), 0
+
+    def add(self, message, key):
+        if isinstance(message.get(key), str):
+            self.ids.add(message[key])
+        else:
+            self.without += 1
+
+    def count(self):
+        return len(self.ids) + self.without
+
+
+def posthog_events(body):
+    if isinstance(body, list):
+        return body
+    return body["batch"] if "batch" in body else [body]
+
+
 drift = []
 classic_records = 0
-v1_ids, v1_without_id = set(), 0
+v1, posthog, snowplow = Distinct(), Distinct(), Distinct()
 for path, item in spec["paths"].items():
-    media = item["post"]["requestBody"]["content"]["application/json"]
+    request_body = item.get("post", {}).get("requestBody", {})
+    media = request_body.get("content", {}).get("application/json", {})
     for name, example in media.get("examples", {}).items():
         status, body = post(path, example["value"])
         if status // 100 != 2:
             drift.append(f"{path} example {name} refused: {status} {body!r}")
+        elif path in POSTHOG_CAPTURE:
+            for event in posthog_events(example["value"]):
+                posthog.add(event, "uuid")
+        elif path == SNOWPLOW_POST:
+            for event in example["value"]["data"]:
+                snowplow.add(event, "eid")
         elif not is_v1(path):
             classic_records += json.loads(body)["accepted"]
-        elif example["value"].get("messageId") is None:
-            v1_without_id += 1
+        else:
+            v1.add(example["value"], "messageId")
     for counter in media.get("x-counter-examples", []):
         status, body = post(path, counter)
         if status != 400:
@@ -79,16 +116,29 @@ for interaction in cassette.get("http_interactions", []):
     code = (response.get("status") or {}).get("code")
     if code is None or int(code) // 100 != 2:
         continue
-    path = "/" + request["uri"].split("://", 1)[1].split("/", 1)[1].split("?", 1)[0]
-    if is_v1(path):
-        body = json.loads(text(request.get("body")).lstrip("\ufeff"))
+    target = request["uri"].split("://", 1)[1].split("/", 1)[1]
+    path = "/" + target.split("?", 1)[0]
+    query = target.split("?", 1)[1] if "?" in target else ""
+    if path.startswith(STORES_NOTHING):
+        continue
+    if path in SNOWPLOW_PIXEL:
+        snowplow.add(dict(urllib.parse.parse_qsl(query, keep_blank_values=True)), "eid")
+        continue
+    body = json.loads(text(request.get("body")).lstrip("\ufeff"))
+    if path in POSTHOG_CAPTURE:
+        for event in posthog_events(body):
+            posthog.add(event, "uuid")
+    elif path == SNOWPLOW_POST:
+        for event in body["data"]:
+            snowplow.add(event, "eid")
+    elif is_v1(path):
         messages = body["batch"] if path in BATCH_PATHS else [body]
         for m in messages:
-            if isinstance(m.get("messageId"), str):
-                v1_ids.add(m["messageId"])
-            else:
-                v1_without_id += 1
+            v1.add(m, "messageId")
     else:
         classic_records += json.loads(text(response.get("body")))["accepted"]
 
-print(json.dumps({"classic_records": classic_records, "v1_records": len(v1_ids) + v1_without_id, "drift": drift}))
+print(json.dumps({
+    "classic_records": classic_records, "v1_records": v1.count(),
+    "posthog_records": posthog.count(), "snowplow_records": snowplow.count(), "drift": drift,
+}))
