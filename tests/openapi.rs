@@ -99,7 +99,7 @@ async fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         &["posthog_events"],
         &["snowplow_events"],
     ];
-    let landed = || streams.map(|s| count(s));
+    let landed = || streams.map(&count);
     tokio::time::timeout(WAIT, async {
         while landed().iter().zip(&want).any(|(got, want)| got < want) {
             // Another task writes the lake: nothing to await but its files.
