@@ -399,3 +399,44 @@ async fn an_id_is_a_duplicate_only_within_its_protocol() {
     }
     server.stop().await;
 }
+
+/// The limits: a body over `server.max_body_bytes` (also once decompressed) and more events
+/// than `server.max_events_per_request` are 413s (posthog-node halves its batch on a 413),
+/// an event whose record would exceed Firehose's record limit a 400; nothing is stored.
+#[tokio::test]
+async fn size_limits_refuse_the_request_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.server.max_events_per_request = 3;
+    config.server.max_body_bytes = 2 << 20;
+    let server = TestServer::start(config).await;
+    let batch = |events: Vec<Value>| {
+        json!({"api_key": TOKEN, "batch": events})
+            .to_string()
+            .into_bytes()
+    };
+    let four = (0..4).map(|i| event(&format!("n-{i}"), "e")).collect();
+    let (status, answer) = send(&server, "/batch/", batch(four), &[JSON]).await;
+    assert_eq!(status, 413, "{answer}");
+    let mut big = event("big", "e");
+    big["properties"]["pad"] = "x".repeat(1_100_000).into();
+    let (status, answer) = send(&server, "/batch/", batch(vec![big]), &[JSON]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("batch[0] encodes to a record of"),
+        "{answer}"
+    );
+    // 3 MiB of JSON, gzipped small: the cap is on what it decompresses to.
+    let mut huge = event("huge", "e");
+    huge["properties"]["pad"] = "x".repeat(3 << 20).into();
+    for headers in [vec![JSON, ("content-encoding", "gzip")], vec![]] {
+        let (status, _) = send(&server, "/e/", gzip(&batch(vec![huge.clone()])), &headers).await;
+        assert_eq!(status, 413, "{headers:?}");
+    }
+    let (status, _) = send(&server, "/batch/", batch(vec![event("last", "e")]), &[JSON]).await;
+    assert_eq!(status, 200);
+    server.sink.wait_for_events(1).await;
+    let stored = server.sink.lines("posthog_events");
+    assert_eq!(stored.len(), 1, "only the last request stored: {stored:?}");
+    server.stop().await;
+}

@@ -281,3 +281,39 @@ async fn the_source_is_the_keys_or_the_app_ids_and_browsers_may_send_credentials
     assert!(allowed.contains("sp-anonymous"), "{allowed}");
     server.stop().await;
 }
+
+/// The limits: more events than `server.max_events_per_request`, and an event whose record
+/// would exceed Firehose's record limit, are 400s (the trackers retry a 413 forever, and
+/// drop a 400); a body over `server.max_body_bytes` is the 413 every API answers. Nothing is
+/// stored.
+#[tokio::test]
+async fn size_limits_refuse_the_request_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.server.max_events_per_request = 3;
+    config.server.max_body_bytes = 2 << 20;
+    let server = TestServer::start(config).await;
+    let four = (0..4).map(|i| event(&format!("n-{i}"))).collect();
+    let (status, answer) = post(&server, payload(four), &[]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("over the limit of 3"), "{answer}");
+    let mut big = event("big");
+    big["url"] = "x".repeat(1_100_000).into();
+    let (status, answer) = post(&server, payload(vec![big]), &[]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("data[0] encodes to a record of"),
+        "{answer}"
+    );
+    let mut huge = event("huge");
+    huge["url"] = "x".repeat(3 << 20).into();
+    let (status, _) = post(&server, payload(vec![huge]), &[]).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        post(&server, payload(vec![event("last")]), &[]).await.0,
+        200
+    );
+    let records = records(&server, 1).await;
+    assert_eq!(records.len(), 1, "only the last request stored");
+    server.stop().await;
+}

@@ -338,4 +338,42 @@ mod tests {
         let labels = route_labels();
         assert!(labels.len() < 40, "{labels:?}");
     }
+
+    #[test]
+    fn a_disabled_protocol_has_no_routes_and_no_streams() {
+        let mut config = Config::default();
+        config.posthog.enabled = false;
+        config.snowplow.enabled = false;
+        let table = Table::new(&config);
+        for path in [
+            "/batch/",
+            "/e/",
+            "/flags/",
+            "/com.snowplowanalytics.snowplow/tp2",
+            "/i",
+        ] {
+            assert!(table.find(path).is_none(), "{path}");
+        }
+        assert!(table.find("/v1/batch").is_some() && table.find("/track").is_some());
+        let names = config.stream_names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "posthog_events" || n == "snowplow_events")
+        );
+    }
+
+    #[test]
+    fn protocol_id_namespaces_cannot_meet_a_source_name() {
+        assert_eq!(dedup_scope("", "web"), "web");
+        let scoped = dedup_scope("posthog", "web");
+        assert!(scoped.starts_with(ID_SCOPE_MARK) && scoped.ends_with("\u{0}web"));
+        let refused = Config::from_toml(
+            "[auth.sources]\n\"\u{FFFF}posthog\" = \"key-0123456789abcdef\"\n",
+            "t",
+            std::iter::empty(),
+        );
+        let why = refused.unwrap_err().to_string();
+        assert!(why.contains("not a source name"), "{why}");
+    }
 }
