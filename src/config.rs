@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 // Each protocol's section is declared in its own file.
 pub use crate::protocol::classic::StreamsConfig;
-pub use crate::protocol::posthog::PostHogConfig;
 pub use crate::protocol::segment::SegmentConfig;
-pub use crate::protocol::snowplow::SnowplowConfig;
 
 /// Prefix of environment overrides: `FIREHOSE_EDGE__QUEUE__PATH=/var/lib/q` sets `queue.path`.
 pub const ENV_PREFIX: &str = "FIREHOSE_EDGE__";
@@ -95,9 +93,9 @@ pub struct Config {
     /// The Segment-compatible API.
     pub segment: SegmentConfig,
     /// PostHog's capture API.
-    pub posthog: PostHogConfig,
+    pub posthog: crate::protocol::posthog::PostHogConfig,
     /// Snowplow's tracker protocol.
-    pub snowplow: SnowplowConfig,
+    pub snowplow: crate::protocol::snowplow::SnowplowConfig,
 }
 
 /// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).

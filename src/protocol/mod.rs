@@ -30,7 +30,7 @@ use crate::ingest::IngestError;
 use crate::queue::BatchLine;
 
 /// Every protocol, registered once.
-pub const PROTOCOLS: [Registration; 4] = [
+pub const PROTOCOLS: &[Registration] = &[
     classic::PROTOCOL,
     segment::PROTOCOL,
     posthog::PROTOCOL,
