@@ -57,12 +57,7 @@ async fn send(
 /// The records of `stream` once `n` events were delivered, by uuid.
 async fn records(server: &TestServer, n: usize, stream: &str) -> Vec<Value> {
     server.sink.wait_for_events(n).await;
-    server
-        .sink
-        .lines(stream)
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    server.sink.records(stream)
 }
 
 const JSON: (&str, &str) = ("content-type", "application/json");

@@ -32,18 +32,11 @@ fn config(dir: &Path) -> firehose_edge::Config {
     config
 }
 
+const STREAMS: [&str; 2] = ["posthog_events", "posthog_people"];
+
 /// Every delivered record of the PostHog streams, by uuid (all copies).
 fn landed(server: &TestServer) -> HashMap<String, Vec<Value>> {
-    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
-    for stream in ["posthog_events", "posthog_people"] {
-        for line in server.sink.lines(stream) {
-            let mut record: Value = serde_json::from_str(&line).unwrap();
-            record["stream"] = stream.into();
-            let uuid = record["uuid"].as_str().unwrap().to_owned();
-            out.entry(uuid).or_default().push(record);
-        }
-    }
-    out
+    driver::by_id(&STREAMS, "uuid", |s| server.sink.records(s))
 }
 
 fn time(v: &Value) -> ::time::OffsetDateTime {
@@ -175,15 +168,7 @@ async fn delivers_every_kind_once(sdk: Sdk, count: usize, skew_secs: i64, gzip: 
 /// The lake's PostHog records after the server stopped (everything it took is delivered).
 fn landed_after_stop(dir: &tempfile::TempDir) -> HashMap<String, Vec<Value>> {
     let lake = dir.path().join("lake");
-    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
-    for stream in ["posthog_events", "posthog_people"] {
-        for mut record in common::lake_lines(&lake, stream) {
-            record["stream"] = stream.into();
-            let uuid = record["uuid"].as_str().unwrap().to_owned();
-            out.entry(uuid).or_default().push(record);
-        }
-    }
-    out
+    driver::by_id(&STREAMS, "uuid", |s| common::lake_lines(&lake, s))
 }
 
 /// A full queue answers 503 with `Retry-After`: the SDK keeps its batch and retries it, and

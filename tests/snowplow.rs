@@ -67,12 +67,7 @@ async fn post(server: &TestServer, body: String, headers: &[(&str, &str)]) -> (u
 
 async fn records(server: &TestServer, n: usize) -> Vec<Value> {
     server.sink.wait_for_events(n).await;
-    server
-        .sink
-        .lines("snowplow_events")
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    server.sink.records("snowplow_events")
 }
 
 #[tokio::test]

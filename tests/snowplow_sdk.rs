@@ -39,13 +39,7 @@ fn config(dir: &Path) -> firehose_edge::Config {
 /// The delivered records, by eid (all copies), once `n` are delivered.
 async fn landed(server: &TestServer, n: usize) -> HashMap<String, Vec<Value>> {
     server.sink.wait_for_events(n).await;
-    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
-    for line in server.sink.lines("snowplow_events") {
-        let record: Value = serde_json::from_str(&line).unwrap();
-        let eid = record["eid"].as_str().unwrap().to_owned();
-        out.entry(eid).or_default().push(record);
-    }
-    out
+    driver::by_id(&["snowplow_events"], "eid", |s| server.sink.records(s))
 }
 
 fn time(v: &Value) -> ::time::OffsetDateTime {

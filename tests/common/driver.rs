@@ -66,3 +66,20 @@ pub fn node(script: &str, package: &str) -> tokio::process::Command {
     command.current_dir(root().join("tests/js")).arg(script);
     command
 }
+
+/// Records of `streams`, by the id under `key` (all copies), each marked with its `stream`.
+pub fn by_id(
+    streams: &[&str],
+    key: &str,
+    lines: impl Fn(&str) -> Vec<Value>,
+) -> std::collections::HashMap<String, Vec<Value>> {
+    let mut out: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    for stream in streams {
+        for mut record in lines(stream) {
+            record["stream"] = (*stream).into();
+            let id = record[key].as_str().unwrap_or_default().to_owned();
+            out.entry(id).or_default().push(record);
+        }
+    }
+    out
+}

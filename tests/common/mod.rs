@@ -75,6 +75,14 @@ impl Observed {
         *self.accepted.borrow()
     }
 
+    /// Every accepted record of `stream`, parsed (one per line).
+    pub fn records(&self, stream: &str) -> Vec<serde_json::Value> {
+        self.lines(stream)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// The NDJSON lines of every accepted record of `stream`, as sent.
     pub fn lines(&self, stream: &str) -> Vec<String> {
         let records = self.records.lock().unwrap();
