@@ -35,21 +35,19 @@ delivered once a request to API_URL carrying it got a 2xx answer. Prints one JSO
 
 and exits 0 if ok, 1 if not. BROWSER_TIMEOUT_SECS (default 60) bounds the wait for delivery;
 with BROWSER_DEBUG set, "all_requests" lists every request the browser made.
+
+The page server, Chromium, the network log and the report's fields from "requests" on are
+browser_common.py's; this script has the pages, the source config, the beacons' bodies and
+what counts as delivered.
 """
 
-import functools
-import http.server
 import json
-import os
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+import browser_common  # noqa: E402
 
 SDKS = ("segment", "rudder", "rudder-beacon")
 NODE_MODULES = Path(__file__).resolve().parent.parent / "js" / "node_modules"
@@ -74,9 +72,8 @@ family = "rudder" if sdk.startswith("rudder") else "segment"
 bundles = args[4] if len(args) == 5 else str(DEFAULT_BUNDLES[family])
 if not (Path(bundles) / "index.js").is_file():
     sys.exit(f"{bundles}/index.js is missing: run scripts/ensure-node-sdks.sh")
-timeout = float(os.environ.get("BROWSER_TIMEOUT_SECS", "60"))
+timeout = browser_common.timeout_secs()
 api = api_url.split("://", 1)[1]
-page_origin = f"http://127.0.0.1:{page_port}"
 
 SEGMENT_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>firehose-edge</title>
 <script src="/analytics-next/bundles/index.js"></script></head><body><script>
@@ -160,93 +157,26 @@ SOURCE_CONFIG = {
     },
 }
 
-served = []
+
+def route(path):
+    """The page server's answers besides the page and the bundle (see browser_common.PageServer)."""
+    if path == "/bye":
+        return b"<!doctype html><title>bye</title>", "text/html"
+    if family == "rudder" and path.rstrip("/") == "/sourceConfig":
+        return json.dumps(SOURCE_CONFIG).encode(), "application/json"
+    return None
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def send_bytes(self, body, content_type):
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("cache-control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+class Network(browser_common.Network):
+    """The page's requests (browser_common.Network), with the bodies of its beacons."""
 
-    def do_GET(self):
-        served.append(self.path)
-        path = urlsplit(self.path).path
-        if path in ("/", "/index.html"):
-            page = SEGMENT_PAGE if family == "segment" else RUDDER_PAGE
-            return self.send_bytes(page.encode(), "text/html; charset=utf-8")
-        if path == "/favicon.ico":
-            self.send_response(204)
-            self.end_headers()
-            return
-        if path == "/bye":
-            return self.send_bytes(b"<!doctype html><title>bye</title>", "text/html")
-        if family == "rudder" and path.rstrip("/") == "/sourceConfig":
-            return self.send_bytes(json.dumps(SOURCE_CONFIG).encode(), "application/json")
-        prefix = "/analytics-next/bundles/" if family == "segment" else "/rudder/"
-        if path.startswith(prefix):
-            self.path = "/" + path[len(prefix):]
-            return super().do_GET()
-        self.send_error(404)
-
-    def log_message(self, *args):
-        pass
-
-
-class Network:
-    """Every request of the page, from chromedriver's performance log (DevTools events)."""
-
-    def __init__(self, driver):
-        self.driver = driver
-        self.requests = {}  # requestId -> dict
-        self.order = []
-        self.console = []
+    def __init__(self, driver, api_url):
+        super().__init__(driver, api_url)
         self.beacons = []  # the page's copies of its beacons: {url, body}
         self.beacon_of = {}  # requestId -> index in self.beacons
 
-    def poll(self):
-        for entry in self.driver.get_log("performance"):
-            try:
-                message = json.loads(entry["message"])["message"]
-            except (KeyError, ValueError):
-                continue
-            method, params = message.get("method", ""), message.get("params", {})
-            rid = params.get("requestId")
-            if method == "Network.requestWillBeSent":
-                request = params["request"]
-                if rid not in self.requests:
-                    self.order.append(rid)
-                # (A redirect reuses the id: the last hop is kept.)
-                self.requests[rid] = {
-                    "method": request["method"],
-                    "url": request["url"],
-                    "type": params.get("type"),
-                    "content_type": next(
-                        (v for k, v in request.get("headers", {}).items() if k.lower() == "content-type"),
-                        None,
-                    ),
-                    "post": request.get("postData"),
-                    "has_post": request.get("hasPostData", False),
-                    "status": None,
-                    "error": None,
-                    "done": False,
-                }
-            elif method == "Network.responseReceived" and rid in self.requests:
-                self.requests[rid]["status"] = params["response"]["status"]
-            elif method == "Network.loadingFinished" and rid in self.requests:
-                self.requests[rid]["done"] = True
-            elif method == "Network.loadingFailed" and rid in self.requests:
-                r = self.requests[rid]
-                r["done"] = True
-                reason = params.get("blockedReason") or (params.get("corsErrorStatus") or {}).get("corsError")
-                r["error"] = params.get("errorText", "failed") + (f" ({reason})" if reason else "")
-        for entry in self.driver.get_log("browser"):
-            self.console.append(entry.get("message"))
-
     def body(self, rid):
+        """A request's body; a beacon's is the page's copy (the log has none)."""
         r = self.requests[rid]
         if r["type"] == "Ping" and r["post"] is None:
             if rid not in self.beacon_of:
@@ -256,15 +186,7 @@ class Network:
                     return None
                 self.beacon_of[rid] = match[0]
             return self.beacons[self.beacon_of[rid]]["body"]
-        if r["post"] is None and r["has_post"]:
-            try:
-                r["post"] = self.driver.execute_cdp_cmd("Network.getRequestPostData", {"requestId": rid})["postData"]
-            except Exception:
-                r["has_post"] = False  # gone with its page; do not ask again
-        return r["post"]
-
-    def api(self):
-        return [rid for rid in self.requests if self.requests[rid]["url"].startswith(api_url + "/")]
+        return super().body(rid)
 
     def delivered(self):
         """Type -> the request that delivered it (2xx, finished)."""
@@ -284,45 +206,18 @@ class Network:
                     found[kind] = f"POST {urlsplit(r['url']).path} {r['status']}"
         return found
 
-    def report(self, rid):
-        r = self.requests[rid]
-        return {k: r[k] for k in ("method", "url", "type", "status", "content_type", "error")}
 
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), functools.partial(Handler, directory=bundles))
-threading.Thread(target=server.serve_forever, daemon=True).start()
-
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage",
-             # Only loopback resolves: nothing the page does can reach another host.
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]:
-    options.add_argument(flag)
-options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
-profile = tempfile.mkdtemp()
-options.add_argument(f"--user-data-dir={profile}")
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+html = SEGMENT_PAGE if family == "segment" else RUDDER_PAGE
+prefix = "/analytics-next/bundles/" if family == "segment" else "/rudder/"
+server = browser_common.PageServer(page_port, html, bundles, prefix, route)
+page_origin = server.origin
+driver = browser_common.start_chromium()
 result = {"sdk": sdk, "ok": False, "failed": []}
-net = Network(driver)
+net = Network(driver, api_url)
 try:
     deadline = time.monotonic() + timeout
-    driver.set_page_load_timeout(30)
-    driver.get(f"{page_origin}/")
-    page = None
-    while time.monotonic() < deadline:
-        net.poll()
-        page = driver.execute_script("return window.__result")
-        if page is not None:
-            break
-        time.sleep(0.1)
-    if page is None:
-        result["error"] = f"the page's calls did not return within {timeout:.0f} s"
-    elif not page.get("called"):
-        result["error"] = page.get("error")
-    else:
+    page = browser_common.open_page(net, f"{page_origin}/", deadline, timeout, result)
+    if page:
         result["failed"] = list(page.get("failed") or [])
         if sdk == "rudder-beacon":
             # The beacon queue sends its batch when the page is left (or after 10 min): the
@@ -359,28 +254,5 @@ try:
 except Exception as e:  # noqa: BLE001 - reported, and the exit code says it failed
     result["error"] = f"{type(e).__name__}: {e}"
 finally:
-    try:
-        net.poll()
-    except Exception:
-        pass
-    api_requests = [net.report(rid) for rid in net.api()]
-    result["requests"] = api_requests
-    result["failed_requests"] = [
-        r for r in api_requests
-        if r["error"] or (r["status"] is not None and not 200 <= r["status"] < 300)
-    ]
-    result["external_requests"] = [
-        net.report(rid) for rid in net.order
-        if net.requests[rid]["url"].startswith(("http:", "https:", "ws:", "wss:"))
-        and not net.requests[rid]["url"].startswith((api_url + "/", page_origin + "/"))
-    ]
-    result["page_server"] = served
-    if os.environ.get("BROWSER_DEBUG"):
-        result["all_requests"] = [{**net.report(rid), "body": net.requests[rid]["post"]} for rid in net.order]
-    result["console"] = net.console
-    driver.quit()
-    server.shutdown()
-print(json.dumps(result))
-if not result["ok"]:
-    print(f"browser.py {sdk}: {result.get('error')}; failed requests: {result['failed_requests']}", file=sys.stderr)
-sys.exit(0 if result["ok"] else 1)
+    browser_common.finish(result, net, server)
+browser_common.exit_with(result, f"browser.py {sdk}")

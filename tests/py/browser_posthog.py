@@ -44,23 +44,22 @@ calls are listed in "unverified".) Prints one JSON object:
 
 and exits 0 if ok, 1 if not. BROWSER_TIMEOUT_SECS (default 60) bounds the wait for delivery;
 with BROWSER_DEBUG set, "all_requests" lists every request the browser made, with bodies.
+
+The page server, Chromium, the network log and the report's fields from "requests" on are
+browser_common.py's; this script has the page, how a body is decoded, what counts as
+delivered (and as a failed request) and the uuids.
 """
 
 import base64
-import functools
 import gzip
-import http.server
 import json
 import os
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+import browser_common  # noqa: E402
 
 POSTHOG_JS = Path(__file__).resolve().parent.parent / "js" / "node_modules" / "posthog-js"
 # The calls the page makes, by event name, and how to recognise each on the wire.
@@ -78,8 +77,7 @@ bundles = POSTHOG_JS / "dist"
 if not (bundles / bundle).is_file():
     sys.exit(f"{bundles / bundle} is missing: run scripts/ensure-node-sdks.sh")
 version = json.loads((POSTHOG_JS / "package.json").read_text())["version"]
-timeout = float(os.environ.get("BROWSER_TIMEOUT_SECS", "60"))
-page_origin = f"http://127.0.0.1:{page_port}"
+timeout = browser_common.timeout_secs()
 
 CONFIG = {
     "api_host": api_url,
@@ -129,36 +127,6 @@ try {{
 }}
 </script></body></html>"""
 
-served = []
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def send_bytes(self, body, content_type):
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("cache-control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        served.append(self.path)
-        path = urlsplit(self.path).path
-        if path in ("/", "/index.html"):
-            return self.send_bytes(PAGE.encode(), "text/html; charset=utf-8")
-        if path == "/favicon.ico":
-            self.send_response(204)
-            self.end_headers()
-            return
-        if path.startswith("/posthog/"):
-            self.path = "/" + path[len("/posthog/"):]
-            return super().do_GET()
-        self.send_error(404)
-
-    def log_message(self, *args):
-        pass
-
-
 def decode(raw, url, content_type):
     """(encoding, events) of a capture body as posthog-js sends it; events None if unreadable."""
     query = dict(parse_qsl(urlsplit(url).query))
@@ -184,79 +152,33 @@ def decode(raw, url, content_type):
     return "+".join(steps) or "json", [e for e in events if isinstance(e, dict)]
 
 
-class Network:
-    """Every request of the page, from chromedriver's performance log (DevTools events)."""
+class Network(browser_common.Network):
+    """The page's requests (browser_common.Network), bodies kept as bytes and decoded."""
 
-    def __init__(self, driver):
-        self.driver = driver
-        self.requests = {}  # requestId -> dict
-        self.order = []
-        self.console = []
+    def request_body(self, request):
+        """The exact bytes of a body from the log (postDataEntries), else postData's; None if neither."""
+        entries = request.get("postDataEntries")
+        if entries and all("bytes" in e for e in entries):
+            # The exact bytes (base64), which a binary (gzip) body needs.
+            return b"".join(base64.b64decode(e["bytes"]) for e in entries)
+        if request.get("postData") is not None:
+            return request["postData"].encode("utf-8")
+        return None
 
-    def poll(self):
-        for entry in self.driver.get_log("performance"):
-            try:
-                message = json.loads(entry["message"])["message"]
-            except (KeyError, ValueError):
-                continue
-            method, params = message.get("method", ""), message.get("params", {})
-            rid = params.get("requestId")
-            if method == "Network.requestWillBeSent":
-                request = params["request"]
-                if rid not in self.requests:
-                    self.order.append(rid)
-                entries = request.get("postDataEntries")
-                raw = None
-                if entries and all("bytes" in e for e in entries):
-                    # The exact bytes (base64), which a binary (gzip) body needs.
-                    raw = b"".join(base64.b64decode(e["bytes"]) for e in entries)
-                elif request.get("postData") is not None:
-                    raw = request["postData"].encode("utf-8")
-                # (A redirect reuses the id: the last hop is kept.)
-                self.requests[rid] = {
-                    "method": request["method"],
-                    "url": request["url"],
-                    "type": params.get("type"),
-                    "content_type": next(
-                        (v for k, v in request.get("headers", {}).items() if k.lower() == "content-type"),
-                        None,
-                    ),
-                    "raw": raw,
-                    "has_post": request.get("hasPostData", False),
-                    "status": None,
-                    "error": None,
-                    "done": False,
-                }
-            elif method == "Network.responseReceived" and rid in self.requests:
-                self.requests[rid]["status"] = params["response"]["status"]
-            elif method == "Network.loadingFinished" and rid in self.requests:
-                self.requests[rid]["done"] = True
-            elif method == "Network.loadingFailed" and rid in self.requests:
-                r = self.requests[rid]
-                r["done"] = True
-                reason = params.get("blockedReason") or (params.get("corsErrorStatus") or {}).get("corsError")
-                r["error"] = params.get("errorText", "failed") + (f" ({reason})" if reason else "")
-        for entry in self.driver.get_log("browser"):
-            self.console.append(entry.get("message"))
+    def fetched_body(self, answer):
+        """The bytes of a body Network.getRequestPostData answered (base64 if it says so)."""
+        data = answer["postData"]
+        return base64.b64decode(data) if answer.get("base64Encoded") else data.encode("utf-8")
 
-    def body(self, rid):
+    def decoded(self, rid):
         """(encoding, events) of a request's body, None if it has none or it is gone."""
-        r = self.requests[rid]
-        if r["raw"] is None and r["has_post"]:
-            try:
-                got = self.driver.execute_cdp_cmd("Network.getRequestPostData", {"requestId": rid})
-                data = got["postData"]
-                r["raw"] = base64.b64decode(data) if got.get("base64Encoded") else data.encode("utf-8")
-            except Exception:
-                r["has_post"] = False  # gone with its page; do not ask again
-        if r["raw"] is None:
+        raw = self.body(rid)
+        if raw is None:
             return None
+        r = self.requests[rid]
         if "decoded" not in r:
-            r["decoded"] = decode(r["raw"], r["url"], r["content_type"])
+            r["decoded"] = decode(raw, r["url"], r["content_type"])
         return r["decoded"]
-
-    def api(self):
-        return [rid for rid in self.order if self.requests[rid]["url"].startswith(api_url + "/")]
 
     def delivered(self):
         """Event name -> (the request that delivered it (200, finished), the uuid on the wire)."""
@@ -265,7 +187,7 @@ class Network:
             r = self.requests[rid]
             if r["method"] != "POST" or r["status"] != 200 or r["error"]:
                 continue
-            decoded = self.body(rid)
+            decoded = self.decoded(rid)
             for e in (decoded or (None, None))[1] or []:
                 name = e.get("event")
                 if name in CALLS and CALLS[name](e) and name not in found:
@@ -278,7 +200,7 @@ class Network:
             rid for rid in self.api()
             if self.requests[rid]["method"] == "POST" and self.requests[rid]["status"] == 200
             and not urlsplit(self.requests[rid]["url"]).path.startswith(("/flags", "/decide"))
-            and (self.body(rid) or (None, None))[1] is None
+            and (self.decoded(rid) or (None, None))[1] is None
         ]
 
     def settled(self):
@@ -286,50 +208,37 @@ class Network:
 
     def report(self, rid):
         r = self.requests[rid]
-        out = {k: r[k] for k in ("method", "url", "type", "status", "content_type", "error")}
-        if r["method"] == "POST" and r["url"].startswith(api_url + "/"):
-            decoded = self.body(rid)
+        out = super().report(rid)
+        if r["method"] == "POST" and r["url"].startswith(self.api_url + "/"):
+            decoded = self.decoded(rid)
             if decoded:
                 out["encoding"] = decoded[0]
             if decoded and not urlsplit(r["url"]).path.startswith(("/flags", "/decide")):
                 out["events"] = [e.get("event") for e in decoded[1]] if decoded[1] is not None else None
         return out
 
+    def failed(self, report):
+        """Whether a reported request failed: a network/CORS error, or not 200 (but a preflight)."""
+        return report["error"] or (
+            report["status"] is not None and report["status"] != 200 and report["method"] != "OPTIONS"
+        )
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), functools.partial(Handler, directory=str(bundles)))
-threading.Thread(target=server.serve_forever, daemon=True).start()
+    def debug_body(self, rid):
+        """A request's body's first 2000 bytes, one character a byte."""
+        return (self.requests[rid]["post"] or b"")[:2000].decode("latin-1")
 
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage",
-             # Only loopback resolves: nothing the page does can reach another host.
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]:
-    options.add_argument(flag)
-options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
-profile = tempfile.mkdtemp()
-options.add_argument(f"--user-data-dir={profile}")
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+server = browser_common.PageServer(page_port, PAGE, bundles, "/posthog/")
+page_origin = server.origin
+driver = browser_common.start_chromium()
 result = {"ok": False, "failed": [], "bundle": bundle, "version": version}
-net = Network(driver)
+net = Network(driver, api_url)
 try:
     deadline = time.monotonic() + timeout
-    driver.set_page_load_timeout(30)
-    driver.get(f"{page_origin}/")
-    page = None
-    while time.monotonic() < deadline:
-        net.poll()
-        page = driver.execute_script("return window.__result")
-        if page is not None:
-            break
-        time.sleep(0.1)
-    if page is None:
-        result["error"] = f"posthog-js did not load (call `loaded`) within {timeout:.0f} s"
-    elif not page.get("called"):
-        result["error"] = page.get("error")
-    else:
+    page = browser_common.open_page(
+        net, f"{page_origin}/", deadline, timeout, result, "posthog-js did not load (call `loaded`)"
+    )
+    if page:
         delivered = {}
         fallback_since = None
         while time.monotonic() < deadline:
@@ -381,31 +290,5 @@ try:
 except Exception as e:  # noqa: BLE001 - reported, and the exit code says it failed
     result["error"] = f"{type(e).__name__}: {e}"
 finally:
-    try:
-        net.poll()
-    except Exception:
-        pass
-    api_requests = [net.report(rid) for rid in net.api()]
-    result["requests"] = api_requests
-    result["failed_requests"] = [
-        r for r in api_requests
-        if r["error"] or (r["status"] is not None and r["status"] != 200 and r["method"] != "OPTIONS")
-    ]
-    result["external_requests"] = [
-        net.report(rid) for rid in net.order
-        if net.requests[rid]["url"].startswith(("http:", "https:", "ws:", "wss:"))
-        and not net.requests[rid]["url"].startswith((api_url + "/", page_origin + "/"))
-    ]
-    result["page_server"] = served
-    if os.environ.get("BROWSER_DEBUG"):
-        result["all_requests"] = [
-            {**net.report(rid), "body": (net.requests[rid]["raw"] or b"")[:2000].decode("latin-1")}
-            for rid in net.order
-        ]
-    result["console"] = net.console
-    driver.quit()
-    server.shutdown()
-print(json.dumps(result))
-if not result["ok"]:
-    print(f"browser_posthog.py: {result.get('error')}; failed requests: {result['failed_requests']}", file=sys.stderr)
-sys.exit(0 if result["ok"] else 1)
+    browser_common.finish(result, net, server)
+browser_common.exit_with(result, "browser_posthog.py")

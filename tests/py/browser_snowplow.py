@@ -35,22 +35,20 @@ as an application tracking more events would. Prints one JSON object:
 
 and exits 0 if ok, 1 if not. BROWSER_TIMEOUT_SECS (default 60) bounds the wait for delivery;
 with BROWSER_DEBUG set, "all_requests" lists every request the browser made, with its body.
+
+The page server, Chromium, the network log and the report's fields from "requests" on are
+browser_common.py's; this script has the page, how a request's events are read, what counts
+as delivered and the event ids.
 """
 
 import base64
-import functools
-import http.server
 import json
-import os
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+import browser_common  # noqa: E402
 
 MODES = ("post", "get")
 NODE_MODULES = Path(__file__).resolve().parent.parent / "js" / "node_modules"
@@ -92,8 +90,7 @@ if len(args) != 3 or args[0] not in MODES or not args[1].isdigit():
 mode, page_port, api_url = args[0], int(args[1]), args[2].rstrip("/")
 if not (BUNDLE_DIR / BUNDLE).is_file():
     sys.exit(f"{BUNDLE_DIR / BUNDLE} is missing: run npm ci in tests/js")
-timeout = float(os.environ.get("BROWSER_TIMEOUT_SECS", "60"))
-page_origin = f"http://127.0.0.1:{page_port}"
+timeout = browser_common.timeout_secs()
 
 PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>firehose-edge snowplow</title>
 <script src="/snowplow/{BUNDLE}"></script></head><body><script>
@@ -119,92 +116,8 @@ try {{
 }}
 </script></body></html>"""
 
-served = []
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def send_bytes(self, body, content_type):
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("cache-control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        served.append(self.path)
-        path = urlsplit(self.path).path
-        if path in ("/", "/index.html"):
-            return self.send_bytes(PAGE.encode(), "text/html; charset=utf-8")
-        if path == "/favicon.ico":
-            self.send_response(204)
-            self.end_headers()
-            return
-        if path.startswith("/snowplow/"):
-            self.path = "/" + path[len("/snowplow/"):]
-            return super().do_GET()
-        self.send_error(404)
-
-    def log_message(self, *args):
-        pass
-
-
-class Network:
-    """Every request of the page, from chromedriver's performance log (DevTools events)."""
-
-    def __init__(self, driver):
-        self.driver = driver
-        self.requests = {}  # requestId -> dict
-        self.order = []
-        self.console = []
-
-    def poll(self):
-        for entry in self.driver.get_log("performance"):
-            try:
-                message = json.loads(entry["message"])["message"]
-            except (KeyError, ValueError):
-                continue
-            method, params = message.get("method", ""), message.get("params", {})
-            rid = params.get("requestId")
-            if method == "Network.requestWillBeSent":
-                request = params["request"]
-                if rid not in self.requests:
-                    self.order.append(rid)
-                # (A redirect reuses the id: the last hop is kept.)
-                self.requests[rid] = {
-                    "method": request["method"],
-                    "url": request["url"],
-                    "type": params.get("type"),
-                    "content_type": next(
-                        (v for k, v in request.get("headers", {}).items() if k.lower() == "content-type"),
-                        None,
-                    ),
-                    "post": request.get("postData"),
-                    "has_post": request.get("hasPostData", False),
-                    "status": None,
-                    "error": None,
-                    "done": False,
-                }
-            elif method == "Network.responseReceived" and rid in self.requests:
-                self.requests[rid]["status"] = params["response"]["status"]
-            elif method == "Network.loadingFinished" and rid in self.requests:
-                self.requests[rid]["done"] = True
-            elif method == "Network.loadingFailed" and rid in self.requests:
-                r = self.requests[rid]
-                r["done"] = True
-                reason = params.get("blockedReason") or (params.get("corsErrorStatus") or {}).get("corsError")
-                r["error"] = params.get("errorText", "failed") + (f" ({reason})" if reason else "")
-        for entry in self.driver.get_log("browser"):
-            self.console.append(entry.get("message"))
-
-    def body(self, rid):
-        r = self.requests[rid]
-        if r["post"] is None and r["has_post"]:
-            try:
-                r["post"] = self.driver.execute_cdp_cmd("Network.getRequestPostData", {"requestId": rid})["postData"]
-            except Exception:
-                r["has_post"] = False  # gone with its page; do not ask again
-        return r["post"]
+class Network(browser_common.Network):
+    """The page's requests (browser_common.Network), with the Snowplow events each carried."""
 
     def events(self, rid):
         """The Snowplow events a request carried: the POST body's payload_data, or the GET query."""
@@ -220,9 +133,6 @@ class Network:
             data = body.get("data") if isinstance(body, dict) else None
             return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
         return []
-
-    def api(self):
-        return [rid for rid in self.order if self.requests[rid]["url"].startswith(api_url + "/")]
 
     def eids(self):
         """Event type -> the id of the event the tracker sent for that call (first request seen)."""
@@ -248,47 +158,21 @@ class Network:
         return found
 
     def report(self, rid):
-        r = self.requests[rid]
-        out = {k: r[k] for k in ("method", "url", "type", "status", "content_type", "error")}
-        if r["url"].startswith(api_url + "/"):
+        out = super().report(rid)
+        if self.requests[rid]["url"].startswith(self.api_url + "/"):
             out["events"] = [{"e": ev.get("e"), "eid": ev.get("eid")} for ev in self.events(rid)]
         return out
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), functools.partial(Handler, directory=str(BUNDLE_DIR)))
-threading.Thread(target=server.serve_forever, daemon=True).start()
-
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage",
-             # Only loopback resolves: nothing the page does can reach another host.
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]:
-    options.add_argument(flag)
-options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
-profile = tempfile.mkdtemp()
-options.add_argument(f"--user-data-dir={profile}")
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+server = browser_common.PageServer(page_port, PAGE, BUNDLE_DIR, "/snowplow/")
+page_origin = server.origin
+driver = browser_common.start_chromium()
 result = {"mode": mode, "ok": False, "failed": []}
-net = Network(driver)
+net = Network(driver, api_url)
 try:
     deadline = time.monotonic() + timeout
-    driver.set_page_load_timeout(30)
-    driver.get(f"{page_origin}/")
-    page = None
-    while time.monotonic() < deadline:
-        net.poll()
-        page = driver.execute_script("return window.__result")
-        if page is not None:
-            break
-        time.sleep(0.1)
-    if page is None:
-        result["error"] = f"the page's calls did not return within {timeout:.0f} s"
-    elif not page.get("called"):
-        result["error"] = page.get("error")
-    else:
+    page = browser_common.open_page(net, f"{page_origin}/", deadline, timeout, result)
+    if page:
         delivered = {}
         next_flush = time.monotonic() + 1
         while time.monotonic() < deadline:
@@ -320,25 +204,5 @@ finally:
     if result["ok"] and len(result["eids"]) != len(CALLS):
         result["ok"] = False
         result["error"] = f"delivered, but no event id found for {sorted(set(CALLS) - set(result['eids']))}"
-    api_requests = [net.report(rid) for rid in net.api()]
-    result["requests"] = api_requests
-    result["failed_requests"] = [
-        r for r in api_requests
-        if r["error"] or (r["status"] is not None and not 200 <= r["status"] < 300)
-    ]
-    result["external_requests"] = [
-        net.report(rid) for rid in net.order
-        if net.requests[rid]["url"].startswith(("http:", "https:", "ws:", "wss:"))
-        and not net.requests[rid]["url"].startswith((api_url + "/", page_origin + "/"))
-    ]
-    result["page_server"] = served
-    if os.environ.get("BROWSER_DEBUG"):
-        result["all_requests"] = [{**net.report(rid), "body": net.requests[rid]["post"]} for rid in net.order]
-    result["console"] = net.console
-    driver.quit()
-    server.shutdown()
-print(json.dumps(result))
-if not result["ok"]:
-    print(f"browser_snowplow.py {mode}: {result.get('error')}; failed requests: {result['failed_requests']}",
-          file=sys.stderr)
-sys.exit(0 if result["ok"] else 1)
+    browser_common.finish(result, net, server, poll=False)
+browser_common.exit_with(result, f"browser_snowplow.py {mode}")
