@@ -57,7 +57,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
+    /// `key` holds a value that is not allowed, for this reason.
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
             message: message.into(),
@@ -663,20 +664,10 @@ impl Config {
 
     /// Checks the values that types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
-        let sources = self.auth.sources.keys().map(|s| ("auth.sources", s)).chain(
-            self.snowplow
-                .app_ids
-                .values()
-                .map(|s| ("snowplow.app_ids", s)),
-        );
-        for (key, source) in sources {
-            if source.is_empty() || source.starts_with(crate::protocol::ID_SCOPE_MARK) {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("{source:?} is not a source name (empty, or starts with U+FFFF)"),
-                ));
-            }
+        for source in self.auth.sources.keys() {
+            crate::protocol::check_source_name("auth.sources", source)?;
         }
+        crate::protocol::validate(self)?;
         let f = &self.flusher;
         if !(1..=MAX_BATCH_RECORDS).contains(&f.max_batch_records) {
             return Err(ConfigError::invalid(

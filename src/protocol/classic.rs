@@ -13,7 +13,6 @@ use std::time::SystemTime;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
 
 pub use super::json::MAX_FREE_FORM_DEPTH;
 use super::json::{check_raw, decoded_chars, integer_value};
@@ -63,6 +62,7 @@ pub const PROTOCOL: Registration = Registration {
     routes: &ROUTES,
     streams,
     enabled: always,
+    validate: super::valid,
     build,
 };
 
@@ -490,7 +490,8 @@ impl Scope {
 /// Writes records as `{"messageId":..,"receivedAt":..,<fields>}\n`.
 struct Writer {
     out: record::Writer,
-    received_at: OffsetDateTime,
+    /// `receivedAt` as a JSON string: the same in every record of the request.
+    received_at: String,
 }
 
 impl Writer {
@@ -498,14 +499,14 @@ impl Writer {
         Writer {
             // Each record adds ~110 bytes of id, time and keys to what the body carried.
             out: record::Writer::with_capacity(body_len + 256),
-            received_at: record::now_of(received_at),
+            received_at: format!("\"{}\"", record::format_time(record::now_of(received_at))),
         }
     }
 
     fn begin(&mut self) {
         self.out.begin();
         self.out.new_id("messageId");
-        self.out.time("receivedAt", self.received_at);
+        self.out.raw("receivedAt", &self.received_at);
     }
 
     /// A scalar field copied raw (already valid JSON), or `null` when absent.

@@ -25,7 +25,7 @@ use http::{HeaderMap, Method, Response};
 use http_body_util::Full;
 
 use crate::auth::ApiKeys;
-use crate::config::{Config, DEFAULT_SOURCE, StreamList};
+use crate::config::{Config, ConfigError, DEFAULT_SOURCE, StreamList};
 use crate::ingest::IngestError;
 use crate::queue::BatchLine;
 
@@ -47,6 +47,8 @@ pub struct Registration {
     pub streams: fn(&Config) -> Vec<(&'static str, &StreamList)>,
     /// Whether the configuration turns it on.
     pub enabled: fn(&Config) -> bool,
+    /// Checks its config section beyond its types (at start: exit 64 naming the key).
+    pub validate: fn(&Config) -> Result<(), ConfigError>,
     /// The protocol as configured.
     pub build: fn(&Config) -> Box<dyn Protocol>,
 }
@@ -302,6 +304,28 @@ pub fn route_labels() -> Vec<&'static str> {
     }
     labels.push("other");
     labels
+}
+
+/// A [`Registration::validate`] for a section with nothing to check beyond its types.
+pub fn valid(_: &Config) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+/// Checks a source name (a key of `[auth.sources]`, a value of a protocol's map): not empty,
+/// and not a protocol's id namespace (see [`dedup_scope`]).
+pub fn check_source_name(key: &str, source: &str) -> Result<(), ConfigError> {
+    if source.is_empty() || source.starts_with(ID_SCOPE_MARK) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{source:?} is not a source name (empty, or starts with U+FFFF)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every protocol's own checks of its config section.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    PROTOCOLS.iter().try_for_each(|r| (r.validate)(config))
 }
 
 /// Every enabled protocol's delivery stream lists, by config key, in registration order.

@@ -47,6 +47,7 @@ pub const PROTOCOL: Registration = Registration {
     routes: &ROUTES,
     streams,
     enabled,
+    validate: super::valid,
     build,
 };
 

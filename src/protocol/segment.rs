@@ -126,6 +126,7 @@ pub const PROTOCOL: Registration = Registration {
     routes: &ROUTES,
     streams,
     enabled: always,
+    validate: super::valid,
     build,
 };
 

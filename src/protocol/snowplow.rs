@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use super::json::check_raw;
 use super::record::{self, Writer};
 use super::{Accepted, Auth, Methods, Path, Protocol, Records, Registration, Request, Route};
-use crate::config::{Config, StreamList};
+use crate::config::{Config, ConfigError, StreamList};
 use crate::ingest::IngestError;
 use crate::protocol::classic::FieldError;
 use crate::queue::BatchLine;
@@ -38,6 +38,7 @@ pub const PROTOCOL: Registration = Registration {
     routes: &ROUTES,
     streams,
     enabled,
+    validate,
     build,
 };
 
@@ -77,6 +78,14 @@ fn streams(config: &Config) -> Vec<(&'static str, &StreamList)> {
 
 fn enabled(config: &Config) -> bool {
     config.snowplow.enabled
+}
+
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    config
+        .snowplow
+        .app_ids
+        .values()
+        .try_for_each(|source| super::check_source_name("snowplow.app_ids", source))
 }
 
 fn build(config: &Config) -> Box<dyn Protocol> {
