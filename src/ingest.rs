@@ -86,6 +86,17 @@ pub enum IngestError {
     /// 400, and its SDKs drop rather than retry it).
     #[error("{0}")]
     ProtocolTooLarge(String),
+    /// The request alone needs more than the queue's whole byte budget.
+    #[error(
+        "the request needs {bytes} bytes of the queue's budget, more than all of it \
+         (queue.max_bytes = {max})"
+    )]
+    OverQueueBudget {
+        /// What it needs.
+        bytes: u64,
+        /// `queue.max_bytes`.
+        max: u64,
+    },
     /// The queue's byte budget is spent, or its disk is below the free-space floor.
     #[error("the queue is full; retry later")]
     QueueFull,
@@ -106,7 +117,8 @@ impl IngestError {
             }
             IngestError::BodyTooLarge { .. }
             | IngestError::EventTooLarge { .. }
-            | IngestError::TooManyEvents { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            | IngestError::TooManyEvents { .. }
+            | IngestError::OverQueueBudget { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             IngestError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             IngestError::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin"),
             IngestError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
@@ -381,6 +393,9 @@ pub fn body_error(e: BodyError) -> IngestError {
 fn queue_error(e: QueueError) -> IngestError {
     match e {
         QueueError::Full { .. } | QueueError::LowDisk { .. } => IngestError::QueueFull,
+        // A retry would meet the same answer (a 503 would be retried until the client gives
+        // up); posthog-node halves its batch on a 413, and the halves may fit.
+        QueueError::OverBudget { bytes, max } => IngestError::OverQueueBudget { bytes, max },
         // The queue logged these once, when it entered the state (a storage error is raised
         // only by the committer, which logs the failed state as it enters it; a dead part is
         // logged once when it dies); one line per request would flood the log for as long as

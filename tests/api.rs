@@ -266,8 +266,10 @@ async fn accepted_events_reach_the_lake_as_encoded() {
     server.stop().await;
 }
 
+/// A request that alone needs more than the whole budget can never be taken: 413, not the
+/// 503 of a full queue (which clients retry); nothing of it is stored, and what fits still is.
 #[tokio::test]
-async fn over_budget_requests_get_503_and_leave_nothing_behind() {
+async fn a_request_over_the_whole_budget_gets_413_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.queue.max_bytes = 2000;
@@ -277,8 +279,9 @@ async fn over_budget_requests_get_503_and_leave_nothing_behind() {
         .collect();
     let big = format!(r#"{{"userId":"u","events":[{}]}}"#, events.join(","));
     let (status, headers, value) = post(&server, "/track", None, &big).await;
-    assert_eq!(status, 503, "{value}");
-    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(status, 413, "{value}");
+    assert!(headers.get("retry-after").is_none());
+    assert_eq!(value["error"], "too_large", "{value}");
     let (status, _, _) = post(
         &server,
         "/track",

@@ -435,3 +435,30 @@ async fn size_limits_refuse_the_request_and_store_nothing() {
     assert_eq!(stored.len(), 1, "only the last request stored: {stored:?}");
     server.stop().await;
 }
+
+/// A batch that needs more than the whole queue budget (`queue.max_bytes`) could never be
+/// taken: it is a 413 (posthog-node halves its batch), not the 503 of a full queue the SDKs
+/// would retry until they give up; requests that fit are still taken.
+#[tokio::test]
+async fn a_request_over_the_whole_queue_budget_is_a_413_not_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.queue.max_bytes = 16 << 10;
+    let server = TestServer::start(config).await;
+    let events = (0..300)
+        .map(|i| event(&format!("b-{i}"), "e"))
+        .collect::<Vec<_>>();
+    let body = json!({"api_key": TOKEN, "batch": events}).to_string();
+    assert!(body.len() > 16 << 10);
+    let (status, answer) = send(&server, "/batch/", body.into_bytes(), &[JSON]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("queue.max_bytes"), "{answer}");
+    let small = json!({"api_key": TOKEN, "batch": [event("fits", "e")]}).to_string();
+    assert_eq!(
+        send(&server, "/batch/", small.into_bytes(), &[JSON])
+            .await
+            .0,
+        200
+    );
+    server.stop().await;
+}

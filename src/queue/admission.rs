@@ -123,6 +123,9 @@ impl Admission {
             });
         }
         let max = self.max_bytes;
+        if size > max {
+            return Err(QueueError::OverBudget { bytes: size, max });
+        }
         if self.is_full() {
             return Err(QueueError::Full {
                 queued: self.queued(),
@@ -232,6 +235,22 @@ mod tests {
         assert_eq!(a.observe_free(1100), Some(false));
         a.reserve(10).unwrap();
         assert_eq!(a.queued(), 20, "refusals took no budget");
+    }
+
+    #[test]
+    fn a_request_over_the_whole_budget_is_not_full_but_never_fits() {
+        let a = Admission::new(100, 0, 0);
+        assert!(matches!(
+            a.reserve(101),
+            Err(QueueError::OverBudget {
+                bytes: 101,
+                max: 100
+            })
+        ));
+        assert!(!a.is_full(), "nothing else is refused because of it");
+        a.reserve(100).unwrap();
+        assert!(matches!(a.reserve(101), Err(QueueError::OverBudget { .. })));
+        assert!(matches!(a.reserve(1), Err(QueueError::Full { .. })));
     }
 
     /// A file system of a given usable size, with everything free.

@@ -93,6 +93,15 @@ pub enum QueueError {
         /// `queue.max_bytes`.
         max: u64,
     },
+    /// One request needs more than the whole budget: it can never be taken, so it is not a
+    /// reason to retry (400), unlike [`QueueError::Full`].
+    #[error("a request of {bytes} bytes is over the whole queue budget of {max}")]
+    OverBudget {
+        /// What the request needs.
+        bytes: u64,
+        /// `queue.max_bytes`.
+        max: u64,
+    },
     /// The queue's file system is below `queue.min_free_bytes` (503).
     #[error("queue disk is low: {free} bytes free, floor {min}")]
     LowDisk {
