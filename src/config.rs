@@ -97,6 +97,8 @@ pub struct Config {
     pub posthog: crate::protocol::posthog::PostHogConfig,
     /// Snowplow's tracker protocol.
     pub snowplow: crate::protocol::snowplow::SnowplowConfig,
+    /// Privacy policies: the default one, and each source's.
+    pub privacy: crate::policy::privacy::PrivacyConfig,
 }
 
 /// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).

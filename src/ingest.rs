@@ -193,6 +193,7 @@ pub struct Ingest {
     keys: ApiKeys,
     cors: Cors,
     routes: protocol::Table,
+    policies: crate::policy::Policies,
     trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -218,6 +219,7 @@ impl Ingest {
             keys,
             cors: Cors::new(&config.cors),
             routes: protocol::Table::new(config),
+            policies: crate::policy::Policies::new(config)?,
             trusted_proxies: config.segment.trusted_proxies.clone(),
         })
     }
@@ -318,7 +320,11 @@ impl Ingest {
             at: SystemTime::now(),
             max_body_bytes: self.max_body_bytes,
         })?;
-        self.store(accepted.records).await?;
+        let source = source.unwrap_or(crate::config::DEFAULT_SOURCE);
+        let records = self
+            .policies
+            .apply(accepted.records, source, protocol.personal())?;
+        self.store(records).await?;
         Ok(Accepted::Answer(accepted.answer))
     }
 

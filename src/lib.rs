@@ -12,6 +12,8 @@
 //!    original service's `/track`, `/alias`, `/profile`), [`protocol::segment`] (Segment's
 //!    and RudderStack's `/v1/*`), [`protocol::posthog`] (PostHog's capture API) and
 //!    [`protocol::snowplow`] (Snowplow's tracker protocol).
+//!    [`policy`] then applies the source's privacy policy to those lines, before anything is
+//!    written.
 //! 3. [`queue`] appends a request's lines to sled as one entry and answers when they are on
 //!    disk (group commit: concurrent requests share one flush); it survives the faults of its
 //!    own disk and reports any loss.
@@ -38,6 +40,7 @@ pub mod firehose_limits;
 pub mod flusher;
 pub mod ingest;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod queue;
 pub mod response;

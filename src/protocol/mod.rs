@@ -27,6 +27,7 @@ use http_body_util::Full;
 use crate::auth::ApiKeys;
 use crate::config::{Config, ConfigError, DEFAULT_SOURCE, StreamList};
 use crate::ingest::IngestError;
+use crate::policy::privacy::Personal;
 use crate::queue::BatchLine;
 
 /// Every protocol, registered once.
@@ -245,7 +246,18 @@ pub trait Protocol: Send + Sync {
     fn cors_credentials(&self) -> bool {
         false
     }
+
+    /// Where its records keep the client's address and user agent (for privacy policies).
+    fn personal(&self) -> &'static Personal {
+        &NO_PERSONAL
+    }
 }
+
+/// A protocol whose records hold no address or user agent of their own.
+pub static NO_PERSONAL: Personal = Personal {
+    ip: &[],
+    user_agent: &[],
+};
 
 /// Every route of the enabled protocols, by path.
 pub struct Table {

@@ -184,7 +184,17 @@ const COLUMNS: [&str; 7] = [
 /// Never stored: the project token is the key.
 const DROPPED: [&str; 3] = ["api_key", "token", "$token"];
 
+/// Where its records keep the client's address and user agent.
+static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+    ip: &["ip", "properties.$ip"],
+    user_agent: &["properties.$raw_user_agent"],
+};
+
 impl Protocol for PostHog {
+    fn personal(&self) -> &'static crate::policy::privacy::Personal {
+        &PERSONAL
+    }
+
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
         match request.route.id {
             CAPTURE => self.capture(request),

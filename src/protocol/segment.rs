@@ -202,7 +202,17 @@ fn build(config: &Config) -> Box<dyn Protocol> {
 /// Segment's API as configured.
 struct Segment(SegmentConfig);
 
+/// Where its records keep the client's address and user agent.
+static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+    ip: &["context.ip"],
+    user_agent: &["context.userAgent", "context.userAgentData"],
+};
+
 impl Protocol for Segment {
+    fn personal(&self) -> &'static crate::policy::privacy::Personal {
+        &PERSONAL
+    }
+
     /// The write key (from the headers, or the body's `writeKey`) names the source; the
     /// messages are queued all or none, skipping `messageId`s already accepted from it.
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {

@@ -173,7 +173,17 @@ const STANDARD: GeneralPurpose = GeneralPurpose::new(
 /// One event: its fields, decoded (every value of the protocol is a string).
 type Event<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
 
+/// Where its records keep the client's address and user agent.
+static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+    ip: &["ip"],
+    user_agent: &["useragent", "ua"],
+};
+
 impl Protocol for Snowplow {
+    fn personal(&self) -> &'static crate::policy::privacy::Personal {
+        &PERSONAL
+    }
+
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
         let (events, batch) = match request.route.id {
             POST => (post_events(request.body)?, true),
