@@ -8,6 +8,9 @@
 //! - `packing`: the flusher draining a prepared backlog into a sink that answers at once,
 //!   with lines packed into records and without.
 //! - `drain`: the flusher, as configured by default, emptying a 200k-event backlog.
+//! - `privacy`: a privacy policy of three drops and two hashes applied to a 100-message
+//!   Segment batch's records, per event, beside the same batch under no policy (which
+//!   returns the records untouched).
 //!
 //! `cargo bench --bench stages [-- --warm-up-time 1 --measurement-time 2]`. Queues live
 //! under Cargo's target scratch directory (see `common::scratch_dir`).
@@ -268,5 +271,80 @@ fn drain_backlog(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, queue_append, packing, drain_backlog);
+/// The records of a 100-message `/v1/batch` (each with an e-mail, a phone and a user agent).
+fn segment_batch() -> Vec<firehose_edge::queue::BatchLine> {
+    use firehose_edge::protocol::segment::{self, Received, V1};
+    let messages: Vec<serde_json::Value> = (0..100)
+        .map(|i| {
+            serde_json::json!({"type": "track", "userId": format!("user-{i}"),
+                "anonymousId": format!("anon-{i}"), "event": "Order Completed",
+                "messageId": format!("m-{i}"),
+                "properties": {"email": "a@b.example", "total": 42.5, "currency": "EUR"},
+                "traits": {"phone": "+1-555-0100", "plan": "pro"},
+                "context": {"userAgent": "Mozilla/5.0 (X11; Linux x86_64)", "library": {"name": "bench"}}})
+        })
+        .collect();
+    let body = serde_json::json!({"batch": messages}).to_string();
+    let received = Received {
+        at: SystemTime::now(),
+        ip: Some("203.0.113.7".to_owned()),
+        source: "default",
+    };
+    segment::encode(V1::Batch, body.as_bytes(), &received, &Default::default())
+        .expect("the bench batch is valid")
+}
+
+fn privacy(c: &mut Criterion) {
+    use firehose_edge::policy::Policies;
+    use firehose_edge::protocol::Records;
+    let dir = TempDir::new().expect("a temporary directory");
+    let key = dir.path().join("key");
+    std::fs::write(&key, "a-bench-key-0123456789").expect("the key is written");
+    let with = firehose_edge::Config {
+        privacy: toml::from_str(&format!(
+            "drop = [\"properties.email\", \"traits.phone\", \"context.library\"]\n\
+             hash = [\"userId\", \"anonymousId\"]\nhash_key_file = {key:?}\n"
+        ))
+        .expect("the bench policy parses"),
+        ..firehose_edge::Config::default()
+    };
+    let lines = segment_batch();
+    let mut group = c.benchmark_group("privacy");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    for (name, config) in [
+        ("none", firehose_edge::Config::default()),
+        ("3_drops_2_hashes", with),
+    ] {
+        let policies = Policies::new(&config).expect("the bench policies are valid");
+        group.bench_function(BenchmarkId::new(name, lines.len()), |b| {
+            b.iter_batched(
+                || Records::Messages {
+                    source: "default".to_owned(),
+                    ids: "",
+                    lines: lines.clone(),
+                },
+                |records| {
+                    policies
+                        .apply(
+                            records,
+                            "default",
+                            &firehose_edge::protocol::segment::PERSONAL,
+                        )
+                        .expect("fits")
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    encode,
+    queue_append,
+    packing,
+    drain_backlog,
+    privacy
+);
 criterion_main!(benches);

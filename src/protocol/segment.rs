@@ -203,7 +203,7 @@ fn build(config: &Config) -> Box<dyn Protocol> {
 struct Segment(SegmentConfig);
 
 /// Where its records keep the client's address and user agent.
-static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+pub static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
     ip: &["context.ip"],
     user_agent: &["context.userAgent", "context.userAgentData"],
 };
