@@ -325,11 +325,7 @@ fn privacy(c: &mut Criterion) {
                 },
                 |records| {
                     policies
-                        .apply(
-                            records,
-                            "default",
-                            &firehose_edge::protocol::segment::PERSONAL,
-                        )
+                        .apply(records, "default", &firehose_edge::protocol::segment::SHAPE)
                         .expect("fits")
                 },
                 criterion::BatchSize::SmallInput,

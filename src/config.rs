@@ -99,6 +99,8 @@ pub struct Config {
     pub snowplow: crate::protocol::snowplow::SnowplowConfig,
     /// Privacy policies: the default one, and each source's.
     pub privacy: crate::policy::privacy::PrivacyConfig,
+    /// Tracking plans, by source.
+    pub plans: crate::policy::plan::PlansConfig,
 }
 
 /// `[auth]`: API keys. With none configured, ingest is open (as the replaced service was).
@@ -670,6 +672,9 @@ impl Config {
             crate::protocol::check_source_name("auth.sources", source)?;
         }
         crate::protocol::validate(self)?;
+        // Reads the hash keys and compiles the tracking plans, so a missing key or an invalid
+        // plan stops the start (and `--check-config`) naming its key.
+        crate::policy::Policies::new(self)?;
         let f = &self.flusher;
         if !(1..=MAX_BATCH_RECORDS).contains(&f.max_batch_records) {
             return Err(ConfigError::invalid(
@@ -914,7 +919,9 @@ impl Config {
 
     /// Every endpoint's key and stream list, in endpoint order.
     fn stream_lists(&self) -> Vec<(&'static str, &StreamList)> {
-        crate::protocol::stream_lists(self)
+        let mut lists = crate::protocol::stream_lists(self);
+        lists.extend(self.plans.stream_lists());
+        lists
     }
 
     /// Where the records queued under `queue` (an endpoint's first stream) are delivered, and

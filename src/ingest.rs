@@ -323,7 +323,7 @@ impl Ingest {
         let source = source.unwrap_or(crate::config::DEFAULT_SOURCE);
         let records = self
             .policies
-            .apply(accepted.records, source, protocol.personal())?;
+            .apply(accepted.records, source, protocol.shape())?;
         self.store(records).await?;
         Ok(Accepted::Answer(accepted.answer))
     }

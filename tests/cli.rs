@@ -196,3 +196,45 @@ fn healthcheck_takes_the_config_after_the_sub_command() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
+
+/// An invalid tracking plan, and a hash without a key, stop the start (and `--check-config`)
+/// with exit 64, naming the key, the plan's file and the failing schema path.
+#[test]
+fn an_invalid_plan_or_a_hash_without_key_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("web-plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"rules": {"events": [{"name": "Signed Up", "rules": {"type": "object"}},
+            {"name": "Order Completed", "rules": {"properties": {"properties": {"type": "whatever"}}}}]}}"#,
+    )
+    .unwrap();
+    let cases = [
+        (
+            format!("[plans.sources.web]\nfile = {plan:?}\n"),
+            vec![
+                "plans.sources.web.file",
+                "web-plan.json",
+                "/rules/events/1/rules",
+            ],
+        ),
+        (
+            "[privacy]\nhash = [\"userId\"]\n".to_owned(),
+            vec!["privacy.hash", "hash_key_file"],
+        ),
+    ];
+    for (text, names) in cases {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &text).unwrap();
+        for extra in [&["--check-config"][..], &[]] {
+            let mut args = vec!["--config", path.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let out = run(&args, &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{text:?}: {stderr}");
+            for name in &names {
+                assert!(stderr.contains(name), "{stderr} does not name {name}");
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! A policy works on the record as it will land in the lake, by field path
 //! (`properties.email`, `context.traits.phone`; `*` is any key at one level; a path through an
 //! array applies to each element). The address and user-agent rules know each protocol's
-//! own fields ([`Personal`]). A record a policy touched says which policy did, in
+//! own fields ([`Shape`]). A record a policy touched says which policy did, in
 //! `privacy_policy` (`<name>:<version>`, the version a digest of the policy's settings), so the
 //! lake can prove what was applied. A source without a policy, and a policy that keeps
 //! everything, cost nothing: their records are not read again.
@@ -19,20 +19,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::Shape;
 use crate::config::ConfigError;
-use crate::firehose_limits::MAX_RECORD_BYTES;
 
 /// The field a touched record carries: which policy applied.
 pub const POLICY_FIELD: &str = "privacy_policy";
-
-/// A protocol's fields for the client's address and user agent, in its record shape.
-#[derive(Debug, Default)]
-pub struct Personal {
-    /// Where the address is (the server's, or one the client sent).
-    pub ip: &'static [&'static str],
-    /// Where the user agent is.
-    pub user_agent: &'static [&'static str],
-}
 
 /// What to do with the client's address.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -220,12 +211,11 @@ impl Policy {
         }))
     }
 
-    /// `line` (one NDJSON record, ending in `\n`) with the policy applied; `Err` with its new
-    /// size if it no longer fits a Firehose record (a hash is longer than what it replaced).
-    pub fn apply(&self, line: &[u8], personal: &Personal) -> Result<Vec<u8>, usize> {
-        let mut record: Value =
-            serde_json::from_slice(line).expect("the protocol wrote a JSON record");
-        let object = record.as_object_mut().expect("a record is an object");
+    /// Applies the policy to `record` (one record, as it will land).
+    pub fn apply_to(&self, record: &mut Value, personal: &Shape) {
+        let Some(object) = record.as_object_mut() else {
+            return;
+        };
         for path in personal.ip {
             let path: Vec<&str> = path.split('.').collect();
             match self.ip {
@@ -252,12 +242,6 @@ impl Policy {
             }
         }
         object.insert(POLICY_FIELD.to_owned(), Value::String(self.label.clone()));
-        let mut out = serde_json::to_vec(&record).expect("a value serializes");
-        out.push(b'\n');
-        if out.len() > MAX_RECORD_BYTES {
-            return Err(out.len());
-        }
-        Ok(out)
     }
 }
 
@@ -390,19 +374,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SEGMENT: Personal = Personal {
+    const SEGMENT: Shape = Shape {
         ip: &["context.ip"],
         user_agent: &["context.userAgent"],
+        planned: |_| None,
     };
 
     fn policy(config: PolicyConfig) -> Policy {
         Policy::new("t", "privacy", &config).unwrap().unwrap()
     }
 
-    fn apply(p: &Policy, record: Value) -> Value {
-        let mut line = record.to_string().into_bytes();
-        line.push(b'\n');
-        serde_json::from_slice(&p.apply(&line, &SEGMENT).unwrap()).unwrap()
+    fn apply(p: &Policy, mut record: Value) -> Value {
+        p.apply_to(&mut record, &SEGMENT);
+        record
     }
 
     fn keyed(config: PolicyConfig, key: &str) -> PolicyConfig {

@@ -122,7 +122,27 @@ struct Classic {
     streams: [String; 3],
 }
 
+/// Classic records hold no address or user agent; a plan sees a `/track` event by its
+/// `eventName`, with its `metadata` as `properties`.
+pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
+    ip: &[],
+    user_agent: &[],
+    planned,
+};
+
+fn planned(record: &serde_json::Value) -> Option<crate::policy::plan::Planned> {
+    Some(crate::policy::plan::Planned {
+        kind: crate::policy::plan::Kind::Event,
+        name: record["eventName"].as_str()?.to_owned(),
+        document: serde_json::json!({"properties": record["metadata"]}),
+    })
+}
+
 impl Protocol for Classic {
+    fn shape(&self) -> &'static crate::policy::Shape {
+        &SHAPE
+    }
+
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
         let endpoint = Endpoint::ALL[usize::from(request.route.id)];
         let records = encode_with_limits(endpoint, request.body, request.at, self.limits).map_err(

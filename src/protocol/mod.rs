@@ -27,7 +27,7 @@ use http_body_util::Full;
 use crate::auth::ApiKeys;
 use crate::config::{Config, ConfigError, DEFAULT_SOURCE, StreamList};
 use crate::ingest::IngestError;
-use crate::policy::privacy::Personal;
+use crate::policy::Shape;
 use crate::queue::BatchLine;
 
 /// Every protocol, registered once.
@@ -247,17 +247,10 @@ pub trait Protocol: Send + Sync {
         false
     }
 
-    /// Where its records keep the client's address and user agent (for privacy policies).
-    fn personal(&self) -> &'static Personal {
-        &NO_PERSONAL
-    }
+    /// What the policies need to know of its records: where the client's address and user
+    /// agent are, and what a tracking plan checks.
+    fn shape(&self) -> &'static Shape;
 }
-
-/// A protocol whose records hold no address or user agent of their own.
-pub static NO_PERSONAL: Personal = Personal {
-    ip: &[],
-    user_agent: &[],
-};
 
 /// Every route of the enabled protocols, by path.
 pub struct Table {

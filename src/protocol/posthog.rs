@@ -184,15 +184,42 @@ const COLUMNS: [&str; 7] = [
 /// Never stored: the project token is the key.
 const DROPPED: [&str; 3] = ["api_key", "token", "$token"];
 
-/// Where its records keep the client's address and user agent.
-static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+/// Where its records keep the client's address and user agent, and what a plan checks.
+pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &["ip", "properties.$ip"],
     user_agent: &["properties.$raw_user_agent"],
+    planned,
 };
 
+/// A record as a tracking plan sees it: an event by its name with its `properties`;
+/// `$identify` and `$set` by their `$set` traits, `$groupidentify` by its `$group_set`.
+fn planned(record: &serde_json::Value) -> Option<crate::policy::plan::Planned> {
+    use crate::policy::plan::{Kind, Planned};
+    let name = record["event"].as_str()?;
+    let (kind, document) = match name {
+        "$identify" | "$set" => (
+            Kind::Identify,
+            serde_json::json!({"traits": record["$set"]}),
+        ),
+        "$groupidentify" => (
+            Kind::Group,
+            serde_json::json!({"traits": record["properties"]["$group_set"]}),
+        ),
+        _ => (
+            Kind::Event,
+            serde_json::json!({"properties": record["properties"]}),
+        ),
+    };
+    Some(Planned {
+        kind,
+        name: name.to_owned(),
+        document,
+    })
+}
+
 impl Protocol for PostHog {
-    fn personal(&self) -> &'static crate::policy::privacy::Personal {
-        &PERSONAL
+    fn shape(&self) -> &'static crate::policy::Shape {
+        &SHAPE
     }
 
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {

@@ -202,15 +202,45 @@ fn build(config: &Config) -> Box<dyn Protocol> {
 /// Segment's API as configured.
 struct Segment(SegmentConfig);
 
-/// Where its records keep the client's address and user agent.
-pub static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+/// Where its records keep the client's address and user agent, and what a plan checks.
+pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &["context.ip"],
     user_agent: &["context.userAgent", "context.userAgentData"],
+    planned,
 };
 
+/// A record as a tracking plan sees it: a track by its `event`, an identify's and a group's
+/// `traits` (pages, screens and aliases are not planned).
+fn planned(record: &serde_json::Value) -> Option<crate::policy::plan::Planned> {
+    use crate::policy::plan::{Kind, Planned};
+    let (kind, name, document) = match record["type"].as_str()? {
+        "track" => (
+            Kind::Event,
+            record["event"].as_str()?.to_owned(),
+            serde_json::json!({"properties": record["properties"]}),
+        ),
+        "identify" => (
+            Kind::Identify,
+            String::new(),
+            serde_json::json!({"traits": record["traits"]}),
+        ),
+        "group" => (
+            Kind::Group,
+            String::new(),
+            serde_json::json!({"traits": record["traits"]}),
+        ),
+        _ => return None,
+    };
+    Some(Planned {
+        kind,
+        name,
+        document,
+    })
+}
+
 impl Protocol for Segment {
-    fn personal(&self) -> &'static crate::policy::privacy::Personal {
-        &PERSONAL
+    fn shape(&self) -> &'static crate::policy::Shape {
+        &SHAPE
     }
 
     /// The write key (from the headers, or the body's `writeKey`) names the source; the

@@ -173,15 +173,32 @@ const STANDARD: GeneralPurpose = GeneralPurpose::new(
 /// One event: its fields, decoded (every value of the protocol is a string).
 type Event<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
 
-/// Where its records keep the client's address and user agent.
-static PERSONAL: crate::policy::privacy::Personal = crate::policy::privacy::Personal {
+/// Where its records keep the client's address and user agent, and what a plan checks.
+pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &["ip"],
     user_agent: &["useragent", "ua"],
+    planned,
 };
 
+/// A record as a tracking plan sees it: a self-describing event (`e=ue`) by its schema's
+/// URI (`iglu:com.example/checkout/jsonschema/1-0-0`) with its data as `properties`; other
+/// events are not planned (Snowplow's own schemas describe them).
+fn planned(record: &serde_json::Value) -> Option<crate::policy::plan::Planned> {
+    use crate::policy::plan::{Kind, Planned};
+    if record["e"] != "ue" {
+        return None;
+    }
+    let event = &record["unstruct_event"]["data"];
+    Some(Planned {
+        kind: Kind::Event,
+        name: event["schema"].as_str()?.to_owned(),
+        document: serde_json::json!({"properties": event["data"]}),
+    })
+}
+
 impl Protocol for Snowplow {
-    fn personal(&self) -> &'static crate::policy::privacy::Personal {
-        &PERSONAL
+    fn shape(&self) -> &'static crate::policy::Shape {
+        &SHAPE
     }
 
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
