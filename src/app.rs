@@ -112,6 +112,22 @@ pub async fn run_with_sink(
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ingest = Arc::new(Ingest::new(queue.clone(), &config)?);
+    // SIGHUP: the tracking plans and hash keys are read again, with no request dropped.
+    let reloads = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let ingest = ingest.clone();
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => Some(tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    ingest.reload_policies();
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: plans reload only with a restart");
+                None
+            }
+        }
+    };
     let admin = Arc::new(Admin::new(
         queue.clone(),
         streams.clone(),
@@ -163,6 +179,11 @@ pub async fn run_with_sink(
     ingest_stop.cancel();
     if died != Some("ingest_server") {
         let _ = ingest_task.await;
+    }
+    // No reload after the last request (it holds the ingest handler, and so the queue).
+    if let Some(reloads) = reloads {
+        reloads.abort();
+        let _ = reloads.await;
     }
     flush_stop.cancel();
     let left = deadline.saturating_duration_since(Instant::now());

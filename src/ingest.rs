@@ -193,7 +193,10 @@ pub struct Ingest {
     keys: ApiKeys,
     cors: Cors,
     routes: protocol::Table,
-    policies: crate::policy::Policies,
+    /// Swapped whole on a reload (SIGHUP); a request uses the ones it started with.
+    policies: parking_lot::RwLock<std::sync::Arc<crate::policy::Policies>>,
+    /// What the policies are rebuilt from on a reload (their files are read again).
+    config: Config,
     trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -219,9 +222,27 @@ impl Ingest {
             keys,
             cors: Cors::new(&config.cors),
             routes: protocol::Table::new(config),
-            policies: crate::policy::Policies::new(config)?,
+            policies: parking_lot::RwLock::new(std::sync::Arc::new(crate::policy::Policies::new(
+                config,
+            )?)),
+            config: config.clone(),
             trusted_proxies: config.segment.trusted_proxies.clone(),
         })
+    }
+
+    /// Reads the tracking plans and hash keys again (SIGHUP) and swaps them in whole; requests
+    /// in flight finish under the ones they started with. One that is invalid now is logged
+    /// and the running ones stay.
+    pub fn reload_policies(&self) {
+        match crate::policy::Policies::new(&self.config) {
+            Ok(policies) => {
+                *self.policies.write() = std::sync::Arc::new(policies);
+                tracing::info!("tracking plans and privacy policies reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tracking plans and privacy policies not reloaded: the running ones stay");
+            }
+        }
     }
 
     /// Answers one request. Never fails: every problem becomes a status code.
@@ -321,9 +342,8 @@ impl Ingest {
             max_body_bytes: self.max_body_bytes,
         })?;
         let source = source.unwrap_or(crate::config::DEFAULT_SOURCE);
-        let records = self
-            .policies
-            .apply(accepted.records, source, protocol.shape())?;
+        let policies = self.policies.read().clone();
+        let records = policies.apply(accepted.records, source, protocol.shape())?;
         self.store(records).await?;
         Ok(Accepted::Answer(accepted.answer))
     }

@@ -63,6 +63,12 @@ pub const EVENTS_DUPLICATE: &str = "firehose_edge_events_duplicate_total";
 /// shrinks on throttling and grows back), by delivery stream.
 pub const PACING_SHARE: &str = "firehose_edge_pacing_quota_share";
 
+/// Events checked against their source's tracking plan, by source, event (a name the plan
+/// knows, `identify`, `group`, or `other`: bounded by the plans) and outcome (`as_planned`,
+/// `blocked`, `tagged`, `routed`, `unplanned_allowed`, `unplanned_blocked`,
+/// `unplanned_routed`).
+pub const PLAN_EVENTS: &str = "firehose_edge_plan_events_total";
+
 /// Long-lived parts of the service that died (panicked or returned), by component: each
 /// stops the process so that its supervisor restarts it. Any increase is a bug to report.
 pub const COMPONENT_FAILURES: &str = "firehose_edge_component_failures_total";
@@ -177,6 +183,12 @@ pub fn queue_reopened() {
 /// `n` messages from `source` skipped as duplicates.
 pub fn events_duplicate(source: &str, n: u64) {
     counter!(EVENTS_DUPLICATE, "source" => source.to_owned()).increment(n);
+}
+
+/// An event of `source` checked against its plan (see [`PLAN_EVENTS`]).
+pub fn plan_event(source: &str, event: &str, outcome: &'static str) {
+    counter!(PLAN_EVENTS, "source" => source.to_owned(), "event" => event.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// The pacing share of delivery stream `stream` (see [`PACING_SHARE`]).

@@ -119,7 +119,14 @@ async fn block_refuses_the_whole_batch_naming_the_event_and_the_schema_path() {
 #[tokio::test]
 async fn tag_stores_what_failed_and_route_sends_it_to_the_violations_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(config(dir.path(), "tag", "route")).await;
+    let handle = firehose_edge::metrics::exporter()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
+    let sink = common::Observed::new(std::sync::Arc::new(firehose_edge::sink::FileSink::new(
+        dir.path().join("lake"),
+    )));
+    let server =
+        TestServer::start_observed(config(dir.path(), "tag", "route"), sink, Some(handle)).await;
     let batch = json!({"batch": [
         track("t-1", "Order Completed", json!({"total": "three"})),
         track("t-2", "Order Completed", json!({"total": 3})),
@@ -138,6 +145,18 @@ async fn tag_stores_what_failed_and_route_sends_it_to_the_violations_stream() {
     let routed = server.sink.records("violations");
     assert_eq!(routed.len(), 1);
     assert_eq!(routed[0]["messageId"], "t-3");
+    // Counted by source, event (a planned name, or `other`) and outcome (only this test of
+    // the binary's, which share one recorder, tags or routes unplanned events).
+    let (_, metrics) = server.admin_get("/metrics").await;
+    for (event, outcome) in [("Order Completed", "tagged"), ("other", "unplanned_routed")] {
+        let series = format!(
+            "firehose_edge_plan_events_total{{source=\"web\",event=\"{event}\",outcome=\"{outcome}\"}} 1"
+        );
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in {metrics}"
+        );
+    }
     server.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -215,4 +234,115 @@ async fn the_plan_sees_values_before_the_privacy_policy_hashes_them() {
             .starts_with("hmac-sha256:")
     );
     server.stop().await;
+}
+
+/// SIGHUP reads the plans again under load: no request fails, the new plan applies from the
+/// reload on, and a plan that became invalid is logged and the running one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let plan_file = dir.path().join("plan.json");
+    let write_plan = |names: &[&str]| {
+        let events: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+        std::fs::write(&plan_file, json!({"rules": {"events": events}}).to_string()).unwrap();
+    };
+    write_plan(&["A"]);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[plans.sources.default]\nfile = {plan_file:?}\nunplanned = \"block\"\n"),
+    )
+    .unwrap();
+    let mut command = common::binary::command(dir.path(), &[]);
+    command.arg("--config").arg(&config);
+    let mut child = command.spawn().unwrap();
+    let pid = child.id().unwrap().to_string();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ingest = tokio::time::timeout(common::WAIT, async {
+        loop {
+            let line = log.next_line().await.unwrap().expect("the binary listens");
+            if let Some(rest) = line.split("ingest=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{ingest}/track");
+    assert_eq!(send(&url, "B").await, 400, "B is not planned yet");
+    // Load: planned requests, one after another, until told to stop; every one must be 200.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (stop, url) = (stop.clone(), url.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.is_cancelled() {
+                match send(&url, "A").await {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    write_plan(&["A", "B"]);
+    hangup(&pid);
+    logged(&mut log, "policies reloaded").await;
+    assert_eq!(send(&url, "B").await, 200, "B is planned now");
+    // An invalid plan: logged, and the running plan (A and B) stays.
+    std::fs::write(&plan_file, "{not json").unwrap();
+    hangup(&pid);
+    logged(&mut log, "not reloaded").await;
+    assert_eq!(send(&url, "B").await, 200, "the running plan stays");
+    stop.cancel();
+    let (ok, failed) = load.await.unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the reloads",
+        ok + failed
+    );
+    assert!(ok > 0);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let _ = tokio::time::timeout(common::WAIT, child.wait()).await;
+}
+
+async fn send(url: &str, event: &str) -> u16 {
+    let body = json!({"userId": "u", "events": [{"eventName": event}]});
+    reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn hangup(pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (bounded) for a log line containing `expect`.
+async fn logged(
+    log: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    expect: &str,
+) {
+    tokio::time::timeout(common::WAIT, async {
+        loop {
+            let line = log.next_line().await.unwrap().expect("the binary runs");
+            if line.contains(expect) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {expect:?} in the log"))
 }

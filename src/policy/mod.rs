@@ -63,6 +63,7 @@ impl Policies {
             return Ok(records);
         }
         let stage = Stage {
+            source: &source,
             plan,
             privacy,
             shape,
@@ -118,6 +119,7 @@ impl Policies {
 
 /// The policies of one request's source.
 struct Stage<'a> {
+    source: &'a str,
     plan: Option<&'a Plan>,
     privacy: Option<&'a Policy>,
     shape: &'a Shape,
@@ -135,6 +137,16 @@ impl<'a> Stage<'a> {
         {
             let verdict = plan.check(&planned);
             let name = &planned.name;
+            let outcome = match (&verdict, plan.mode, plan.unplanned) {
+                (Verdict::Fine, ..) => "as_planned",
+                (Verdict::Unplanned, _, Unplanned::Allow) => "unplanned_allowed",
+                (Verdict::Unplanned, _, Unplanned::Block) => "unplanned_blocked",
+                (Verdict::Unplanned, _, Unplanned::Route) => "unplanned_routed",
+                (Verdict::Breaks(_), Mode::Block, _) => "blocked",
+                (Verdict::Breaks(_), Mode::Tag, _) => "tagged",
+                (Verdict::Breaks(_), Mode::Route, _) => "routed",
+            };
+            crate::metrics::plan_event(self.source, plan.label(&planned), outcome);
             match (verdict, plan.mode, plan.unplanned) {
                 (Verdict::Fine, ..) | (Verdict::Unplanned, _, Unplanned::Allow) => {}
                 (Verdict::Unplanned, _, Unplanned::Block) => {

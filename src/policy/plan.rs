@@ -210,6 +210,17 @@ impl Plan {
         })
     }
 
+    /// The metric label of `planned`'s event: its name if the plan knows it (so labels are
+    /// bounded by the plans), else `other`.
+    pub fn label<'p>(&self, planned: &'p Planned) -> &'p str {
+        match planned.kind {
+            Kind::Identify => "identify",
+            Kind::Group => "group",
+            Kind::Event if self.events.contains_key(&planned.name) => &planned.name,
+            Kind::Event => "other",
+        }
+    }
+
     /// What the plan says of `planned`.
     pub fn check(&self, planned: &Planned) -> Verdict {
         let validator = match planned.kind {
