@@ -8,9 +8,9 @@
 //! - `packing`: the flusher draining a prepared backlog into a sink that answers at once,
 //!   with lines packed into records and without.
 //! - `drain`: the flusher, as configured by default, emptying a 200k-event backlog.
-//! - `privacy`: a privacy policy of three drops and two hashes applied to a 100-message
-//!   Segment batch's records, per event, beside the same batch under no policy (which
-//!   returns the records untouched).
+//! - `privacy`: a privacy policy of three drops and two hashes, a tracking plan of 50 events,
+//!   and both, applied to a 100-message Segment batch's records, per event, beside the same
+//!   batch under no policy (which returns the records untouched).
 //!
 //! `cargo bench --bench stages [-- --warm-up-time 1 --measurement-time 2]`. Queues live
 //! under Cargo's target scratch directory (see `common::scratch_dir`).
@@ -308,12 +308,42 @@ fn privacy(c: &mut Criterion) {
         .expect("the bench policy parses"),
         ..firehose_edge::Config::default()
     };
+    // A plan of 50 events, the batch's among them, each with a schema for its properties.
+    let plan = dir.path().join("plan.json");
+    let events: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            let name = if i == 0 { "Order Completed".to_owned() } else { format!("Event {i}") };
+            serde_json::json!({"name": name, "rules": {"type": "object", "properties": {"properties": {
+                "type": "object", "required": ["total", "currency"],
+                "properties": {"total": {"type": "number", "minimum": 0},
+                               "currency": {"type": "string", "enum": ["EUR", "USD"]},
+                               "email": {"type": "string"}}}}}})
+        })
+        .collect();
+    std::fs::write(
+        &plan,
+        serde_json::json!({"rules": {"events": events}}).to_string(),
+    )
+    .expect("the plan is written");
+    let planned = firehose_edge::Config {
+        plans: toml::from_str(&format!(
+            "[sources.default]\nfile = {plan:?}\nmode = \"tag\"\n"
+        ))
+        .expect("the bench plan config parses"),
+        ..firehose_edge::Config::default()
+    };
+    let both = firehose_edge::Config {
+        plans: planned.plans.clone(),
+        ..with.clone()
+    };
     let lines = segment_batch();
     let mut group = c.benchmark_group("privacy");
     group.throughput(Throughput::Elements(lines.len() as u64));
     for (name, config) in [
         ("none", firehose_edge::Config::default()),
         ("3_drops_2_hashes", with),
+        ("plan_of_50_events", planned),
+        ("plan_and_policy", both),
     ] {
         let policies = Policies::new(&config).expect("the bench policies are valid");
         group.bench_function(BenchmarkId::new(name, lines.len()), |b| {

@@ -322,6 +322,7 @@ mod tests {
             v[0].schema_path,
             "/properties/properties/properties/total/type"
         );
+        assert_eq!(v[0].message, r#""x" is not of type "number""#);
         assert_eq!(p.check(&event("Other", json!({}))), Verdict::Unplanned);
         let identify = Planned {
             kind: Kind::Identify,
