@@ -275,3 +275,106 @@ async fn segment_python_under_a_policy_writes_no_user_id_and_no_trait() {
         "privacy: segment-analytics-python, 300 messages, {checked} files read: no user id, no trait"
     );
 }
+
+/// Reads every file of the lake and the queue under `dir` for each of `needles`.
+fn assert_never_written(dir: &Path, needles: &[&str]) -> usize {
+    let files: Vec<PathBuf> = walk(&dir.join("lake"))
+        .into_iter()
+        .chain(walk(&dir.join("queue")))
+        .collect();
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in {}",
+                file.display()
+            );
+        }
+    }
+    files.len()
+}
+
+/// posthog-python, unchanged, under a policy: its distinct ids (and the alias's ids in
+/// `properties`) are hashed and a `$set` trait dropped before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posthog_python_under_a_policy_writes_no_distinct_id() {
+    let python = driver::python("posthog");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .auth
+        .sources
+        .insert("web".to_owned(), WEB_KEY.to_owned());
+    config.privacy = toml::from_str(&format!(
+        "[sources.web]\ndrop = [\"$set.plan\"]\n\
+         hash = [\"distinct_id\", \"properties.distinct_id\", \"properties.alias\"]\n\
+         hash_key_file = {:?}\n",
+        key_file(dir.path(), "the-first-key-0123456789")
+    ))
+    .unwrap();
+    let server = TestServer::start(config).await;
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(driver::root().join("tests/py/posthog_client.py"))
+        .args([&server.ingest, WEB_KEY, "250", "0"]);
+    let report = driver::run(command, "posthog_client.py", Duration::from_secs(120)).await;
+    assert_eq!(report["errors"], json!([]));
+    server.sink.wait_for_events(250).await;
+    let records = server.sink.records("posthog_events");
+    assert_eq!(records.len(), 250);
+    assert!(records.iter().all(|r| {
+        r["distinct_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:")
+    }));
+    server.stop().await;
+    let files = assert_never_written(dir.path(), &["\"py-u", "\"py-a", "\"plan\":\"pro\""]);
+    println!("privacy: posthog-python, 250 events, {files} files read: no distinct id, no plan");
+}
+
+/// snowplow-tracker, unchanged, under a policy: its user ids hashed, addresses and user
+/// agents dropped, a context entity's field dropped, before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snowplow_python_under_a_policy_writes_no_user_id() {
+    let python = driver::python("snowplow_tracker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.privacy = toml::from_str(&format!(
+        "ip = \"drop\"\nuser_agent = \"drop\"\ndrop = [\"contexts.data.data.tier\"]\n\
+         hash = [\"uid\"]\nhash_key_file = {:?}\n",
+        key_file(dir.path(), "the-first-key-0123456789")
+    ))
+    .unwrap();
+    let server = TestServer::start(config).await;
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(driver::root().join("tests/py/snowplow_client.py"))
+        .args(["post", &server.ingest, "120", "0"]);
+    let report = driver::run(command, "snowplow_client.py", Duration::from_secs(120)).await;
+    assert_eq!(report["errors"], json!([]));
+    server.sink.wait_for_events(120).await;
+    let records = server.sink.records("snowplow_events");
+    assert_eq!(records.len(), 120);
+    for r in &records {
+        assert!(
+            r["uid"].as_str().unwrap().starts_with("hmac-sha256:"),
+            "{r}"
+        );
+        assert!(r["ip"].is_null() && r.get("useragent").is_none(), "{r}");
+    }
+    server.stop().await;
+    let files = assert_never_written(
+        dir.path(),
+        &[
+            "\"user-",
+            "\"tier\":\"gold\"",
+            "127.0.0.1",
+            "python-requests",
+        ],
+    );
+    println!(
+        "privacy: snowplow-tracker, 120 events, {files} files read: no user id, address or user agent"
+    );
+}
