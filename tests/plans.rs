@@ -61,6 +61,18 @@ async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
     )
 }
 
+/// A classic `/track` request with the source's key; its status.
+async fn post_classic(server: &TestServer, body: &Value) -> u16 {
+    let response = reqwest::Client::new()
+        .post(server.url("/track"))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
 fn track(id: &str, event: &str, properties: Value) -> Value {
     json!({"type": "track", "userId": "u1", "messageId": id, "event": event, "properties": properties})
 }
@@ -95,14 +107,7 @@ async fn block_refuses_the_whole_batch_naming_the_event_and_the_schema_path() {
     assert_eq!(post(&server, "/v1/identify", identify).await.0, 400);
     // The classic API and PostHog's go through the same plan.
     let classic = json!({"userId": "u1", "events": [{"eventName": "signup", "metadata": {}}]});
-    let response = reqwest::Client::new()
-        .post(server.url("/track"))
-        .bearer_auth(KEY)
-        .json(&classic)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(post_classic(&server, &classic).await, 400);
     let posthog = json!({"api_key": KEY, "batch": [{"event": "Order Completed", "distinct_id": "d",
         "properties": {"total": "x"}}]});
     assert_eq!(post(&server, "/batch/", posthog).await.0, 400);
@@ -170,14 +175,7 @@ async fn tag_stores_what_failed_and_route_sends_it_to_the_violations_stream() {
     assert_eq!(status, 200, "{answer}");
     let classic = json!({"userId": "u1", "events": [{"eventName": "signup", "metadata": {}},
         {"eventName": "signup", "metadata": {"plan": "pro"}}, {"eventName": "other"}]});
-    let response = reqwest::Client::new()
-        .post(server.url("/track"))
-        .bearer_auth(KEY)
-        .json(&classic)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(post_classic(&server, &classic).await, 200);
     server.sink.wait_for_events(5).await;
     let routed = server.sink.records("violations");
     let ids: Vec<String> = routed

@@ -68,7 +68,9 @@ pub struct PolicyConfig {
     pub user_agent: UserAgentRule,
 }
 
-/// `[privacy]`: the default policy, and each source's own.
+/// `[privacy]`: the default policy, and each source's own. The default's keys are repeated
+/// here rather than flattened from [`PolicyConfig`]: serde cannot refuse unknown keys of a
+/// flattened struct, and a typo in a privacy setting must stop the start.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
