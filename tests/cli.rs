@@ -197,8 +197,9 @@ fn healthcheck_takes_the_config_after_the_sub_command() {
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
 
-/// An invalid tracking plan, and a hash without a key, stop the start (and `--check-config`)
-/// with exit 64, naming the key, the plan's file and the failing schema path.
+/// An invalid or missing tracking plan, a hash without a key, and a typo in a privacy
+/// setting stop the start (and `--check-config`) with exit 64, naming the key (and the plan's
+/// file and the failing schema path).
 #[test]
 fn an_invalid_plan_or_a_hash_without_key_exits_64() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,6 +222,18 @@ fn an_invalid_plan_or_a_hash_without_key_exits_64() {
         (
             "[privacy]\nhash = [\"userId\"]\n".to_owned(),
             vec!["privacy.hash", "hash_key_file"],
+        ),
+        (
+            "[privacy]\nip = \"anonymize\"\n".to_owned(),
+            vec!["privacy.ip"],
+        ),
+        (
+            "[privacy.sources.web]\nuser_agnet = \"drop\"\n".to_owned(),
+            vec!["privacy.sources.web.user_agnet"],
+        ),
+        (
+            "[plans.sources.web]\nfile = \"/nonexistent/plan.json\"\n".to_owned(),
+            vec!["plans.sources.web.file", "/nonexistent/plan.json"],
         ),
     ];
     for (text, names) in cases {
