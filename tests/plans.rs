@@ -234,8 +234,9 @@ async fn the_plan_sees_values_before_the_privacy_policy_hashes_them() {
     server.stop().await;
 }
 
-/// SIGHUP reads the plans again under load: no request fails, the new plan applies from the
-/// reload on, and a plan that became invalid is logged and the running one stays.
+/// SIGHUP reads the plans (and the hash keys) again under load: no request fails, the new
+/// plan and key apply from the reload on, and a plan that became invalid is logged and the
+/// running one stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -247,9 +248,14 @@ async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
     };
     write_plan(&["A"]);
     let config = dir.path().join("config.toml");
+    let key_file = dir.path().join("hash-key");
+    std::fs::write(&key_file, "the-first-key-0123456789").unwrap();
     std::fs::write(
         &config,
-        format!("[plans.sources.default]\nfile = {plan_file:?}\nunplanned = \"block\"\n"),
+        format!(
+            "[plans.sources.default]\nfile = {plan_file:?}\nunplanned = \"block\"\n\
+             [privacy]\nhash = [\"userId\"]\nhash_key_file = {key_file:?}\n"
+        ),
     )
     .unwrap();
     let mut command = common::binary::command(dir.path(), &[]);
@@ -285,6 +291,8 @@ async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
         })
     };
     write_plan(&["A", "B"]);
+    // The hash key is read again too: a rotated key gives another key id.
+    std::fs::write(&key_file, "a-rotated-key-0123456789").unwrap();
     hangup(&pid);
     logged(&mut log, "policies reloaded").await;
     assert_eq!(send(&url, "B").await, 200, "B is planned now");
@@ -302,6 +310,27 @@ async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
         ok + failed
     );
     assert!(ok > 0);
+    // Delivered: the records name two key ids, the first key's and the rotated one's.
+    let lake = dir.path().join("lake");
+    let key_ids = || -> std::collections::BTreeSet<String> {
+        common::lake_lines(&lake, "log_user_events")
+            .iter()
+            .filter_map(|r| r["userId"].as_str()?.split(':').nth(1).map(str::to_owned))
+            .collect()
+    };
+    let landed = tokio::time::timeout(common::WAIT, async {
+        loop {
+            let ids = key_ids();
+            if ids.len() >= 2 {
+                return ids;
+            }
+            // Another process writes the lake: nothing to await but its files.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("key ids in the lake: {:?}", key_ids()));
+    assert_eq!(landed.len(), 2, "{landed:?}");
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status();

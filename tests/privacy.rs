@@ -362,3 +362,46 @@ async fn snowplow_python_under_a_policy_writes_no_user_id() {
         "privacy: snowplow-tracker, 120 events, {files} files read: no user id, address or user agent"
     );
 }
+
+/// A record the policy makes longer than Firehose's record limit (hashes are longer than the
+/// short values they replace) is a 400, and nothing of the request is stored.
+#[tokio::test]
+async fn a_record_the_policy_makes_too_large_is_a_400_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.privacy = toml::from_str(&format!(
+        "hash = [\"metadata.ids\"]\nhash_key_file = {:?}\n",
+        key_file(dir.path(), "the-first-key-0123456789")
+    ))
+    .unwrap();
+    let server = TestServer::start(config).await;
+    // ~70 KB as sent; every one-letter id becomes an 85-byte hash: over 1,024,000 bytes.
+    let ids = vec!["a"; 14_000];
+    let body = json!({"userId": "u", "events": [{"eventName": "big", "metadata": {"ids": ids}}]});
+    let response = reqwest::Client::new()
+        .post(server.url("/track"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer = response.text().await.unwrap();
+    assert!(
+        answer.contains("with its source's policies applied"),
+        "{answer}"
+    );
+    let small =
+        json!({"userId": "u", "events": [{"eventName": "small", "metadata": {"ids": ["a"]}}]});
+    let response = reqwest::Client::new()
+        .post(server.url("/track"))
+        .json(&small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server.sink.wait_for_events(1).await;
+    let stored = server.sink.records("log_user_events");
+    assert_eq!(stored.len(), 1, "only the small request");
+    assert_eq!(stored[0]["eventName"], "small");
+    server.stop().await;
+}

@@ -312,3 +312,27 @@ async fn size_limits_refuse_the_request_and_store_nothing() {
     assert_eq!(records.len(), 1, "only the last request stored");
     server.stop().await;
 }
+
+/// A request's events name one source: app ids of two different sources in one request are
+/// a 400 naming the second one's `aid`, and nothing of it is stored.
+#[tokio::test]
+async fn a_request_whose_app_ids_name_two_sources_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config
+        .snowplow
+        .app_ids
+        .insert("back-office".to_owned(), "server".to_owned());
+    let server = TestServer::start(config).await;
+    let mut other = event("m-2");
+    other["aid"] = "back-office".into();
+    let (status, answer) = post(&server, payload(vec![event("m-1"), other]), &[]).await;
+    assert_eq!(status, 400, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["details"][0]["path"], "data[1].aid", "{answer}");
+    assert_eq!(post(&server, payload(vec![event("m-3")]), &[]).await.0, 200);
+    let records = records(&server, 1).await;
+    let eids: Vec<&str> = records.iter().map(|r| r["eid"].as_str().unwrap()).collect();
+    assert_eq!(eids, ["m-3"], "the refused request left nothing behind");
+    server.stop().await;
+}
