@@ -69,6 +69,13 @@ pub const PACING_SHARE: &str = "firehose_edge_pacing_quota_share";
 /// `unplanned_routed`).
 pub const PLAN_EVENTS: &str = "firehose_edge_plan_events_total";
 
+/// Events not stored because they name a suppressed user (a deletion request), answered as
+/// accepted, by source.
+pub const EVENTS_SUPPRESSED: &str = "firehose_edge_events_suppressed_total";
+/// Queued (or dead-lettered) events of a suppressed user erased before delivery, by queue
+/// stream.
+pub const QUEUE_ERASED: &str = "firehose_edge_queue_erased_events_total";
+
 /// Long-lived parts of the service that died (panicked or returned), by component: each
 /// stops the process so that its supervisor restarts it. Any increase is a bug to report.
 pub const COMPONENT_FAILURES: &str = "firehose_edge_component_failures_total";
@@ -185,6 +192,16 @@ pub fn events_duplicate(source: &str, n: u64) {
     counter!(EVENTS_DUPLICATE, "source" => source.to_owned()).increment(n);
 }
 
+/// `n` events of `source` not stored: their user is suppressed.
+pub fn events_suppressed(source: &str, n: u64) {
+    counter!(EVENTS_SUPPRESSED, "source" => source.to_owned()).increment(n);
+}
+
+/// `n` queued events of `stream` erased (their user is suppressed).
+pub fn queue_erased(stream: &str, n: u64) {
+    counter!(QUEUE_ERASED, "stream" => stream.to_owned()).increment(n);
+}
+
 /// An event of `source` checked against its plan (see [`PLAN_EVENTS`]).
 pub fn plan_event(source: &str, event: &str, outcome: &'static str) {
     counter!(PLAN_EVENTS, "source" => source.to_owned(), "event" => event.to_owned(), "outcome" => outcome)
@@ -215,6 +232,7 @@ pub fn init_counters(streams: &[String], endpoints: &[&'static str]) {
     for stream in streams {
         for name in [
             QUEUE_LOST_EVENTS,
+            QUEUE_ERASED,
             EVENTS_ACCEPTED,
             RECORDS_DELIVERED,
             BILLED_BYTES,

@@ -53,6 +53,8 @@ pub(super) struct Compactor {
     thread: Background,
     /// Merges done (for tests and the gauges).
     pub merged_runs: std::sync::atomic::AtomicU64,
+    /// Erasures walking now: no merge meanwhile (see `erase.rs`).
+    pub paused: std::sync::atomic::AtomicUsize,
     /// Tests: panic in the middle of the next merge, after its batch is built.
     #[cfg(test)]
     pub panic_next: std::sync::atomic::AtomicBool,
@@ -108,6 +110,23 @@ impl Compactor {
     pub fn stop(&self) {
         self.thread.stop();
     }
+
+    /// No merge until the guard is dropped (a merge under way finishes first: it holds its
+    /// stream's lock, and checks under it).
+    pub fn pause(&self) -> Paused<'_> {
+        self.paused.fetch_add(1, Ordering::AcqRel);
+        Paused(self)
+    }
+}
+
+/// See [`Compactor::pause`].
+pub(super) struct Paused<'a>(&'a Compactor);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.0.paused.fetch_sub(1, Ordering::AcqRel);
+        self.0.wake();
+    }
 }
 
 /// Tests: passes until nothing is left to merge, from the start of every stream.
@@ -144,7 +163,10 @@ fn pass(
     cursors: &mut std::collections::HashMap<String, u64>,
 ) -> bool {
     let a = &queue.inner.admission;
-    if a.is_failing() || queue.inner.closed.load(Ordering::Acquire) {
+    if a.is_failing()
+        || queue.inner.closed.load(Ordering::Acquire)
+        || !super::erase::merging_allowed(queue)
+    {
         return false;
     }
     let mut more = false;
@@ -255,7 +277,9 @@ fn merge(
     }
     let ledger = queue.ledger(stream)?;
     let mut books = ledger.lock();
-    if first.key < ledger.handed_out.load(Ordering::Acquire) {
+    if first.key < ledger.handed_out.load(Ordering::Acquire)
+        || !super::erase::merging_allowed(queue)
+    {
         return Ok(0);
     }
     let keys = trees

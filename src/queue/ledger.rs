@@ -233,9 +233,21 @@ impl Books {
     }
 }
 
+/// Which of a stream's entries are out with a flusher, and which of those a deletion request
+/// found records of a suppressed user in (see `erase.rs`). Taken with the books held.
+#[derive(Debug, Default)]
+pub(super) struct Flight {
+    /// Handed out by the last `read_head` or held by its caller then: not to be rewritten.
+    pub out: std::collections::HashSet<u64>,
+    /// To be filtered again before they are handed out again, or when they settle.
+    pub recheck: std::collections::HashSet<u64>,
+}
+
 /// One stream's ledger.
 pub(super) struct Ledger {
     books: Mutex<Books>,
+    /// See [`Flight`]; locked after the books, never alone.
+    pub flight: Mutex<Flight>,
     /// Woken after every append, so an idle flusher starts at once.
     pub appended: Notify,
     /// One past the highest key [`super::Queue::read_head`] handed out: entries below it may
@@ -247,6 +259,7 @@ impl Ledger {
     pub fn new(books: Books) -> Ledger {
         Ledger {
             books: Mutex::new(books),
+            flight: Mutex::default(),
             appended: Notify::new(),
             handed_out: AtomicU64::new(0),
         }
@@ -349,12 +362,15 @@ pub(super) struct DeadLetter<'a> {
     pub lines: &'a [&'a [u8]],
 }
 
-/// Takes `out` out of queue entry `entry`: removes it (no `remaining`) or rewrites it with
-/// `remaining` (the lines the sink did not take), keeping its key and stamp. With `dead`,
-/// those lines are added to the dead-letter tree first, and `synced` runs between (it makes
-/// them durable before the original changes). Returns the budget bytes freed.
+/// Takes `out` out of entry `entry` of `which`: removes it (no `remaining`) or rewrites it
+/// with `remaining` (the lines that stay), keeping its key and stamp. With `dead` (queue
+/// entries only), the lines that leave are added to the dead-letter tree first, and `synced`
+/// runs between (it makes them durable before the original changes). Returns the budget
+/// bytes freed.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn take_out(
     books: &mut Books,
+    which: Which,
     trees: &Trees,
     entry: &Entry,
     remaining: &[&[u8]],
@@ -384,7 +400,7 @@ pub(super) fn take_out(
         };
         (op, Some(value))
     };
-    announce(books, Which::Queue, trees, op, out)?;
+    announce(books, which, trees, op, out)?;
     if let Some(d) = dead {
         let count = d.lines.len() as u32;
         let (dead_key, value) =
@@ -394,7 +410,7 @@ pub(super) fn take_out(
         added(books, Which::Dead, count, bytes);
         synced()?;
     }
-    write(trees, Which::Queue, key, value)?;
+    write(trees, which, key, value)?;
     Ok(out.bytes)
 }
 

@@ -48,6 +48,7 @@ mod commit;
 mod compact;
 pub mod dedup;
 pub mod entry;
+mod erase;
 mod health;
 mod ledger;
 pub mod lock;
@@ -70,6 +71,7 @@ pub use admission::{FreeSpace, RESUME_PERCENT, Statvfs, check_floor};
 pub(crate) use commit::panic_next_round;
 pub use dedup::{BatchAppended, BatchLine};
 pub use entry::{Entry, Part};
+pub use erase::{Erased, Eraser, Suppressed};
 pub use open::{StreamReport, VerifyReport};
 
 use crate::config::{Durability, QueueConfig};
@@ -232,6 +234,8 @@ struct Inner {
     fatal: Fatal,
     free_space: Box<dyn FreeSpace>,
     _lock: lock::DirLock,
+    /// Decides which records of entries marked for a recheck go (see `erase.rs`).
+    eraser: RwLock<Option<Eraser>>,
     /// Tests: storage refuses writes (or only flushes), as a failing disk would.
     fail_writes: AtomicBool,
     fail_syncs: AtomicBool,
@@ -437,6 +441,9 @@ impl Queue {
         // Under the stream's lock, so that the compactor (which merges only keys above what
         // was handed out, checked under this lock) never merges an entry being handed out.
         let mut books = ledger.lock();
+        let mut flight = ledger.flight.lock();
+        flight.out.retain(|key| skip.contains(key));
+        let eraser = self.eraser();
         for item in trees.q.range(..RECORD_KEY) {
             if out.len() >= max_entries || bytes >= max_bytes {
                 break;
@@ -450,8 +457,21 @@ impl Queue {
             // but their pages are the same.
             trees.read(v.len());
             match Entry::decode(&k, v.clone()) {
-                Ok(entry) => {
+                Ok(mut entry) => {
+                    // Not out (the caller holds what is): a deletion request's recheck
+                    // happens now, before it is sent.
+                    if let Some(eraser) = eraser.as_ref().filter(|_| flight.recheck.contains(&key))
+                    {
+                        let (now, _) =
+                            self.erase_in(&mut books, trees, stream, Which::Queue, entry, eraser)?;
+                        flight.recheck.remove(&key);
+                        match now {
+                            Some(e) => entry = e,
+                            None => continue,
+                        }
+                    }
                     bytes += entry.lines.len();
+                    flight.out.insert(key);
                     out.push(entry);
                 }
                 Err(QueueError::Damaged { why, .. }) => {
@@ -559,20 +579,36 @@ impl Queue {
         dead: Option<&[&[u8]]>,
     ) -> Result<(), QueueError> {
         let ledger = self.ledger(stream)?;
+        let mut books = ledger.lock();
+        let mut flight = ledger.flight.lock();
+        flight.out.remove(&entry.key);
+        // A deletion request came while it was out: the user's lines go now, whether the
+        // sink was to take them again or refused them for good.
+        let (kept, kept_dead) = (
+            self.unerased(&flight, entry.key, remaining),
+            dead.and_then(|lines| self.unerased(&flight, entry.key, lines)),
+        );
+        let erased = kept.as_ref().map_or(0, |k| remaining.len() - k.len())
+            + kept_dead
+                .as_ref()
+                .map_or(0, |k| dead.map_or(0, |d| d.len()) - k.len());
+        let remaining = kept.as_deref().unwrap_or(remaining);
+        let dead = kept_dead.as_deref().or(dead).filter(|d| !d.is_empty());
         let leaving = u64::from(entry.count) - remaining.len() as u64;
         if leaving == 0 {
+            flight.recheck.remove(&entry.key);
             return Ok(());
         }
         self.fault()?;
         let trees = store.trees(stream)?;
         // The record of what leaves is written before the entry changes: a removal can
         // never look like a loss, and a crash between is told apart at the next start.
+        // Erased lines leave on purpose, like delivered ones (see `erase.rs`).
         let out = Out {
             events: leaving,
             bytes: 0,
             delivered: leaving - dead.map_or(0, |lines| lines.len() as u64),
         };
-        let mut books = ledger.lock();
         // A dead letter's key is taken under the lock, like every key of the stream's trees
         // (key order is stamp order); the queue tree's record names it before it is written,
         // so a crash before the original changes takes the copy back (`ledger::recover`).
@@ -581,11 +617,23 @@ impl Queue {
             lines,
         });
         let path = &self.inner.config.path;
-        let freed = ledger::take_out(&mut books, trees, entry, remaining, out, dead, || {
-            store.sync(path)
-        })?;
+        let freed = ledger::take_out(
+            &mut books,
+            Which::Queue,
+            trees,
+            entry,
+            remaining,
+            out,
+            dead,
+            || store.sync(path),
+        )?;
+        flight.recheck.remove(&entry.key);
+        drop(flight);
         drop(books);
         self.inner.admission.release(freed);
+        if erased > 0 {
+            crate::metrics::queue_erased(stream, erased as u64);
+        }
         Ok(())
     }
 

@@ -145,6 +145,7 @@ pub(super) fn open(
         fatal: Default::default(),
         free_space,
         _lock: lock,
+        eraser: RwLock::new(None),
         fail_writes: AtomicBool::new(false),
         fail_syncs: AtomicBool::new(false),
     });

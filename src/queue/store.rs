@@ -82,6 +82,8 @@ pub(super) struct Store {
     pub meta: sled::Tree,
     /// Accepted `messageId`s (see [`super::dedup`]).
     pub dedup: sled::Tree,
+    /// Suppressed user identifiers (see `erase.rs`).
+    pub suppressed: sled::Tree,
     pub trees: HashMap<String, Trees>,
 }
 
@@ -107,6 +109,7 @@ impl Store {
                 .open()?;
             let meta = db.open_tree("meta")?;
             let dedup = db.open_tree("dedup")?;
+            let suppressed = db.open_tree("suppressed")?;
             let mut trees = HashMap::new();
             let log_bytes = Arc::new(AtomicU64::new(0));
             let read_bytes = Arc::new(AtomicU64::new(0));
@@ -132,6 +135,7 @@ impl Store {
                 db,
                 meta,
                 dedup,
+                suppressed,
                 trees,
             })
         }));

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// A generous bound for tests awaiting queue signals.
 const TEST_WAIT: Duration = Duration::from_secs(10);
 
-fn config(dir: &Path, durability: Durability) -> QueueConfig {
+pub(super) fn config(dir: &Path, durability: Durability) -> QueueConfig {
     QueueConfig {
         path: dir.join("q"),
         max_bytes: 1 << 30,
@@ -19,11 +19,11 @@ fn config(dir: &Path, durability: Durability) -> QueueConfig {
     }
 }
 
-fn streams() -> Vec<String> {
+pub(super) fn streams() -> Vec<String> {
     vec!["a".to_owned(), "b".to_owned()]
 }
 
-fn lines(entries: &[Entry]) -> Vec<String> {
+pub(super) fn lines(entries: &[Entry]) -> Vec<String> {
     entries
         .iter()
         .flat_map(|e| {
@@ -765,7 +765,7 @@ async fn a_health_round_panic_is_reported() {
 }
 
 /// A start read at most the last entry of each tree and the one its record names.
-fn reads_only_the_ends(q: &Queue) {
+pub(super) fn reads_only_the_ends(q: &Queue) {
     let bound = 2 * 2 * streams().len() as u64;
     let read = q.entries_read_at_open();
     assert!(read <= bound, "the start read {read} entries");
