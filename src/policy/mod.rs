@@ -6,6 +6,7 @@
 
 pub mod plan;
 pub mod privacy;
+pub mod suppress;
 
 use serde_json::Value;
 
@@ -25,6 +26,8 @@ pub struct Shape {
     pub user_agent: &'static [&'static str],
     /// What a tracking plan checks of a record (`None`: nothing, it is not planned).
     pub planned: fn(&Value) -> Option<Planned>,
+    /// Where a record names its user (what a deletion request matches, see [`suppress`]).
+    pub ids: &'static [&'static str],
 }
 
 /// The field a tagged record lists its plan violations in.
@@ -44,6 +47,11 @@ impl Policies {
             privacy: Privacy::new(&config.privacy)?,
             plans: Plans::new(&config.plans)?,
         })
+    }
+
+    /// The privacy policies (their hash keys write a deletion request's hashed forms).
+    pub fn privacy(&self) -> &Privacy {
+        &self.privacy
     }
 
     /// `records` with the policies of their source applied. `source` is the request's, for

@@ -145,40 +145,11 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()
         };
         let (drop, hash) = (paths(&config.drop, "drop")?, paths(&config.hash, "hash")?);
-        let file = Some(&config.hash_key_file).filter(|p| !p.as_os_str().is_empty());
-        let var = Some(&config.hash_key_env).filter(|v| !v.is_empty());
-        let secret = match (file, var) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    &format!("{key}.hash_key_file"),
-                    "give the key in a file or an environment variable, not both",
-                ));
-            }
-            (Some(path), None) => Some(std::fs::read(path).map_err(|e| {
-                ConfigError::invalid(
-                    &format!("{key}.hash_key_file"),
-                    format!("{}: {e}", path.display()),
-                )
-            })?),
-            (None, Some(var)) => Some(
-                std::env::var(var)
-                    .map_err(|_| {
-                        ConfigError::invalid(
-                            &format!("{key}.hash_key_env"),
-                            format!("{var} is not set"),
-                        )
-                    })?
-                    .into_bytes(),
-            ),
-            (None, None) => None,
-        };
-        let secret = secret.map(|s| String::from_utf8_lossy(&s).trim().as_bytes().to_vec());
-        if secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(ConfigError::invalid(
-                &format!("{key}.hash_key_file"),
-                "the hash key must be at least 16 bytes",
-            ));
-        }
+        let secret = crate::config::secret(
+            &format!("{key}.hash_key"),
+            &config.hash_key_file,
+            &config.hash_key_env,
+        )?;
         if !hash.is_empty() && secret.is_none() {
             return Err(ConfigError::invalid(
                 &format!("{key}.hash"),
@@ -271,6 +242,20 @@ impl Privacy {
             Some(own) => own.as_ref(),
             None => self.default.as_ref(),
         }
+    }
+
+    /// `text` as every policy's hash key writes it (each distinct key once): what a hashed
+    /// field holds in the queue when `text` was sent (deletion requests look for it).
+    pub fn hashed_forms(&self, text: &str) -> Vec<String> {
+        let mut forms: Vec<String> = Vec::new();
+        let policies = self.default.iter().chain(self.sources.values().flatten());
+        for key in policies.filter_map(|p| p.key.as_ref()) {
+            let form = keyed_hash(key, text);
+            if !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+        forms
     }
 }
 
@@ -380,6 +365,7 @@ mod tests {
         ip: &["context.ip"],
         user_agent: &["context.userAgent"],
         planned: |_| None,
+        ids: &[],
     };
 
     fn policy(config: PolicyConfig) -> Policy {

@@ -128,6 +128,7 @@ pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &[],
     user_agent: &[],
     planned,
+    ids: &["userId", "newUserId", "originalUserId"],
 };
 
 fn planned(record: &serde_json::Value) -> Option<crate::policy::plan::Planned> {

@@ -287,6 +287,20 @@ impl Table {
         table
     }
 
+    /// Every field where an enabled protocol's records name their user (each once): what a
+    /// deletion request looks for in the queue, whose streams those protocols share.
+    pub fn identity_fields(&self) -> Vec<&'static str> {
+        let mut fields: Vec<&'static str> = Vec::new();
+        for protocol in &self.protocols {
+            for field in protocol.shape().ids {
+                if !fields.contains(field) {
+                    fields.push(field);
+                }
+            }
+        }
+        fields
+    }
+
     /// The protocol and route serving `path`.
     pub fn find(&self, path: &str) -> Option<(&dyn Protocol, &'static Route)> {
         let (index, route) = self.exact.get(path).copied().or_else(|| {

@@ -189,6 +189,11 @@ pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &["ip", "properties.$ip"],
     user_agent: &["properties.$raw_user_agent"],
     planned,
+    ids: &[
+        "distinct_id",
+        "properties.$anon_distinct_id",
+        "properties.$device_id",
+    ],
 };
 
 /// A record as a tracking plan sees it: an event by its name with its `properties`;

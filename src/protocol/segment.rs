@@ -207,6 +207,7 @@ pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &["context.ip"],
     user_agent: &["context.userAgent", "context.userAgentData"],
     planned,
+    ids: &["userId", "anonymousId", "previousId"],
 };
 
 /// A record as a tracking plan sees it: a track by its `event`, an identify's and a group's

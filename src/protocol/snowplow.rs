@@ -178,6 +178,7 @@ pub static SHAPE: crate::policy::Shape = crate::policy::Shape {
     ip: &["ip"],
     user_agent: &["useragent", "ua"],
     planned,
+    ids: &["uid", "duid", "tnuid", "nuid"],
 };
 
 /// A record as a tracking plan sees it: a self-describing event (`e=ue`) by its schema's
