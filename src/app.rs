@@ -18,6 +18,7 @@ use crate::ingest::Ingest;
 use crate::queue::{Queue, QueueError};
 use crate::server;
 use crate::sink::{FileSink, FirehoseSink, Sink};
+use crate::suppression::Suppressions;
 
 /// The listeners, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -106,12 +107,19 @@ pub async fn run_with_sink(
     )?;
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
     let grace = config.shutdown.grace();
+    let policies = Arc::new(crate::policy::Policies::new(&config)?);
+    let suppressions = open_suppressions(&queue, &config, &policies).await?;
 
     let flush_stop = CancellationToken::new();
     let mut flushers = start_flushers(&config, &queue, &sink, &flush_stop);
 
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let ingest = Arc::new(Ingest::new(queue.clone(), &config)?);
+    let ingest = Arc::new(Ingest::new(
+        queue.clone(),
+        &config,
+        policies,
+        suppressions.clone(),
+    )?);
     // SIGHUP: the tracking plans and hash keys are read again, with no request dropped.
     let reloads = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -128,12 +136,15 @@ pub async fn run_with_sink(
             }
         }
     };
-    let admin = Arc::new(Admin::new(
-        queue.clone(),
-        streams.clone(),
-        prometheus,
-        shutting_down.clone(),
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            queue.clone(),
+            streams.clone(),
+            prometheus,
+            shutting_down.clone(),
+        )
+        .with_suppressions(suppressions, crate::admin::admin_key(&config)?),
+    );
     let ingest_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let mut ingest_task = tokio::spawn(server::serve(
@@ -230,6 +241,22 @@ fn task_died(component: &'static str, error: Option<tokio::task::JoinError>) -> 
     component
 }
 
+/// The suppression list of `queue`, with the erasures a stop interrupted finished: before
+/// any flusher starts, so nothing of a suppressed user is delivered.
+async fn open_suppressions(
+    queue: &Queue,
+    config: &Config,
+    policies: &Arc<crate::policy::Policies>,
+) -> Result<Arc<Suppressions>, AppError> {
+    let (queue, config, policies) = (queue.clone(), config.clone(), policies.clone());
+    let path = config.queue.path.display().to_string();
+    tokio::task::spawn_blocking(move || Suppressions::open(queue, &config, policies))
+        .await
+        .unwrap_or_else(|e| Err(QueueError::Storage(e.to_string())))
+        .map(Arc::new)
+        .map_err(|source| AppError::Queue { path, source })
+}
+
 /// One flusher per queue stream, each delivering to that stream's delivery streams.
 fn start_flushers(
     config: &Config,
@@ -292,6 +319,8 @@ pub async fn drain(
         });
     }
     let queue = Queue::open(&config.queue, &streams).map_err(queue_error)?;
+    let policies = Arc::new(crate::policy::Policies::new(&config)?);
+    open_suppressions(&queue, &config, &policies).await?;
     let queued = |q: &Queue| streams.iter().map(|s| q.queued_events(s)).sum::<u64>();
     let at_start = queued(&queue);
     tracing::info!(queued_events = at_start, "draining the queue");

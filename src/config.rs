@@ -280,19 +280,33 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[admin]`: health and metrics, kept off the public port.
+/// `[admin]`: health, metrics and the deletion-request API, kept off the public port.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of `/healthz` (and later `/metrics`, `/readyz`).
+    /// Address of `/healthz`, `/readyz`, `/metrics` and `/suppressions`.
     pub listen: SocketAddr,
+    /// The admin key (`/suppressions` refuses every request without it): a file holding it.
+    /// Empty: none.
+    pub api_key_file: PathBuf,
+    /// The admin key's environment variable. Empty: none.
+    pub api_key_env: String,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            api_key_file: PathBuf::new(),
+            api_key_env: String::new(),
         }
+    }
+}
+
+impl AdminConfig {
+    /// The admin key, if one is configured (read now: a missing or short one is refused).
+    pub fn api_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        secret("admin.api_key", &self.api_key_file, &self.api_key_env)
     }
 }
 
@@ -675,6 +689,7 @@ impl Config {
         // Reads the hash keys and compiles the tracking plans, so a missing key or an invalid
         // plan stops the start (and `--check-config`) naming its key.
         crate::policy::Policies::new(self)?;
+        self.admin.api_key()?;
         let f = &self.flusher;
         if !(1..=MAX_BATCH_RECORDS).contains(&f.max_batch_records) {
             return Err(ConfigError::invalid(
@@ -966,6 +981,38 @@ impl Config {
             .filter(|n| seen.insert(n.clone()))
             .collect()
     }
+}
+
+/// A secret given in a file or an environment variable (`<key>_file`, `<key>_env`; empty:
+/// not given), trimmed: `None` when neither is set. Refused, naming the key, when both are,
+/// when it cannot be read, or when it is shorter than 16 bytes. Never logged.
+pub fn secret(key: &str, file: &Path, var: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    let file = Some(file).filter(|p| !p.as_os_str().is_empty());
+    let var = Some(var).filter(|v| !v.is_empty());
+    let (file_key, env_key) = (format!("{key}_file"), format!("{key}_env"));
+    let raw = match (file, var) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                &file_key,
+                "give the key in a file or an environment variable, not both",
+            ));
+        }
+        (Some(path), None) => std::fs::read(path)
+            .map_err(|e| ConfigError::invalid(&file_key, format!("{}: {e}", path.display())))?,
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| ConfigError::invalid(&env_key, format!("{var} is not set")))?
+            .into_bytes(),
+        (None, None) => return Ok(None),
+    };
+    let secret = String::from_utf8_lossy(&raw).trim().as_bytes().to_vec();
+    if secret.len() < 16 {
+        let named = if file.is_some() { file_key } else { env_key };
+        return Err(ConfigError::invalid(
+            &named,
+            "the key must be at least 16 bytes",
+        ));
+    }
+    Ok(Some(secret))
 }
 
 /// Our variables out of the process environment (`std::env::vars_os()`): only names with the

@@ -25,6 +25,7 @@ use crate::protocol::classic::FieldError;
 use crate::protocol::{self, Auth, Protocol, Records, Route};
 use crate::queue::{Queue, QueueError};
 use crate::response::json_response;
+use crate::suppression::Suppressions;
 
 /// Seconds a client is told to wait when the queue cannot take more.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -195,6 +196,8 @@ pub struct Ingest {
     routes: protocol::Table,
     /// Swapped whole on a reload (SIGHUP); a request uses the ones it started with.
     policies: parking_lot::RwLock<std::sync::Arc<crate::policy::Policies>>,
+    /// Deletion requests: whose events are not stored.
+    suppressions: std::sync::Arc<Suppressions>,
     /// What the policies are rebuilt from on a reload (their files are read again).
     config: Config,
     trusted_proxies: Vec<std::net::IpAddr>,
@@ -207,8 +210,13 @@ pub fn route_labels() -> Vec<&'static str> {
 
 impl Ingest {
     /// An ingest handler writing to `queue` with the limits, keys, CORS and protocols of
-    /// `config`.
-    pub fn new(queue: Queue, config: &Config) -> Result<Ingest, ConfigError> {
+    /// `config`, the `policies` built from it, and the suppression list of `queue`.
+    pub fn new(
+        queue: Queue,
+        config: &Config,
+        policies: std::sync::Arc<crate::policy::Policies>,
+        suppressions: std::sync::Arc<Suppressions>,
+    ) -> Result<Ingest, ConfigError> {
         let keys = ApiKeys::with_sources(&config.auth.keys_with_sources()?);
         if keys.enabled() {
             tracing::info!("ingest requires an API key");
@@ -222,9 +230,8 @@ impl Ingest {
             keys,
             cors: Cors::new(&config.cors),
             routes: protocol::Table::new(config),
-            policies: parking_lot::RwLock::new(std::sync::Arc::new(crate::policy::Policies::new(
-                config,
-            )?)),
+            policies: parking_lot::RwLock::new(policies),
+            suppressions,
             config: config.clone(),
             trusted_proxies: config.segment.trusted_proxies.clone(),
         })
@@ -236,7 +243,9 @@ impl Ingest {
     pub fn reload_policies(&self) {
         match crate::policy::Policies::new(&self.config) {
             Ok(policies) => {
-                *self.policies.write() = std::sync::Arc::new(policies);
+                let policies = std::sync::Arc::new(policies);
+                *self.policies.write() = policies.clone();
+                self.suppressions.set_policies(policies);
                 tracing::info!("tracking plans and privacy policies reloaded");
             }
             Err(e) => {
@@ -342,8 +351,16 @@ impl Ingest {
             max_body_bytes: self.max_body_bytes,
         })?;
         let source = source.unwrap_or(crate::config::DEFAULT_SOURCE);
+        let shape = protocol.shape();
+        // Held until the records are durable: a deletion request waits for it (see
+        // `suppression`). Suppressed events are matched on what the client sent, before a
+        // policy hashes their ids, and answered as accepted.
+        let _admitted = self.suppressions.admit().await;
+        let records = self
+            .suppressions
+            .filter(accepted.records, source, shape.ids);
         let policies = self.policies.read().clone();
-        let records = policies.apply(accepted.records, source, protocol.shape())?;
+        let records = policies.apply(records, source, shape)?;
         self.store(records).await?;
         Ok(Accepted::Answer(accepted.answer))
     }

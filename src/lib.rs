@@ -12,7 +12,8 @@
 //!    original service's `/track`, `/alias`, `/profile`), [`protocol::segment`] (Segment's
 //!    and RudderStack's `/v1/*`), [`protocol::posthog`] (PostHog's capture API) and
 //!    [`protocol::snowplow`] (Snowplow's tracker protocol).
-//!    [`policy`] then applies the source's privacy policy to those lines, before anything is
+//!    [`suppression`] drops the events of users a deletion request named, and [`policy`]
+//!    applies the source's tracking plan and privacy policy to the rest, before anything is
 //!    written.
 //! 3. [`queue`] appends a request's lines to sled as one entry and answers when they are on
 //!    disk (group commit: concurrent requests share one flush); it survives the faults of its
@@ -25,8 +26,8 @@
 //!    Firehose's S3 prefixes.
 //!
 //! Around it: [`firehose_limits`] (Firehose's documented limits), [`response`] (shared HTTP
-//! answers), [`config`] (typed TOML + environment overrides), [`admin`] (health and
-//! Prometheus on a side port), [`metrics`] (every metric name) and [`app`] (wiring and the
+//! answers), [`config`] (typed TOML + environment overrides), [`admin`] (health,
+//! Prometheus and the deletion-request API on a side port), [`metrics`] (every metric name) and [`app`] (wiring and the
 //! ordered shutdown).
 
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod queue;
 pub mod response;
 pub mod server;
 pub mod sink;
+pub mod suppression;
 
 pub use app::{Listeners, run, run_with_sink};
 pub use config::Config;

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, global = true)]
         stream: Option<String>,
     },
+    /// Deletion requests: list, add or remove suppressed user identifiers. Works on a
+    /// running service through its admin API (needs the admin key in this configuration),
+    /// or on the queue directory when no service holds it.
+    Suppress {
+        #[command(subcommand)]
+        action: commands::SuppressAction,
+    },
     /// Check or repair the queue directory offline.
     Queue {
         #[command(subcommand)]
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
             Some(commands::dead_letters(&config, &action, stream.as_deref()))
         }
         Some(Command::Queue { action }) => Some(commands::queue(&config, &action)),
+        Some(Command::Suppress { action }) => Some(commands::suppress(&config, &action)),
         Some(Command::Healthcheck) => Some(commands::healthcheck(&config)),
         Some(Command::Drain) => {
             init_logging(&config);
