@@ -11,6 +11,8 @@
 //! - `privacy`: a privacy policy of three drops and two hashes, a tracking plan of 50 events,
 //!   and both, applied to a 100-message Segment batch's records, per event, beside the same
 //!   batch under no policy (which returns the records untouched).
+//! - `suppression`: the same batch matched against a deletion-request list of 10 000
+//!   identifiers (none of the batch's; and one user of it), per event, beside an empty list.
 //!
 //! `cargo bench --bench stages [-- --warm-up-time 1 --measurement-time 2]`. Queues live
 //! under Cargo's target scratch directory (see `common::scratch_dir`).
@@ -365,12 +367,44 @@ fn privacy(c: &mut Criterion) {
     group.finish();
 }
 
+fn suppression(c: &mut Criterion) {
+    use firehose_edge::policy::suppress::Matcher;
+    use firehose_edge::protocol::Records;
+    let lines = segment_batch();
+    let fields = firehose_edge::protocol::segment::SHAPE.ids;
+    let others: Vec<String> = (0..10_000).map(|i| format!("erased-user-{i}")).collect();
+    let mut with_one = others.clone();
+    with_one[0] = "user-7".to_owned();
+    let mut group = c.benchmark_group("suppression");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    for (name, ids) in [
+        ("empty_list", Vec::new()),
+        ("10000_ids_none_in_batch", others),
+        ("10000_ids_one_in_batch", with_one),
+    ] {
+        let matcher = Matcher::new(ids.iter().map(String::as_str), None, fields);
+        group.bench_function(BenchmarkId::new(name, lines.len()), |b| {
+            b.iter_batched(
+                || Records::Messages {
+                    source: "default".to_owned(),
+                    ids: "",
+                    lines: lines.clone(),
+                },
+                |records| black_box(matcher.filter(records, fields)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     encode,
     queue_append,
     packing,
     drain_backlog,
-    privacy
+    privacy,
+    suppression
 );
 criterion_main!(benches);

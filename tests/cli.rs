@@ -197,12 +197,15 @@ fn healthcheck_takes_the_config_after_the_sub_command() {
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
 
-/// An invalid or missing tracking plan, a hash without a key, and a typo in a privacy
-/// setting stop the start (and `--check-config`) with exit 64, naming the key (and the plan's
-/// file and the failing schema path).
+/// An invalid or missing tracking plan, a hash without a key, a typo in a privacy setting,
+/// and an admin key that is short, missing or given twice stop the start (and
+/// `--check-config`) with exit 64, naming the key (and the plan's file and the failing
+/// schema path).
 #[test]
 fn an_invalid_plan_or_a_hash_without_key_exits_64() {
     let dir = tempfile::tempdir().unwrap();
+    let short_key = dir.path().join("short-admin-key");
+    std::fs::write(&short_key, "too-short\n").unwrap();
     let plan = dir.path().join("web-plan.json");
     std::fs::write(
         &plan,
@@ -234,6 +237,22 @@ fn an_invalid_plan_or_a_hash_without_key_exits_64() {
         (
             "[plans.sources.web]\nfile = \"/nonexistent/plan.json\"\n".to_owned(),
             vec!["plans.sources.web.file", "/nonexistent/plan.json"],
+        ),
+        (
+            format!("[admin]\napi_key_file = {short_key:?}\n"),
+            vec!["admin.api_key_file", "at least 16 bytes"],
+        ),
+        (
+            "[admin]\napi_key_file = \"/nonexistent/admin-key\"\n".to_owned(),
+            vec!["admin.api_key_file", "/nonexistent/admin-key"],
+        ),
+        (
+            format!("[admin]\napi_key_file = {short_key:?}\napi_key_env = \"FE_ADMIN\"\n"),
+            vec!["admin.api_key_file", "not both"],
+        ),
+        (
+            "[admin]\napi_key = \"inline-keys-are-refused\"\n".to_owned(),
+            vec!["admin.api_key"],
         ),
     ];
     for (text, names) in cases {

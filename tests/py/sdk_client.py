@@ -9,7 +9,9 @@ messages cycling through track, identify, page, screen, group and alias through 
 normal API, each with a known messageId and an event time 60 s before the device's clock,
 flushes, and prints one JSON object: {"sent": [{"messageId", "type"}...], "errors": [...]}.
 With SKEW_SECONDS, the device's clock (the SDK's own `datetime.now`) runs that far ahead of
-the server's, so the server's skew correction can be checked.
+the server's, so the server's skew correction can be checked. With SDK_USERS=N in the
+environment, messages cycle through N users (`u0`…, anonymous `a0`…) instead of one each,
+and each sent entry also says its `userId`, `anonymousId` and `previousId`.
 """
 
 import importlib.util
@@ -70,10 +72,12 @@ analytics.on_error = lambda error, items: errors.append(repr(error))
 analytics.max_retries = 20
 
 kinds = ["track", "identify", "page", "screen", "group", "alias"]
+users = int(os.environ.get("SDK_USERS", "0"))
 sent = []
-for i in range(count):
-    kind = kinds[i % len(kinds)]
-    mid = f"{sdk}-{i}"
+for n in range(count):
+    kind = kinds[n % len(kinds)]
+    mid = f"{sdk}-{n}"
+    i = n % users if users else n
     when = DeviceClock.fromtimestamp(
         DeviceClock.now(timezone.utc).timestamp() - 60, timezone.utc
     )
@@ -90,7 +94,12 @@ for i in range(count):
         analytics.group(user_id=f"u{i}", group_id=f"g{i}", traits={"size": 3}, **common)
     else:
         analytics.alias(previous_id=f"a{i}", user_id=f"u{i}", **common)
-    sent.append({"messageId": mid, "type": kind})
+    ids = {
+        "userId": None if kind == "screen" else f"u{i}",
+        "anonymousId": f"a{i}" if kind == "screen" else None,
+        "previousId": f"a{i}" if kind == "alias" else None,
+    }
+    sent.append({"messageId": mid, "type": kind, **ids})
 
 analytics.flush()
 analytics.shutdown()
