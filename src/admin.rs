@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::config::{Config, ConfigError};
 use crate::metrics;
 use crate::queue::Queue;
 use crate::response::json_response;
@@ -32,11 +31,6 @@ pub struct Admin {
     shutting_down: Arc<AtomicBool>,
     /// The deletion-request API, and the key it asks for (none: it refuses everyone).
     suppressions: Option<(Arc<Suppressions>, Option<Vec<u8>>)>,
-}
-
-/// The admin key `config` names, read now (see [`crate::config::AdminConfig::api_key`]).
-pub fn admin_key(config: &Config) -> Result<Option<Vec<u8>>, ConfigError> {
-    config.admin.api_key()
 }
 
 /// The body of a `/suppressions` change.
@@ -146,13 +140,7 @@ impl Admin {
         let method = request.method().clone();
         if method == Method::GET {
             return match suppressions.list() {
-                Ok(listed) => {
-                    let listed: Vec<_> = listed
-                        .iter()
-                        .map(|s| json!({"id": s.id, "added_at_ms": s.added_ms, "pending": s.pending}))
-                        .collect();
-                    json_response(StatusCode::OK, &json!({"suppressed": listed}))
-                }
+                Ok(listed) => json_response(StatusCode::OK, &json!({"suppressed": listed})),
                 Err(e) => change_failed(&ChangeError::Queue(e)),
             };
         }

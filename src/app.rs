@@ -143,7 +143,7 @@ pub async fn run_with_sink(
             prometheus,
             shutting_down.clone(),
         )
-        .with_suppressions(suppressions, crate::admin::admin_key(&config)?),
+        .with_suppressions(suppressions, config.admin.api_key()?),
     );
     let ingest_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();

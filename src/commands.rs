@@ -271,14 +271,7 @@ async fn suppress_offline(
     let policies = Arc::new(firehose_edge::policy::Policies::new(config)?);
     let suppressions = Suppressions::open(queue.clone(), config, policies)?;
     let answer = match action {
-        SuppressAction::List => {
-            let listed: Vec<_> = suppressions
-                .list()?
-                .into_iter()
-                .map(|s| serde_json::json!({"id": s.id, "added_at_ms": s.added_ms, "pending": s.pending}))
-                .collect();
-            serde_json::json!({ "suppressed": listed })
-        }
+        SuppressAction::List => serde_json::json!({ "suppressed": suppressions.list()? }),
         SuppressAction::Add { ids } => serde_json::to_value(suppressions.add(ids.clone()).await?)?,
         SuppressAction::Remove { ids } => {
             serde_json::json!({"removed": suppressions.remove(ids.clone()).await?})

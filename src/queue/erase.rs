@@ -35,12 +35,13 @@ pub type Eraser = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 /// Entries an erasure reads per chunk (without the stream's lock, the store held).
 const CHUNK: usize = 1024;
 
-/// A suppressed identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A suppressed identifier (as the admin API and `suppress list` show it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Suppressed {
     /// The identifier.
     pub id: String,
     /// When it was added (ms since the epoch).
+    #[serde(rename = "added_at_ms")]
     pub added_ms: u64,
     /// Whether the records of it still queued may not all be erased yet (a crash stopped
     /// the walk): the next erasure's to finish.
