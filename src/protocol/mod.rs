@@ -12,6 +12,7 @@
 
 pub mod classic;
 pub mod json;
+pub mod object;
 pub mod posthog;
 pub mod record;
 pub mod segment;
@@ -173,6 +174,18 @@ impl Request<'_> {
         key.and_then(|k| self.keys.source_of(k))
             .map(str::to_owned)
             .ok_or(IngestError::Unauthorized)
+    }
+
+    /// [`Request::source`], with the body's key looked for (`find`) only when the headers
+    /// and query string did not settle it: finding it can cost a pass over the body.
+    pub fn source_with(
+        &self,
+        find: impl FnOnce() -> Option<String>,
+    ) -> Result<String, IngestError> {
+        match self.source.is_some() || !self.keys.enabled() {
+            true => self.source(None),
+            false => self.source(find().as_deref()),
+        }
     }
 
     /// A header's value as text, if present and visible ASCII.

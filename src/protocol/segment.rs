@@ -10,7 +10,8 @@
 //! keeps fields it has no column for in `extra`. A batch is all or nothing: one invalid
 //! message refuses the whole request (400), so nothing is half stored.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use http::StatusCode;
@@ -19,7 +20,8 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::json::check_raw;
-use super::record::{self, TIME_REASON, parse_time};
+use super::object::{self, Object};
+use super::record::{self, TIME_REASON, Writer, parse_time};
 use super::{Accepted, Auth, Methods, Path, Protocol, Records, Registration, Request, Route};
 use crate::config::{Config, FIREHOSE_MAX_RECORD_BYTES, StreamList};
 use crate::ingest::IngestError;
@@ -247,7 +249,7 @@ impl Protocol for Segment {
     /// The write key (from the headers, or the body's `writeKey`) names the source; the
     /// messages are queued all or none, skipping `messageId`s already accepted from it.
     fn accept(&self, request: &Request<'_>) -> Result<Accepted, IngestError> {
-        let source = request.source(write_key(request.body).as_deref())?;
+        let source = request.source_with(|| write_key(request.body))?;
         let received = Received {
             at: request.at,
             ip: request.ip.map(str::to_owned),
@@ -336,29 +338,6 @@ pub const RECORD_KEYS: [&str; 19] = [
     "extra",
 ];
 
-/// Message fields that have their own column (the rest go to `extra`).
-const COLUMNS: [&str; 16] = [
-    "type",
-    "messageId",
-    "userId",
-    "anonymousId",
-    "event",
-    "name",
-    "category",
-    "properties",
-    "traits",
-    "groupId",
-    "previousId",
-    "context",
-    "integrations",
-    "timestamp",
-    "originalTimestamp",
-    "sentAt",
-];
-
-/// Fields that are never stored: the write key is a secret; `receivedAt` is the server's.
-const DROPPED: [&str; 2] = ["writeKey", "receivedAt"];
-
 /// Why a `/v1` body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentError {
@@ -378,14 +357,49 @@ pub struct Received<'a> {
     pub source: &'a str,
 }
 
-type Object<'a> = BTreeMap<String, &'a RawValue>;
+/// Every field of a message that is not kept in `extra`: those with a column of their own,
+/// then those never stored (the write key is a secret; `receivedAt` is the server's). Read
+/// into slots (see [`Object`]); the constants below are their indices.
+const FIELDS: [&str; 18] = [
+    "type",
+    "messageId",
+    "userId",
+    "anonymousId",
+    "event",
+    "name",
+    "category",
+    "properties",
+    "traits",
+    "groupId",
+    "previousId",
+    "context",
+    "integrations",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "writeKey",
+    "receivedAt",
+];
+const TYPE: usize = 0;
+const MESSAGE_ID: usize = 1;
+const USER_ID: usize = 2;
+const ANONYMOUS_ID: usize = 3;
+const CONTEXT: usize = 11;
+const INTEGRATIONS: usize = 12;
+const TIMESTAMP: usize = 13;
+const ORIGINAL_TIMESTAMP: usize = 14;
+const SENT_AT: usize = 15;
+const WRITE_KEY: usize = 16;
 
-fn object(raw: &RawValue) -> Option<Object<'_>> {
-    raw.get()
-        .starts_with('{')
-        .then(|| serde_json::from_str(raw.get()).ok())
-        .flatten()
-}
+/// The fields of a message that must be non-empty strings when sent (`null` where optional).
+const STRINGS: [usize; 8] = [2, 3, 4, 5, 6, 9, 10, MESSAGE_ID];
+/// The fields of a message that must be objects when sent (or `null`).
+const OBJECTS: [usize; 4] = [7, 8, CONTEXT, INTEGRATIONS];
+
+/// A batch's own fields.
+const BATCH_FIELDS: [&str; 4] = ["batch", "sentAt", "context", "writeKey"];
+
+type Message<'a> = Object<'a, { FIELDS.len() }>;
 
 /// The `writeKey` field of a body, for browsers that send the key there.
 pub fn write_key(body: &[u8]) -> Option<String> {
@@ -395,6 +409,19 @@ pub fn write_key(body: &[u8]) -> Option<String> {
         write_key: Option<String>,
     }
     serde_json::from_slice::<Key>(body).ok()?.write_key
+}
+
+/// The request's constants, each written once per request rather than once per message.
+struct Constants<'a> {
+    received_at: OffsetDateTime,
+    /// `receivedAt`, `source`, and the connection's address as JSON strings.
+    received_text: String,
+    source: String,
+    ip: Option<String>,
+    batch_sent: Option<(&'a RawValue, OffsetDateTime)>,
+    batch_context: Option<Vec<(Cow<'a, str>, &'a RawValue)>>,
+    /// The batch's `context` as sent (empty when none): its values go into every record.
+    batch_context_text: &'a str,
 }
 
 /// Validates and encodes a `/v1` body into one line per message, each for its stream.
@@ -410,11 +437,20 @@ pub fn encode(
             reason: reason.to_owned(),
         }])
     };
-    let top: &RawValue = serde_json::from_slice(body)
-        .map_err(|e| invalid("$", &format!("body is not valid JSON: {e}")))?;
-    let top = object(top).ok_or_else(|| invalid("$", "must be an object"))?;
-    let (messages, prefix): (Vec<(&RawValue, Option<Kind>)>, bool) = match endpoint {
-        V1::Single(kind) => {
+    // Why a body is not an object, when it is not one (the fast path reads it only once).
+    let not_an_object = || match serde_json::from_slice::<&RawValue>(body) {
+        Err(e) => invalid("$", &format!("body is not valid JSON: {e}")),
+        Ok(_) => invalid("$", "must be an object"),
+    };
+    let mut errors = Vec::new();
+    let mut batch_sent = None;
+    let mut batch_context = None;
+    // Each message: its size as sent, and its fields (`None`: not an object).
+    let mut batch_context_text = "";
+    // Each message: its text as sent, and its fields (`None`: not an object).
+    let messages: Vec<(&str, Option<Message<'_>>)> = match endpoint {
+        V1::Single(_) => {
+            let message = Object::from_slice(body, &FIELDS).ok_or_else(not_an_object)?;
             if body.len() > config.max_message_bytes {
                 return Err(SegmentError::TooLarge(format!(
                     "message of {} bytes, over the limit of {}",
@@ -422,10 +458,17 @@ pub fn encode(
                     config.max_message_bytes
                 )));
             }
-            let raw: &RawValue = serde_json::from_slice(body).expect("parsed above");
-            (vec![(raw, Some(kind))], false)
+            // Valid JSON is UTF-8; were it not, a line break stands in for the text, so
+            // that every value is searched for line breaks.
+            vec![(std::str::from_utf8(body).unwrap_or("\n"), Some(message))]
         }
         V1::Batch => {
+            // One pass over the body reads the batch and its array; only a refused body is
+            // read again, to say why.
+            let mut top = match Object::from_slice_with_items(body, &BATCH_FIELDS, 0) {
+                Some(top) => top,
+                None => Object::from_slice(body, &BATCH_FIELDS).ok_or_else(not_an_object)?,
+            };
             if body.len() > config.max_batch_bytes {
                 return Err(SegmentError::TooLarge(format!(
                     "batch of {} bytes, over the limit of {}",
@@ -433,108 +476,106 @@ pub fn encode(
                     config.max_batch_bytes
                 )));
             }
-            let raw = top
-                .get("batch")
-                .ok_or_else(|| invalid("batch", "missing"))?;
-            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
-                .map_err(|_| invalid("batch", "must be an array"))?;
+            let items = match top.items.take() {
+                Some(items) => items,
+                None => {
+                    let raw = top.get(0).ok_or_else(|| invalid("batch", "missing"))?;
+                    object::items(raw).ok_or_else(|| invalid("batch", "must be an array"))?
+                }
+            };
             if items.is_empty() {
                 return Err(invalid("batch", "must not be empty"));
             }
-            (items.into_iter().map(|m| (m, None)).collect(), true)
-        }
-    };
-    if prefix
-        && top
-            .get("writeKey")
-            .is_some_and(|v| !v.get().starts_with('"'))
-    {
-        return Err(invalid("writeKey", "must be a string"));
-    }
-    // A batch's `context` goes into every record, so it is held to a message's rules.
-    if let Some(v) = top.get("context").filter(|_| prefix) {
-        if !v.get().starts_with('{') && v.get() != "null" {
-            return Err(invalid("context", "must be an object"));
-        } else if let Err(reason) = check_raw(v.get().as_bytes()) {
-            return Err(invalid("context", &reason));
-        }
-    }
-    // A batch's own `sentAt` and `context` apply to each of its messages. A single message's
-    // top level is the message itself: its fields are read once, below, not twice.
-    let (batch_sent_at, batch_context) = match prefix {
-        true => (
-            top.get("sentAt").copied(),
-            top.get("context").and_then(|c| object(c)),
-        ),
-        false => (None, None),
-    };
-    let received_at = record::now_of(received.at);
-    let mut errors = Vec::new();
-    // Checked once for the whole batch, under its own path.
-    let batch_sent = match batch_sent_at.filter(|v| v.get() != "null") {
-        None => None,
-        Some(v) => match parse_time(v) {
-            Some(t) => Some((v, t)),
-            None => {
-                errors.push(FieldError {
-                    path: "sentAt".to_owned(),
-                    reason: TIME_REASON.to_owned(),
-                });
-                None
+            if top.get(3).is_some_and(|v| !v.get().starts_with('"')) {
+                return Err(invalid("writeKey", "must be a string"));
             }
-        },
+            // A batch's `context` goes into every record, so it is held to a message's rules.
+            if let Some(v) = top.get(2) {
+                if !v.get().starts_with('{') && v.get() != "null" {
+                    return Err(invalid("context", "must be an object"));
+                } else if let Err(reason) = check_raw(v.get().as_bytes()) {
+                    return Err(invalid("context", &reason));
+                }
+                batch_context = object::fields(v);
+                batch_context_text = v.get();
+            }
+            // A batch's own `sentAt` applies to each of its messages; checked once, under
+            // its own path.
+            if let Some(v) = top.present(1) {
+                match parse_time(v) {
+                    Some(t) => batch_sent = Some((v, t)),
+                    None => errors.push(FieldError {
+                        path: "sentAt".to_owned(),
+                        reason: TIME_REASON.to_owned(),
+                    }),
+                }
+            }
+            items
+                .into_iter()
+                .map(|m| (m.get(), Object::parse(m, &FIELDS)))
+                .collect()
+        }
+    };
+    let prefix = endpoint == V1::Batch;
+    let received_at = record::now_of(received.at);
+    let constants = Constants {
+        received_at,
+        received_text: record::quoted_time(received_at),
+        source: record::quoted(received.source),
+        ip: received.ip.as_deref().map(record::quoted),
+        batch_sent,
+        batch_context,
+        batch_context_text,
     };
     let mut lines = Vec::with_capacity(messages.len());
-    for (i, (raw, kind)) in messages.into_iter().enumerate() {
+    for (i, (raw, msg)) in messages.into_iter().enumerate() {
         let path = |field: &str| match (prefix, field) {
             (true, "") => format!("batch[{i}]"),
             (true, f) => format!("batch[{i}].{f}"),
             (false, "") => "$".to_owned(),
             (false, f) => f.to_owned(),
         };
-        let mut fail = |field: &str, reason: String| {
+        let mut fail = |field: &str, reason: &str| {
             errors.push(FieldError {
                 path: path(field),
-                reason,
+                reason: reason.to_owned(),
             })
         };
-        if raw.get().len() > config.max_message_bytes {
+        if raw.len() > config.max_message_bytes {
             return Err(SegmentError::TooLarge(format!(
                 "{} is {} bytes, over the limit of {} per message",
                 path(""),
-                raw.get().len(),
+                raw.len(),
                 config.max_message_bytes
             )));
         }
-        let Some(msg) = object(raw) else {
-            fail("", "must be an object".to_owned());
+        let Some(msg) = msg else {
+            fail("", "must be an object");
             continue;
         };
-        let kind = match (kind, msg.get("type").map(|t| t.get())) {
-            (Some(kind), None) => kind,
-            (Some(kind), Some(t)) if t == format!("\"{}\"", kind.spec().name) => kind,
-            (Some(kind), Some(_)) => {
-                fail(
-                    "type",
-                    format!("must be \"{}\" at this endpoint", kind.spec().name),
-                );
+        let sent_type = msg.get(TYPE).map(|t| t.get());
+        // The type's name as sent, if it is a plain JSON string.
+        let named = sent_type.and_then(|t| t.strip_prefix('"')?.strip_suffix('"'));
+        let kind = match (endpoint, sent_type) {
+            (V1::Single(kind), None) => kind,
+            (V1::Single(kind), Some(_)) if named == Some(kind.spec().name) => kind,
+            (V1::Single(kind), Some(_)) => {
+                let reason = format!("must be \"{}\" at this endpoint", kind.spec().name);
+                fail("type", &reason);
                 continue;
             }
-            (None, Some(t)) => match serde_json::from_str::<&str>(t)
-                .ok()
-                .and_then(Kind::from_name)
-            {
+            (V1::Batch, Some(_)) => match named.and_then(Kind::from_name) {
                 Some(kind) => kind,
                 None => {
                     fail(
                         "type",
-                        "must be one of track, identify, page, screen, group, alias".to_owned(),
+                        "must be one of track, identify, page, screen, group, alias",
                     );
                     continue;
                 }
             },
-            (None, None) => {
-                fail("type", "missing".to_owned());
+            (V1::Batch, None) => {
+                fail("type", "missing");
                 continue;
             }
         };
@@ -545,85 +586,77 @@ pub fn encode(
                 reason: reason.to_owned(),
             })
         };
-        for field in [
-            "userId",
-            "anonymousId",
-            "event",
-            "name",
-            "category",
-            "groupId",
-            "previousId",
-            "messageId",
-        ] {
+        for field in STRINGS {
             if let Some(v) = msg.get(field) {
                 let text = v.get();
                 let ok = text.starts_with('"') && text.len() > 2
-                    || text == "null" && !kind.spec().required.contains(&field);
+                    || text == "null" && !kind.spec().required.contains(&FIELDS[field]);
                 if !ok {
-                    fail(field, "must be a non-empty string");
+                    fail(FIELDS[field], "must be a non-empty string");
                 } else if let Err(reason) = check_raw(text.as_bytes()) {
-                    fail(field, &reason);
+                    fail(FIELDS[field], &reason);
                 }
             }
         }
         if msg
-            .get("writeKey")
+            .get(WRITE_KEY)
             .is_some_and(|v| !v.get().starts_with('"'))
         {
             fail("writeKey", "must be a string");
         }
-        let present = |f: &str| msg.get(f).is_some_and(|v| v.get() != "null");
-        if !present("userId") && !present("anonymousId") {
+        if msg.present(USER_ID).is_none() && msg.present(ANONYMOUS_ID).is_none() {
             fail("userId", "userId or anonymousId is required");
         }
         for field in kind.spec().required {
-            if !present(field) {
+            let at = FIELDS.iter().position(|f| f == field).expect("a field");
+            if msg.present(at).is_none() {
                 fail(field, "missing");
             }
         }
-        for field in ["properties", "traits", "context", "integrations"] {
+        for field in OBJECTS {
             if let Some(v) = msg.get(field) {
                 if !v.get().starts_with('{') && v.get() != "null" {
-                    fail(field, "must be an object");
+                    fail(FIELDS[field], "must be an object");
                 } else if let Err(reason) = check_raw(v.get().as_bytes()) {
-                    fail(field, &reason);
+                    fail(FIELDS[field], &reason);
                 }
             }
         }
-        let mut times = BTreeMap::new();
-        for field in ["timestamp", "originalTimestamp", "sentAt"] {
-            let Some(v) = msg.get(field).copied().filter(|v| v.get() != "null") else {
+        let mut times = [None; 3];
+        for (slot, field) in [TIMESTAMP, ORIGINAL_TIMESTAMP, SENT_AT]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(v) = msg.present(field) else {
                 continue;
             };
             match parse_time(v) {
-                Some(t) => {
-                    times.insert(field, (v, t));
-                }
-                None => fail(field, TIME_REASON),
+                Some(t) => times[slot] = Some((v, t)),
+                None => fail(FIELDS[field], TIME_REASON),
             }
         }
         if errors.len() > before {
             continue;
         }
         // The device's time of the event, and when the device sent it.
-        let original = times
-            .get("timestamp")
-            .or(times.get("originalTimestamp"))
-            .copied();
-        let sent = times.get("sentAt").copied().or(batch_sent);
+        let original = times[0].or(times[1]);
+        let sent = times[2].or(constants.batch_sent);
         // The device's time corrected for its clock's skew (see `record::corrected`): a
         // time that cannot be written is not a reason to refuse the message; the record
         // keeps the device's `originalTimestamp` and `sentAt` as sent.
-        let corrected =
-            record::corrected(received_at, original.map(|(_, t)| t), sent.map(|(_, t)| t));
+        let corrected = record::corrected(
+            constants.received_at,
+            original.map(|(_, t)| t),
+            sent.map(|(_, t)| t),
+        );
         // What the server adds (ids, times, the batch's context, nulls) can take a message
         // under `max_message_bytes` past Firehose's record limit: refused now, not dead-lettered
         // later.
         let line = write_record(
             kind,
+            raw,
             &msg,
-            batch_context.as_ref(),
-            received,
+            &constants,
             original.map(|(raw, _)| raw),
             sent.map(|(raw, _)| raw),
             corrected,
@@ -636,7 +669,7 @@ pub fn encode(
             ))
         })?;
         let message_id = msg
-            .get("messageId")
+            .present(MESSAGE_ID)
             .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
         lines.push(BatchLine {
             stream: kind.stream(config).to_owned(),
@@ -651,69 +684,82 @@ pub fn encode(
     }
 }
 
-/// Writes one record: every key of [`RECORD_KEYS`] in order.
+/// Writes one record: every key of [`RECORD_KEYS`] in order (a test checks the order).
 fn write_record(
     kind: Kind,
-    msg: &Object<'_>,
-    batch_context: Option<&Object<'_>>,
-    received: &Received<'_>,
+    raw: &str,
+    msg: &Message<'_>,
+    constants: &Constants<'_>,
     original: Option<&RawValue>,
     sent: Option<&RawValue>,
     timestamp: OffsetDateTime,
 ) -> Result<Vec<u8>, record::TooLarge> {
-    let ip = received
-        .ip
-        .as_deref()
-        .map(|ip| serde_json::to_string(ip).expect("a string serializes"));
-    let context = merged_context(msg.get("context"), batch_context, ip.as_deref());
-    record::one(512, |out| {
-        for key in RECORD_KEYS {
-            match key {
-                "type" => out.string(key, kind.spec().name),
-                "messageId" => match msg.get("messageId").filter(|v| v.get() != "null") {
-                    Some(v) => out.raw(key, v.get()),
-                    None => out.new_id(key),
-                },
-                "source" => out.string(key, received.source),
-                "context" => out.object(key, context.iter().map(|(k, v)| (k.as_str(), *v))),
-                "timestamp" => out.time(key, timestamp),
-                "originalTimestamp" => out.raw_or_null(key, original),
-                "sentAt" => out.raw_or_null(key, sent),
-                "receivedAt" => out.time(key, record::now_of(received.at)),
-                "extra" => out.object_or_null(
-                    key,
-                    msg.iter()
-                        .filter(|(k, _)| {
-                            !COLUMNS.contains(&k.as_str()) && !DROPPED.contains(&k.as_str())
-                        })
-                        .map(|(k, v)| (k.as_str(), v.get())),
-                ),
-                field => out.raw_or_null(key, msg.get(field).copied()),
+    // Room for the message and what the server adds (keys, nulls, times, ids): one allocation.
+    record::one_from(
+        raw.len() + 512,
+        &[raw, constants.batch_context_text],
+        |out| {
+            out.string("type", kind.spec().name);
+            match msg.present(MESSAGE_ID) {
+                Some(v) => out.raw("messageId", v.get()),
+                None => out.new_id("messageId"),
             }
-        }
-    })
+            out.raw("source", &constants.source);
+            // `userId` … `previousId`: the same order in both lists.
+            for i in USER_ID..CONTEXT {
+                out.raw_or_null(FIELDS[i], msg.get(i));
+            }
+            write_context(out, msg.present(CONTEXT), constants);
+            out.raw_or_null("integrations", msg.get(INTEGRATIONS));
+            out.time("timestamp", timestamp);
+            out.raw_or_null("originalTimestamp", original);
+            out.raw_or_null("sentAt", sent);
+            out.raw("receivedAt", &constants.received_text);
+            out.object_or_null("extra", msg.rest.iter().map(|(k, v)| (k.as_ref(), v.get())));
+        },
+    )
 }
 
-/// The message's `context`, with the batch's `context` keys it lacks and `ip` (a JSON
-/// string) when absent.
-fn merged_context<'a>(
-    own: Option<&&'a RawValue>,
-    batch: Option<&'a Object<'a>>,
-    ip: Option<&'a str>,
-) -> BTreeMap<String, &'a str> {
-    let mut fields: BTreeMap<String, &'a str> = own
-        .and_then(|c| object(c))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.get()))
-        .collect();
-    for (k, v) in batch.into_iter().flatten() {
-        fields.entry(k.clone()).or_insert_with(|| v.get());
+/// The message's `context`, with the batch's `context` keys it lacks and `ip` when absent.
+/// Copied as sent when it needs nothing added, or only `ip` (the common case, told without
+/// reading its keys). Its keys are read otherwise: a client's duplicate keys are then
+/// written once (the last value), as they were when every context was re-written.
+fn write_context(out: &mut Writer, own: Option<&RawValue>, constants: &Constants<'_>) {
+    let batch = constants.batch_context.as_deref().unwrap_or_default();
+    // No key of `own` can be "ip" if the text `"ip"` is not in it and nothing is escaped.
+    if let Some(own) = own.filter(|_| batch.is_empty()) {
+        let text = own.get().as_bytes();
+        static IP_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+            LazyLock::new(|| memchr::memmem::Finder::new(b"\"ip\""));
+        if memchr::memchr(b'\\', text).is_none() && IP_KEY.find(text).is_none() {
+            return out.extended_object(
+                "context",
+                own.get(),
+                constants.ip.as_deref().map(|ip| ("ip", ip)),
+            );
+        }
     }
-    if let Some(ip) = ip {
-        fields.entry("ip".to_owned()).or_insert(ip);
+    let own_fields = own.and_then(|c| Object::<0>::parse(c, &[]));
+    let has = |key: &str| {
+        own_fields
+            .as_ref()
+            .is_some_and(|o| o.rest.iter().any(|(k, _)| k == key))
+    };
+    let ip = constants.ip.as_deref().filter(|_| !has("ip"));
+    if let (Some(own), Some(fields)) = (own, &own_fields)
+        && batch.is_empty()
+        && !fields.duplicates
+    {
+        return out.extended_object("context", own.get(), ip.map(|ip| ("ip", ip)));
     }
-    fields
+    let own = own_fields.iter().flat_map(|o| o.rest.iter());
+    let inherited = batch.iter().filter(|(k, _)| !has(k));
+    out.object(
+        "context",
+        own.chain(inherited)
+            .map(|(k, v)| (k.as_ref(), v.get()))
+            .chain(ip.map(|ip| ("ip", ip))),
+    );
 }
 
 #[cfg(test)]
