@@ -706,8 +706,9 @@ fn write_record(
             }
             out.raw("source", &constants.source);
             // `userId` … `previousId`: the same order in both lists.
-            for i in USER_ID..CONTEXT {
-                out.raw_or_null(FIELDS[i], msg.get(i));
+            let columns = USER_ID..CONTEXT;
+            for (key, value) in FIELDS[columns.clone()].iter().zip(&msg.known[columns]) {
+                out.raw_or_null(key, *value);
             }
             write_context(out, msg.present(CONTEXT), constants);
             out.raw_or_null("integrations", msg.get(INTEGRATIONS));
