@@ -2,13 +2,15 @@
 //! benchmark queues live.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use firehose_edge::sink::{RecordOutcome, Sink, SinkError};
 use tokio::sync::watch;
+
+pub mod bare;
 
 /// A fixed event time, so bodies are identical from run to run.
 const TIMESTAMP_MS: u64 = 1_700_000_000_123;
@@ -46,6 +48,40 @@ pub fn profile_body(user: usize) -> Vec<u8> {
         r#"{{"userId":"user-{user:06}","attributes":{{"plan":"pro","country":"DE"}},"timestampUTC":{TIMESTAMP_MS}}}"#
     )
     .into_bytes()
+}
+
+/// A Segment `track` message as analytics SDKs send it; `id` makes its `messageId` unique.
+pub fn segment_message(user: usize, k: usize, id: &str) -> String {
+    format!(
+        r#"{{"type":"track","userId":"user-{user:06}","event":"page_view","properties":{{"path":"/p/{k:05}"}},"timestamp":"2026-11-24T08:56:02.123Z","messageId":"{id}-{k}","context":{{"library":{{"name":"bench","version":"1"}}}}}}"#
+    )
+}
+
+/// A `/v1/batch` body of `events` such messages for one user, their ids made from `id`.
+pub fn v1_batch_body(events: usize, user: usize, id: &str) -> Vec<u8> {
+    let batch: Vec<String> = (0..events).map(|k| segment_message(user, k, id)).collect();
+    format!(
+        r#"{{"batch":[{}],"sentAt":"2026-11-24T08:56:03.000Z"}}"#,
+        batch.join(",")
+    )
+    .into_bytes()
+}
+
+/// Records in a file sink's lake so far: its lines, in every file below `lake`.
+pub fn lake_line_count(lake: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(lake) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => lake_line_count(&e.path()),
+            Ok(_) => {
+                std::fs::read(e.path()).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+            }
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Parent directory for benchmark queues. Cargo's per-target scratch directory sits on the
