@@ -7,7 +7,7 @@
 //! `attributes`) are copied raw too, minus any line breaks (they can only be insignificant
 //! whitespace in valid JSON) so that every record stays on one line.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use http::StatusCode;
@@ -16,7 +16,9 @@ use serde_json::value::RawValue;
 
 pub use super::json::MAX_FREE_FORM_DEPTH;
 use super::json::{check_raw, decoded_chars, integer_value};
-use super::{Accepted, Auth, Methods, Path, Protocol, Registration, Request, Route, record};
+use super::{
+    Accepted, Auth, Methods, Path, Protocol, Registration, Request, Route, object, record,
+};
 use crate::config::{Config, StreamList};
 use crate::ingest::IngestError;
 use crate::response::json_response;
@@ -277,7 +279,7 @@ pub fn encode_with_limits(
         errors: Vec::new(),
         limits,
     };
-    let Some(top) = v.object(Scope::Top, body_object(body)) else {
+    let Some((top, items)) = v.top(body, endpoint == Endpoint::Track) else {
         return Err(EncodeError::Invalid(v.errors));
     };
     let mut out = Writer::new(body.len(), received_at);
@@ -285,7 +287,7 @@ pub fn encode_with_limits(
         Endpoint::Track => {
             v.unknown_fields(Scope::Top, &top, &["userId", "events"]);
             let user_id = v.string(&top, Scope::Top, "userId");
-            let events = v.events(&top)?;
+            let events = v.events(&top, items)?;
             if !v.errors.is_empty() {
                 return Err(EncodeError::Invalid(v.errors));
             }
@@ -293,9 +295,9 @@ pub fn encode_with_limits(
             for (i, event) in events.iter().enumerate() {
                 out.begin();
                 out.field("userId", Some(user_id));
-                out.field("eventName", event.get("eventName").copied());
-                out.integer_field("timestampUTC", event.get("timestampUTC").copied());
-                out.object_field("metadata", event.get("metadata").copied());
+                out.field("eventName", event.get("eventName"));
+                out.integer_field("timestampUTC", event.get("timestampUTC"));
+                out.object_field("metadata", event.get("metadata"));
                 out.end(i)?;
             }
         }
@@ -312,9 +314,9 @@ pub fn encode_with_limits(
                 return Err(EncodeError::Invalid(v.errors));
             }
             out.begin();
-            out.field("newUserId", top.get("newUserId").copied());
-            out.field("originalUserId", top.get("originalUserId").copied());
-            out.integer_field("timestampUTC", top.get("timestampUTC").copied());
+            out.field("newUserId", top.get("newUserId"));
+            out.field("originalUserId", top.get("originalUserId"));
+            out.integer_field("timestampUTC", top.get("timestampUTC"));
             out.end(0)?;
         }
         Endpoint::Profile => {
@@ -326,18 +328,29 @@ pub fn encode_with_limits(
                 return Err(EncodeError::Invalid(v.errors));
             }
             out.begin();
-            out.field("userId", top.get("userId").copied());
-            out.integer_field("timestampUTC", top.get("timestampUTC").copied());
-            out.object_field("attributes", top.get("attributes").copied());
+            out.field("userId", top.get("userId"));
+            out.integer_field("timestampUTC", top.get("timestampUTC"));
+            out.object_field("attributes", top.get("attributes"));
             out.end(0)?;
         }
     }
     Ok(out.finish())
 }
 
-/// A JSON object as field name -> raw value. Names are owned because JSON allows escapes in
-/// them (`"user\u0049d"`), which cannot be borrowed.
-type Object<'a> = BTreeMap<String, &'a RawValue>;
+/// A JSON object's fields in the order sent (a repeated name: its last value). Names are
+/// borrowed unless they have escapes (`"user\u0049d"`). The classic bodies have two to four
+/// fields, so a lookup is a short scan: no allocation per name, as a map would make.
+struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Object<'a> {
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
+    }
+}
 
 fn body_object(body: &[u8]) -> Result<&RawValue, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -378,17 +391,33 @@ impl Validator {
             self.fail(scope.itself(), "must be an object");
             return None;
         }
-        match serde_json::from_str::<Object<'a>>(raw.get()) {
-            Ok(obj) => Some(obj),
-            Err(e) => {
-                self.fail(scope.itself(), format!("invalid object: {e}"));
-                None
-            }
+        // `raw` is valid JSON that starts as an object does: it is one.
+        object::fields(raw).map(Object)
+    }
+
+    /// The body's top-level object, with the items of its array field `array` (if named)
+    /// read in the same pass; only a body refused is read again, to say why.
+    fn top<'a>(
+        &mut self,
+        body: &'a [u8],
+        array: bool,
+    ) -> Option<(Object<'a>, Option<Vec<&'a RawValue>>)> {
+        const EVENTS: [&str; 1] = ["events"];
+        let fast = match array {
+            true => object::Object::from_slice_with_items(body, &EVENTS, 0)
+                .map(|mut o| (Object(std::mem::take(&mut o.rest)), o.items.take())),
+            false => object::Object::<0>::from_slice(body, &[]).map(|o| (Object(o.rest), None)),
+        };
+        match fast {
+            Some(top) => Some(top),
+            None => self
+                .object(Scope::Top, body_object(body))
+                .map(|o| (o, None)),
         }
     }
 
     fn unknown_fields(&mut self, scope: Scope, obj: &Object<'_>, known: &[&str]) {
-        for name in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        for name in obj.keys().filter(|k| !known.contains(k)) {
             self.fail(scope.field(name), "unknown field");
         }
     }
@@ -439,21 +468,26 @@ impl Validator {
 
     /// `events`: a non-empty array of `{eventName, metadata?, timestampUTC?}`. `Ok(None)`
     /// when invalid (the reasons are recorded); `Err` when over the event cap.
-    fn events<'a>(&mut self, top: &Object<'a>) -> Result<Option<Vec<Object<'a>>>, EncodeError> {
-        let Some(raw) = top.get("events") else {
-            self.fail("events", "missing");
-            return Ok(None);
-        };
-        if !raw.get().starts_with('[') {
-            self.fail("events", "must be an array");
-            return Ok(None);
-        }
-        let items: Vec<&'a RawValue> = match serde_json::from_str(raw.get()) {
-            Ok(items) => items,
-            Err(e) => {
-                self.fail("events", format!("invalid array: {e}"));
+    /// `items`: the array's items when the body's first reading found them.
+    fn events<'a>(
+        &mut self,
+        top: &Object<'a>,
+        items: Option<Vec<&'a RawValue>>,
+    ) -> Result<Option<Vec<Object<'a>>>, EncodeError> {
+        let items = match (items, top.get("events")) {
+            (Some(items), _) => items,
+            (None, None) => {
+                self.fail("events", "missing");
                 return Ok(None);
             }
+            // Valid JSON that starts as an array does is one.
+            (None, Some(raw)) => match object::items(raw) {
+                Some(items) => items,
+                None => {
+                    self.fail("events", "must be an array");
+                    return Ok(None);
+                }
+            },
         };
         if items.is_empty() {
             self.fail("events", "must not be empty");
@@ -540,7 +574,7 @@ impl Writer {
     /// bigint, which a reader would not parse from `1.7e9`.
     fn integer_field(&mut self, name: &str, raw: Option<&RawValue>) {
         match raw.and_then(|r| integer_value(r.get())) {
-            Some(n) => self.out.raw(name, &n.to_string()),
+            Some(n) => self.out.raw(name, itoa::Buffer::new().format(n)),
             None => self.out.raw(name, "null"),
         }
     }
