@@ -302,6 +302,7 @@ impl Flusher {
         let mut unsettled: Vec<Unsettled> = Vec::new();
         let mut trouble = QueueTrouble::default();
         let mut stopping = false;
+        let mut lingering: Option<Linger> = None;
         loop {
             let mut wake_at: Option<Instant> = None;
             if !unsettled.is_empty() && !trouble.waiting(Instant::now()) && !stopping {
@@ -333,6 +334,16 @@ impl Flusher {
                     Choice::Busy => break,
                 };
                 let limits = Limits::new(&self.config, self.packing, targets.max_call(target));
+                // Lingering: an append wakes the loop, but the head is read again only when
+                // what came in since could fill the batch (or the linger is over).
+                if let Some(l) = lingering.take()
+                    && now < l.until
+                    && !l.could_fill(self.queue.came_in(&self.stream), limits)
+                {
+                    wake_at = Some(l.until);
+                    lingering = Some(l);
+                    break;
+                }
                 match self.next_entries(&held, limits) {
                     Ok(Some(entries)) => {
                         // Decided from the entries' headers: packing a batch only to drop it
@@ -340,6 +351,11 @@ impl Flusher {
                         let wait = self.linger_left(&entries);
                         if !wait.is_zero() && !surely_full(&entries, limits) {
                             wake_at = Some(now + wait);
+                            lingering = Some(Linger {
+                                until: now + wait,
+                                read: entries.iter().map(|e| (e.count, e.lines.len())).collect(),
+                                came_in: self.queue.came_in(&self.stream),
+                            });
                             break;
                         }
                         let batch = Batch::build(entries, limits);
@@ -397,6 +413,8 @@ impl Flusher {
                     };
                     let InFlight { batch, target, sent_at, full } =
                         batches.remove(&id).expect("every task has its batch");
+                    // Its entries may be back at the head (a retry): read it again.
+                    lingering = None;
                     for key in batch.keys() {
                         held.remove(&key);
                     }
@@ -541,11 +559,38 @@ impl Flusher {
     }
 }
 
+/// A batch waiting for company: what was read, and what the stream's queue had taken in
+/// then ([`crate::queue::Queue::came_in`]).
+struct Linger {
+    until: Instant,
+    /// (lines, bytes of lines) of each entry read.
+    read: Vec<(u32, usize)>,
+    came_in: (u64, u64),
+}
+
+impl Linger {
+    /// Whether the entries read and what came in since (`came_in` now) could fill a batch:
+    /// the new bytes are counted with their entries' headers, so this errs towards a read.
+    fn could_fill(&self, came_in: (u64, u64), limits: Limits) -> bool {
+        let lines = came_in.0.saturating_sub(self.came_in.0) as usize;
+        let bytes = came_in.1.saturating_sub(self.came_in.1) as usize;
+        let read = self.read.iter().map(|&(l, b)| (l as usize, b));
+        is_full(read.chain([(lines, bytes)]), limits)
+    }
+}
+
 /// Whether these entries fill a batch for certain: a lower bound on the records they pack
 /// into reaches the call limit, or their bytes reach the byte limit.
 fn surely_full(entries: &[Entry], limits: Limits) -> bool {
-    let bytes: usize = entries.iter().map(|e| e.lines.len()).sum();
-    let lines: usize = entries.iter().map(|e| e.count as usize).sum();
+    is_full(
+        entries.iter().map(|e| (e.count as usize, e.lines.len())),
+        limits,
+    )
+}
+
+/// [`surely_full`] of entries given as (lines, bytes of lines).
+fn is_full(entries: impl Iterator<Item = (usize, usize)>, limits: Limits) -> bool {
+    let (lines, bytes) = entries.fold((0, 0), |(l, b), (el, eb)| (l + el, b + eb));
     let records = if limits.packing.enabled {
         bytes
             .div_ceil(limits.packing.max_bytes)
@@ -568,6 +613,40 @@ mod tests {
     use super::*;
     use crate::config::{Durability, FIREHOSE_MAX_RECORD_BYTES, QueueConfig};
     use crate::firehose_limits::DirectPutQuota;
+
+    #[test]
+    fn a_linger_reads_again_only_when_what_came_in_could_fill_the_batch() {
+        let limits = Limits {
+            records: 10,
+            bytes: 1000,
+            packing: Packing {
+                enabled: false,
+                max_bytes: 1000,
+                max_lines: 1,
+            },
+        };
+        let l = Linger {
+            until: Instant::now(),
+            read: vec![(3, 300), (2, 200)],
+            came_in: (100, 10_000),
+        };
+        assert!(!l.could_fill((100, 10_000), limits), "nothing came in");
+        assert!(!l.could_fill((104, 10_400), limits), "9 lines, 900 bytes");
+        assert!(l.could_fill((105, 10_400), limits), "10 lines");
+        assert!(l.could_fill((101, 10_500), limits), "1000 bytes");
+        let packed = Limits {
+            packing: Packing {
+                enabled: true,
+                max_bytes: 100,
+                max_lines: 2,
+            },
+            ..limits
+        };
+        // Packed: 5 + 13 lines pack into 9 records of 2 lines at least, 5 + 14 into 10.
+        assert!(!l.could_fill((113, 10_000), packed));
+        assert!(l.could_fill((114, 10_000), packed));
+    }
+
     use async_trait::async_trait;
     use std::sync::Mutex;
     use tokio::sync::watch;

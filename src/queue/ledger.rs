@@ -253,6 +253,12 @@ pub(super) struct Ledger {
     /// One past the highest key [`super::Queue::read_head`] handed out: entries below it may
     /// be in flight, so the compactor leaves them alone (moved under the lock).
     pub handed_out: AtomicU64,
+    /// No entry of the queue tree has a key below this: the first key a read of its head
+    /// found (moved under the lock). Every later key is above it — new entries take new
+    /// keys, rewrites and merges keep keys that exist — so a read starts here, not at the
+    /// start of the tree: sled keeps the emptied leaves of every removed entry, and a read
+    /// that walked them cost what had ever been delivered, not what it returned.
+    pub head: AtomicU64,
 }
 
 impl Ledger {
@@ -262,7 +268,14 @@ impl Ledger {
             flight: Mutex::default(),
             appended: Notify::new(),
             handed_out: AtomicU64::new(0),
+            head: AtomicU64::new(0),
         }
+    }
+
+    /// The queue tree's entries from [`Ledger::head`] on (the caller holds the lock).
+    pub fn from_head(&self, q: &sled::Tree) -> sled::Iter {
+        let start = self.head.load(Ordering::Acquire).to_be_bytes();
+        q.range::<&[u8], _>(&start[..]..RECORD_KEY)
     }
 
     /// A copy of the books now.

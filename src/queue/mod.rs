@@ -444,12 +444,16 @@ impl Queue {
         let mut flight = ledger.flight.lock();
         flight.out.retain(|key| skip.contains(key));
         let eraser = self.eraser();
-        for item in trees.q.range(..RECORD_KEY) {
+        let mut first = true;
+        for item in ledger.from_head(&trees.q) {
             if out.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
             let (k, v) = item?;
             let key = entry::key_of(&k)?;
+            if std::mem::take(&mut first) {
+                ledger.head.fetch_max(key, Ordering::AcqRel);
+            }
             if skip.contains(&key) || refused.contains(&key) {
                 continue;
             }
@@ -504,7 +508,8 @@ impl Queue {
             return Ok(());
         }
         let trees = store.trees(stream)?;
-        if trees.q.range(..RECORD_KEY).next().transpose()?.is_some() {
+        let ledger = self.ledger(stream)?;
+        if ledger.from_head(&trees.q).next().transpose()?.is_some() {
             return Ok(());
         }
         let claimed = held.events();
@@ -757,6 +762,15 @@ impl Queue {
     /// Records (lines) queued in `stream`.
     pub fn queued_events(&self, stream: &str) -> u64 {
         self.ledger(stream).map_or(0, |l| l.books().q.events())
+    }
+
+    /// What has come into `stream`'s queue tree, in (events, bytes), a count that only
+    /// grows: the flusher tells from it whether appends could have filled a batch.
+    pub fn came_in(&self, stream: &str) -> (u64, u64) {
+        self.ledger(stream).map_or((0, 0), |l| {
+            let came = l.books().q.came_in;
+            (came.events, came.bytes)
+        })
     }
 
     /// Bytes queued across all streams (what `queue.max_bytes` limits).
