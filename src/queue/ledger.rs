@@ -273,7 +273,7 @@ impl Ledger {
     }
 
     /// The queue tree's entries from [`Ledger::head`] on (the caller holds the lock).
-    pub fn from_head(&self, q: &sled::Tree) -> sled::Iter {
+    pub fn head_on(&self, q: &sled::Tree) -> sled::Iter {
         let start = self.head.load(Ordering::Acquire).to_be_bytes();
         q.range::<&[u8], _>(&start[..]..RECORD_KEY)
     }

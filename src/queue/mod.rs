@@ -445,7 +445,7 @@ impl Queue {
         flight.out.retain(|key| skip.contains(key));
         let eraser = self.eraser();
         let mut first = true;
-        for item in ledger.from_head(&trees.q) {
+        for item in ledger.head_on(&trees.q) {
             if out.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
@@ -509,7 +509,7 @@ impl Queue {
         }
         let trees = store.trees(stream)?;
         let ledger = self.ledger(stream)?;
-        if ledger.from_head(&trees.q).next().transpose()?.is_some() {
+        if ledger.head_on(&trees.q).next().transpose()?.is_some() {
             return Ok(());
         }
         let claimed = held.events();
