@@ -463,11 +463,15 @@ pub fn encode(
             vec![(std::str::from_utf8(body).unwrap_or("\n"), Some(message))]
         }
         V1::Batch => {
-            // One pass over the body reads the batch and its array; only a refused body is
-            // read again, to say why.
-            let mut top = match Object::from_slice_with_items(body, &BATCH_FIELDS, 0) {
-                Some(top) => top,
-                None => Object::from_slice(body, &BATCH_FIELDS).ok_or_else(not_an_object)?,
+            // One pass over the body reads the batch, its array and its messages; only a
+            // refused body is read again, to say why.
+            let (top, read) = match Object::from_slice_with_objects(body, &BATCH_FIELDS, 0, &FIELDS)
+            {
+                Some(batch) => batch,
+                None => (
+                    Object::from_slice(body, &BATCH_FIELDS).ok_or_else(not_an_object)?,
+                    None,
+                ),
             };
             if body.len() > config.max_batch_bytes {
                 return Err(SegmentError::TooLarge(format!(
@@ -476,11 +480,16 @@ pub fn encode(
                     config.max_batch_bytes
                 )));
             }
-            let items = match top.items.take() {
-                Some(items) => items,
+            let items: Vec<(&str, Option<Message<'_>>)> = match read {
+                Some(items) => items.into_iter().map(|i| (i.text, i.object)).collect(),
                 None => {
                     let raw = top.get(0).ok_or_else(|| invalid("batch", "missing"))?;
-                    object::items(raw).ok_or_else(|| invalid("batch", "must be an array"))?
+                    let items =
+                        object::items(raw).ok_or_else(|| invalid("batch", "must be an array"))?;
+                    items
+                        .into_iter()
+                        .map(|m| (m.get(), Object::parse(m, &FIELDS)))
+                        .collect()
                 }
             };
             if items.is_empty() {
@@ -511,9 +520,6 @@ pub fn encode(
                 }
             }
             items
-                .into_iter()
-                .map(|m| (m.get(), Object::parse(m, &FIELDS)))
-                .collect()
         }
     };
     let prefix = endpoint == V1::Batch;
