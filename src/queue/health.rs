@@ -12,13 +12,11 @@ use super::background::Background;
 use std::time::Duration;
 
 use super::ledger::Books;
-use super::store::{OpenError, Store};
+use super::store::{OpenError, RELEASE_WAIT, Store};
 use super::{Inner, Queue, QueueError};
 
 /// Period of the background round.
 const PERIOD: Duration = Duration::from_millis(500);
-/// How long a re-open waits for other users of the old sled handle to finish.
-const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// sled 0.34 writes its page-table snapshot only when it opens, so an open replays every log
 /// write since the last one: after this many bytes written through one sled handle the
@@ -266,21 +264,10 @@ fn reopen(q: &Queue) -> Result<(), QueueError> {
 /// Opens sled again in this process, once the old handle is dropped.
 fn open_again(q: &Queue) -> Result<Store, QueueError> {
     let streams: Vec<String> = q.inner.streams.keys().cloned().collect();
-    // sled's background flusher keeps its file lock until it next wakes (up to
-    // `flush_interval_ms` after the drop), so the first attempts may find it still held.
-    let deadline = std::time::Instant::now()
-        + RELEASE_WAIT.min(Duration::from_millis(
-            2 * q.inner.config.flush_interval_ms + 1000,
-        ));
-    loop {
-        match Store::open(&q.inner.config, &streams) {
-            Ok(store) => return Ok(store),
-            Err(OpenError::Other(_)) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(OpenError::Damaged(why)) => return Err(QueueError::Storage(why)),
-            Err(OpenError::Other(e)) => return Err(e),
-        }
+    match Store::open_released(&q.inner.config, &streams) {
+        Ok(store) => Ok(store),
+        Err(OpenError::Damaged(why)) => Err(QueueError::Storage(why)),
+        Err(OpenError::Other(e)) => Err(e),
     }
 }
 

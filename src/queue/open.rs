@@ -177,7 +177,7 @@ struct Loaded {
 /// directory is moved aside instead of crash-looping.
 fn load(config: &QueueConfig, streams: &[String]) -> Result<Loaded, OpenError> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let store = Store::open(config, streams)?;
+        let store = Store::open_released(config, streams)?;
         let damaged = |e: QueueError| OpenError::Damaged(e.to_string());
         let mut books = Vec::new();
         let mut read = 0;
@@ -358,7 +358,7 @@ pub(super) fn verify(config: &QueueConfig, streams: &[String]) -> Result<VerifyR
 fn verify_inner(config: &QueueConfig, streams: &[String]) -> Result<VerifyReport, QueueError> {
     let _lock = DirLock::acquire(&config.path)?;
     let manifest_read = read_manifest(&config.path);
-    let store = Store::open(config, streams).map_err(|e| match e {
+    let store = Store::open_released(config, streams).map_err(|e| match e {
         OpenError::Damaged(why) => QueueError::Storage(format!("sled will not open: {why}")),
         OpenError::Other(e) => e,
     })?;

@@ -14,6 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use super::entry::Stamp;
 use super::entry::{Entry, key_of};
@@ -96,7 +97,29 @@ pub(super) enum OpenError {
     Other(QueueError),
 }
 
+/// Longest wait for sled's file lock, and for other users of an old handle, to be let go
+/// in this process.
+pub(super) const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 impl Store {
+    /// [`Store::open`] once sled's file lock is free. The caller holds the directory's own
+    /// lock ([`super::lock::DirLock`]), so no other queue has it open: a held sled lock is
+    /// this process's, kept by sled's background flusher until it next wakes (up to
+    /// `queue.flush_interval_ms` after the last handle went), as after a re-open or a queue
+    /// closed and opened again in one process.
+    pub fn open_released(config: &QueueConfig, streams: &[String]) -> Result<Store, OpenError> {
+        let wait = Duration::from_millis(2 * config.flush_interval_ms + 1000).min(RELEASE_WAIT);
+        let deadline = Instant::now() + wait;
+        loop {
+            match Store::open(config, streams) {
+                Err(OpenError::Other(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Opens sled at `config.path` and the trees of `streams`. A panic inside sled (seen with
     /// flipped bytes in its `db` file) is caught and reported as damage.
     pub fn open(config: &QueueConfig, streams: &[String]) -> Result<Store, OpenError> {
