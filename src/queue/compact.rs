@@ -55,6 +55,9 @@ pub(super) struct Compactor {
     pub merged_runs: std::sync::atomic::AtomicU64,
     /// Erasures walking now: no merge meanwhile (see `erase.rs`).
     pub paused: std::sync::atomic::AtomicUsize,
+    /// Pauses ever taken: entries read before one may have been rewritten by it, so a run
+    /// read before it is never merged (checked under the stream's lock).
+    pub pauses: std::sync::atomic::AtomicU64,
     /// Tests: panic in the middle of the next merge, after its batch is built.
     #[cfg(test)]
     pub panic_next: std::sync::atomic::AtomicBool,
@@ -70,12 +73,12 @@ impl Compactor {
             // process starts near the tail: what an earlier one left unmerged is a tail
             // run at most, and reading the whole queue to look would cost its size in
             // memory (sled keeps what a reader touched).
-            let mut cursors = std::collections::HashMap::<String, u64>::new();
+            let mut cursors = std::collections::HashMap::<String, Cursor>::new();
             if let Some(inner) = queue.upgrade() {
                 let queue = Queue { inner };
                 for stream in queue.inner.streams.keys() {
                     let from = near_the_tail(&queue, stream).unwrap_or(0);
-                    cursors.insert(stream.clone(), from);
+                    cursors.insert(stream.clone(), Cursor::at(from));
                 }
             }
             while !me.thread.stopping() {
@@ -115,6 +118,7 @@ impl Compactor {
     /// stream's lock, and checks under it).
     pub fn pause(&self) -> Paused<'_> {
         self.paused.fetch_add(1, Ordering::AcqRel);
+        self.pauses.fetch_add(1, Ordering::AcqRel);
         Paused(self)
     }
 }
@@ -157,10 +161,10 @@ fn near_the_tail(queue: &Queue, stream: &str) -> Result<u64, QueueError> {
 const TAIL_ENTRIES: usize = 64;
 
 /// One pass over every stream; returns whether a stream has more to merge right away.
-fn pass(
+pub(super) fn pass(
     queue: &Queue,
     me: &Compactor,
-    cursors: &mut std::collections::HashMap<String, u64>,
+    cursors: &mut std::collections::HashMap<String, Cursor>,
 ) -> bool {
     let a = &queue.inner.admission;
     if a.is_failing()
@@ -171,7 +175,9 @@ fn pass(
     }
     let mut more = false;
     for stream in queue.inner.streams.keys() {
-        let cursor = cursors.entry(stream.clone()).or_default();
+        let cursor = cursors
+            .entry(stream.clone())
+            .or_insert_with(|| Cursor::at(0));
         match compact_stream(queue, me, stream, cursor) {
             Ok(m) => more |= m,
             // A storage error: the committer or the flusher meets it too and starts the
@@ -185,42 +191,91 @@ fn pass(
     more
 }
 
+/// Where a stream's next pass starts: the start of a run that may still grow (everything
+/// below it is merged or large already), and that run's entries as last read, so that a
+/// pass reads only what came after them (the tail run was read again at every pass, and
+/// with the flusher lingering on single-event entries that was most of the queue's work).
+pub(super) struct Cursor {
+    key: u64,
+    tail: Vec<Entry>,
+    /// [`Compactor::pauses`] when `tail` was read.
+    read_at: u64,
+    /// What had come into the stream's queue, and [`Compactor::pauses`], when a pass last
+    /// went through to its end: while both stay the same there is nothing new to read (every
+    /// stream is passed over at every wake, most of them idle).
+    finished_at: Option<(u64, u64)>,
+}
+
+impl Cursor {
+    fn at(key: u64) -> Cursor {
+        Cursor {
+            key,
+            tail: Vec::new(),
+            read_at: 0,
+            finished_at: None,
+        }
+    }
+}
+
 /// Merges up to [`RUNS_PER_TURN`] runs of `stream` from `cursor` on; returns whether it
 /// stopped for that limit (more to do).
 fn compact_stream(
     queue: &Queue,
     me: &Compactor,
     stream: &str,
-    cursor: &mut u64,
+    cursor: &mut Cursor,
 ) -> Result<bool, QueueError> {
     let ledger = queue.ledger(stream)?;
     if !queue.refused_keys(stream).is_empty() {
         return Ok(false);
     }
+    let read_at = me.pauses.load(Ordering::Acquire);
+    let came_in = ledger.books().q.came_in.events;
+    if cursor.finished_at == Some((came_in, read_at)) {
+        return Ok(false);
+    }
+    cursor.finished_at = None;
+    // Read after `came_in`: every entry counted there has a key below it.
+    let allocated = queue.inner.next_key.load(Ordering::Acquire);
     let settled = queue.inner.commit.settled_below.load(Ordering::Acquire);
-    let from = (*cursor).max(ledger.handed_out.load(Ordering::Acquire));
-    if from >= settled {
+    let handed_out = ledger.handed_out.load(Ordering::Acquire);
+    let from = cursor.key.max(handed_out);
+    // The tail run as last read still stands if none of it was handed out and no erasure
+    // has run since (merge checks both again under the lock, and that its keys are still
+    // exactly these).
+    let mut run = std::mem::take(&mut cursor.tail);
+    if cursor.read_at != read_at || run.first().is_some_and(|e| e.key < from) {
+        run.clear();
+    }
+    let start = run.last().map_or(from, |e| e.key + 1);
+    if start >= settled {
+        cursor.tail = run;
+        if settled >= allocated {
+            cursor.finished_at = Some((came_in, read_at));
+        }
         return Ok(false);
     }
     let store = queue.store()?;
     let trees = store.trees(stream)?;
     let q = &trees.q;
-    let mut run: Vec<Entry> = Vec::new();
-    let (mut run_bytes, mut run_events) = (0, 0u64);
+    let (mut run_bytes, mut run_events) = run.iter().fold((0, 0u64), |(b, n), e| {
+        (b + e.lines.len(), n + u64::from(e.count))
+    });
     let mut merged = 0;
-    *cursor = from;
-    for item in q.range(from.to_be_bytes()..settled.to_be_bytes()) {
-        // Not counted as read (`Trees::read`): the tail run is read again at every pass,
-        // but each entry's pages are touched about once; counting re-reads made sled
-        // re-open every few seconds while filling, and the fill's memory grew.
+    cursor.key = run.first().map_or(from, |e| e.key);
+    cursor.read_at = read_at;
+    for item in q.range(start.to_be_bytes()..settled.to_be_bytes()) {
+        // Not counted as read (`Trees::read`): each entry's pages are touched about once;
+        // counting re-reads made sled re-open every few seconds while filling, and the
+        // fill's memory grew.
         let (k, v) = item?;
         let key = key_of(&k)?;
         let entry = match Entry::decode(&k, v) {
             Ok(e) => e,
             Err(QueueError::Damaged { .. }) => {
-                merged += merge(queue, me, stream, trees, std::mem::take(&mut run))?;
+                merged += merge(queue, me, stream, trees, std::mem::take(&mut run), read_at)?;
                 (run_bytes, run_events) = (0, 0);
-                *cursor = key + 1;
+                cursor.key = key + 1;
                 continue;
             }
             Err(e) => return Err(e),
@@ -230,32 +285,40 @@ fn compact_stream(
         let fits = run_bytes + len <= TARGET_BYTES && run_events + events <= u64::from(u32::MAX);
         if len < SMALL_BYTES && fits {
             if run.is_empty() {
-                *cursor = key;
+                cursor.key = key;
             }
             (run_bytes, run_events) = (run_bytes + len, run_events + events);
             run.push(entry);
             continue;
         }
         // The run ends here and will not grow: merge it, whatever its size.
-        merged += merge(queue, me, stream, trees, std::mem::take(&mut run))?;
+        merged += merge(queue, me, stream, trees, std::mem::take(&mut run), read_at)?;
         (run_bytes, run_events) = (0, 0);
-        *cursor = key;
+        cursor.key = key;
         if len < SMALL_BYTES {
             (run_bytes, run_events) = (len, events);
             run.push(entry);
         } else {
-            *cursor = key + 1;
+            cursor.key = key + 1;
         }
         if merged >= RUNS_PER_TURN {
+            // Read again from `cursor.key` next time.
             return Ok(true);
         }
     }
     // The last run may still grow with later appends: merged only once it is large enough
-    // not to be merged again.
+    // not to be merged again; kept for the next pass otherwise.
     if run_bytes >= SMALL_BYTES {
-        let next = run.last().map_or(*cursor, |e| e.key + 1);
-        merge(queue, me, stream, trees, run)?;
-        *cursor = next;
+        let next = run.last().map_or(cursor.key, |e| e.key + 1);
+        merge(queue, me, stream, trees, run, read_at)?;
+        cursor.key = next;
+    } else {
+        cursor.tail = run;
+    }
+    // Everything counted in `came_in` was settled, so this pass read it all: until more
+    // comes in (or an erasure runs), a pass would find nothing new.
+    if settled >= allocated {
+        cursor.finished_at = Some((came_in, read_at));
     }
     Ok(false)
 }
@@ -268,6 +331,7 @@ fn merge(
     stream: &str,
     trees: &super::store::Trees,
     run: Vec<Entry>,
+    read_at: u64,
 ) -> Result<usize, QueueError> {
     let (Some(first), Some(last)) = (run.first(), run.last()) else {
         return Ok(0);
@@ -277,8 +341,10 @@ fn merge(
     }
     let ledger = queue.ledger(stream)?;
     let mut books = ledger.lock();
+    // Read before an erasure began, the run may hold what it took out since.
     if first.key < ledger.handed_out.load(Ordering::Acquire)
         || !super::erase::merging_allowed(queue)
+        || me.pauses.load(Ordering::Acquire) != read_at
     {
         return Ok(0);
     }

@@ -202,3 +202,37 @@ async fn the_list_survives_a_crash_and_says_what_is_still_pending() {
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].id.as_str(), listed[0].pending), ("u-1", false));
 }
+
+/// The compactor keeps the tail run it read for its next pass; an erasure between the two
+/// rewrites entries of that run, so the copy it kept must not be merged: the user's lines
+/// would come back.
+#[tokio::test]
+async fn a_tail_run_read_before_an_erasure_is_read_again_not_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Durability::Fsync);
+    let q = Queue::open(&cfg, &streams()).unwrap();
+    q.inner.compactor.stop();
+    let me = &q.inner.compactor;
+    let mut cursors = std::collections::HashMap::new();
+    for i in 0..4 {
+        append(&q, "a", &[event("gone", i), event("kept", i)]).await;
+    }
+    // Too small to merge yet: kept as the stream's tail run.
+    crate::queue::compact::pass(&q, me, &mut cursors);
+    assert_eq!(me.merged_runs.load(Ordering::Acquire), 0);
+    assert_eq!(q.erase(eraser()).unwrap().queued, 4);
+    // Enough to end the run at the compactor's threshold.
+    let big = format!("{{\"u\":\"kept\",\"pad\":\"{}\"}}\n", "x".repeat(4096));
+    for _ in 0..4 {
+        append(&q, "a", &[event("kept", 9)]).await;
+    }
+    append(&q, "a", &[big.clone()]).await;
+    while crate::queue::compact::pass(&q, me, &mut cursors) {}
+    assert!(me.merged_runs.load(Ordering::Acquire) >= 1);
+    let left = lines(&head(&q, "a"));
+    assert!(left.iter().all(|l| !l.contains("gone")), "{left:?}");
+    let mut want: Vec<String> = (0..4).map(|i| event("kept", i)).collect();
+    want.extend(std::iter::repeat_n(event("kept", 9), 4));
+    want.push(big);
+    assert_eq!(left, want);
+}
