@@ -226,7 +226,7 @@ async fn a_tail_run_read_before_an_erasure_is_read_again_not_merged() {
     for _ in 0..4 {
         append(&q, "a", &[event("kept", 9)]).await;
     }
-    append(&q, "a", &[big.clone()]).await;
+    append(&q, "a", std::slice::from_ref(&big)).await;
     while crate::queue::compact::pass(&q, me, &mut cursors) {}
     assert!(me.merged_runs.load(Ordering::Acquire) >= 1);
     let left = lines(&head(&q, "a"));
