@@ -7,9 +7,10 @@
 //! cargo build --release && cargo run --release --example scale
 //! ```
 //! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
-//! `unpaced`, `pair`, `drain`; default all), `SCALE_LATENCY_MS` (how long the fake takes to answer a
-//! call, default 50: real Firehose answers in tens of milliseconds, and a flusher that
-//! waited for each answer would never reach the quota).
+//! `unpaced`, `pair`, `drain`, `sixteenth`, `procs`, `sim`; default all), `SCALE_LATENCY_MS` (how
+//! long the fake takes to answer a call, default 50: real Firehose answers in tens of
+//! milliseconds, and a flusher that waited for each answer would never reach the quota).
+//! `--help` prints this.
 //!
 //! Cases, every stream at the quota of regions other than us-east-1, us-west-2 and eu-west-1
 //! (1 MiB/s, 1,000 calls/s, 100,000 records/s), the service configured with `sink.region =
@@ -23,7 +24,16 @@
 //!   fanned out over the same two streams: each one's share over time, their sum, and the
 //!   throttled calls;
 //! - `drain`: a backlog left by an outage, drained into two streams: time to empty against
-//!   the quota's bound (backlog ÷ the streams' quotas).
+//!   the quota's bound (backlog ÷ the streams' quotas);
+//! - `sixteenth`: one instance fanned out over two streams, told the 1 MiB/s quota while the
+//!   fake grants each stream a sixteenth of it, as one of 16 replicas sharing them would get;
+//! - `procs`: 1, 2 and 4 service processes (the release binary) sharing one stream: the
+//!   delivered share, the throttled calls, and the spread of the processes' shares;
+//! - `sim`: 1, 2, 4, 16 and 64 replicas sharing one stream, simulated
+//!   (`firehose_edge::delivery::pacing::sim`: each replica's own delivery policy against a
+//!   model of Firehose's meter, in simulated time), all starting together, then one starting
+//!   late, then the real quota halved and restored: what no machine here could run as
+//!   processes.
 //!
 //! The in-process instances are the library's `run_with_sink`, as `main` runs it, minus
 //! logging and the metrics recorder; the `pair` case runs the binary itself. Lines are ~200-byte records like /track's; packing is on, as by default.
@@ -42,6 +52,8 @@ use aws_sdk_firehose::config::{Credentials, SharedCredentialsProvider};
 use bytes::Bytes;
 use fake_firehose::{FakeFirehose, QUOTA_OTHER_REGIONS, StreamStats};
 use firehose_edge::config::{Config, Durability, SinkKind, StreamList};
+use firehose_edge::delivery::pacing::sim;
+use firehose_edge::firehose_limits::DIRECT_PUT_QUOTA_DEFAULT;
 use firehose_edge::queue::Queue;
 use firehose_edge::sink::{FirehoseSink, RecordOutcome, Sink, SinkError};
 use firehose_edge::{Listeners, run_with_sink};
@@ -491,15 +503,226 @@ fn drain(fake: &FakeFirehose, measure: Duration) {
     );
 }
 
+/// One instance, one endpoint over two streams, told the region's 1 MiB/s while the fake
+/// grants each stream a sixteenth: what one of 16 replicas sharing them would see.
+fn sixteenth(fake: &FakeFirehose, measure: Duration) {
+    let streams = ["sixteenth-0", "sixteenth-1"];
+    let granted = fake_firehose::Quota {
+        bytes_per_sec: QUOTA_OTHER_REGIONS.bytes_per_sec / 16,
+        requests_per_sec: QUOTA_OTHER_REGIONS.requests_per_sec / 16,
+        records_per_sec: QUOTA_OTHER_REGIONS.records_per_sec / 16,
+    };
+    for s in streams {
+        fake.set_quota(s, granted);
+    }
+    let real = granted.bytes_per_sec as f64 * streams.len() as f64;
+    let warmup = Duration::from_secs(20);
+    println!(
+        "\n## one instance, two streams, told 1 MiB/s each, granted 1/16 of it (warm-up {} s, then {} s)",
+        warmup.as_secs(),
+        measure.as_secs()
+    );
+    let backlog = (real * (warmup + measure).as_secs_f64() * 3.0) as u64;
+    let instance = Instance::start(fake, &streams, backlog);
+    std::thread::sleep(warmup);
+    let (t0, s0) = (Instant::now(), totals(fake, &streams));
+    std::thread::sleep(measure);
+    let d = delta(s0, totals(fake, &streams));
+    let rate = d.accepted_bytes as f64 / t0.elapsed().as_secs_f64();
+    let lasted = instance.has_backlog();
+    instance.stop();
+    println!(
+        "delivered ÷ real quota {:.2}; {} of {} calls throttled ({:.2} %), {} records throttled{}",
+        rate / real,
+        d.throttled_calls,
+        d.calls,
+        100.0 * d.throttled_calls as f64 / d.calls.max(1) as f64,
+        d.throttled_records,
+        if lasted {
+            ""
+        } else {
+            " (backlog ran out: figure invalid)"
+        }
+    );
+}
+
+/// 1, 2 and 4 service processes sharing one stream, started together.
+fn procs(fake: &FakeFirehose, measure: Duration) {
+    let warmup = Duration::from_secs(20);
+    println!(
+        "\n## N service processes sharing one stream of 1 MiB/s, started together (warm-up {} s, then {} s)",
+        warmup.as_secs(),
+        measure.as_secs()
+    );
+    println!(
+        "| processes | delivered ÷ quota | calls | throttled calls | throttled records | smallest share ÷ fair | largest |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for n in [1usize, 2, 4] {
+        let name = format!("procs{n}");
+        fake.set_quota(&name, QUOTA_OTHER_REGIONS);
+        let total = (warmup + measure + Duration::from_secs(5)).as_secs_f64();
+        // Each gets about 1/N; twice that, so that none runs dry.
+        let backlog = (quota_bytes() * total * 1.3 * (2.0 / n as f64).min(1.0)) as u64;
+        let procs: Vec<Process> = (0..n)
+            .map(|_| Process::start(fake, &[&name], backlog))
+            .collect();
+        std::thread::sleep(warmup);
+        let (t0, s0) = (Instant::now(), totals(fake, &[&name]));
+        let a0: Vec<u64> = procs.iter().map(Process::accepted).collect();
+        std::thread::sleep(measure);
+        let a1: Vec<u64> = procs.iter().map(Process::accepted).collect();
+        let d = delta(s0, totals(fake, &[&name]));
+        let secs = t0.elapsed().as_secs_f64();
+        let fair = quota_bytes() * secs / n as f64;
+        let shares: Vec<f64> = (0..n).map(|i| (a1[i] - a0[i]) as f64 / fair).collect();
+        let lasted = procs.iter().all(Process::has_backlog);
+        for p in procs {
+            p.stop();
+        }
+        println!(
+            "| {n} | {:.3} | {} | {} ({:.2} %) | {} | {:.2} | {:.2} |{}",
+            d.accepted_bytes as f64 / secs / quota_bytes(),
+            d.calls,
+            d.throttled_calls,
+            100.0 * d.throttled_calls as f64 / d.calls.max(1) as f64,
+            d.throttled_records,
+            shares.iter().copied().fold(f64::MAX, f64::min),
+            shares.iter().copied().fold(0.0, f64::max),
+            if lasted {
+                ""
+            } else {
+                " (a backlog ran out: figures invalid)"
+            }
+        );
+    }
+}
+
+/// Replicas sharing one stream, simulated (see `delivery::pacing::sim`).
+fn simulated() {
+    let seconds = 300;
+    println!(
+        "\n## simulated: N replicas sharing one stream of 1 MiB/s, each told the whole quota, all starting at once; Firehose answers in 25-75 ms; figures over seconds 120-{seconds}"
+    );
+    println!(
+        "| replicas | delivered ÷ quota | calls | throttled calls | smallest share ÷ fair | largest | settled (every 30 s ≥ 90 %, ≤ 2 % throttled) after |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for n in [1usize, 2, 4, 16, 64] {
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, seconds).run();
+        let s = run.summary(120, seconds);
+        println!(
+            "| {n} | {:.3} | {} | {:.2} % | {:.2} | {:.2} | {} |",
+            s.delivered,
+            s.calls,
+            100.0 * s.throttled,
+            s.spread.0,
+            s.spread.1,
+            settled(&run, 0)
+        );
+    }
+    println!("\n### simulated: one replica joins N−1 at second 120 (figures over seconds 150-240)");
+    println!(
+        "| replicas | delivered ÷ quota | throttled calls | smallest share ÷ fair | largest | the late one at ≥ ½ its share after |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in [2usize, 4, 16, 64] {
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, 240)
+            .late_start(Duration::from_secs(120))
+            .run();
+        let s = run.summary(150, 240);
+        let reached = run
+            .reached_share(n - 1, 120, 10, 0.5)
+            .map_or("never".to_owned(), |s| format!("{s} s"));
+        println!(
+            "| {n} | {:.3} | {:.2} % | {:.2} | {:.2} | {reached} |",
+            s.delivered,
+            100.0 * s.throttled,
+            s.spread.0,
+            s.spread.1
+        );
+    }
+    println!(
+        "\n### simulated: one replica granted a fraction of the quota it is told (figures over seconds 60-180)"
+    );
+    println!("| granted | delivered ÷ granted | calls | throttled calls |");
+    println!("|---|---|---|---|");
+    for k in [16.0, 64.0] {
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, 1, 180)
+            .real_from(Duration::ZERO, 1.0 / k)
+            .run();
+        let s = run.summary(60, 180);
+        println!(
+            "| 1/{k} | {:.3} | {} | {:.2} % |",
+            s.delivered,
+            s.calls,
+            100.0 * s.throttled
+        );
+    }
+    println!(
+        "\n### simulated: the real quota halved at second 60, restored at second 120 (10 s windows)"
+    );
+    println!(
+        "| replicas | after the drop: delivered ÷ real, throttled | quiet (every 10 s ≥ 90 %, ≤ 2 % throttled) after | after the restore: ≥ 90 % of the quota after |"
+    );
+    println!("|---|---|---|---|");
+    for n in [1usize, 4, 16] {
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, 240)
+            .real_from(Duration::from_secs(60), 0.5)
+            .real_from(Duration::from_secs(120), 1.0)
+            .run();
+        let drop = run.summary(65, 120);
+        let ok = |t: u64| {
+            let s = run.summary(t, t + 10);
+            s.delivered >= 0.9 && s.throttled <= 0.02
+        };
+        let followed = (60..111)
+            .find(|&t| (t..111).all(ok))
+            .map_or("never".to_owned(), |t| format!("{} s", t - 60));
+        let back = (120..231)
+            .find(|&t| run.summary(t, t + 10).delivered >= 0.9)
+            .map_or("> 115 s".to_owned(), |t| format!("{} s", t - 120));
+        println!(
+            "| {n} | {:.3}, {:.2} % | {} | {back} |",
+            drop.delivered,
+            100.0 * drop.throttled,
+            followed
+        );
+    }
+}
+
+/// When a run settled after second `since`, as text.
+fn settled(run: &sim::Outcome, since: u64) -> String {
+    run.settled(since, 30, 0.9, 0.02)
+        .map_or("never".to_owned(), |s| format!("{s} s"))
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "{}",
+            include_str!("scale.rs")
+                .lines()
+                .take_while(|l| l.starts_with("//!"))
+                .map(|l| l.trim_start_matches("//!").trim_start())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        return;
+    }
     let measure = Duration::from_secs(
         std::env::var("SCALE_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(30),
     );
-    let cases =
-        std::env::var("SCALE_CASES").unwrap_or_else(|_| "fan,unpaced,pair,drain".to_owned());
+    let cases = std::env::var("SCALE_CASES")
+        .unwrap_or_else(|_| "fan,unpaced,pair,drain,sixteenth,procs,sim".to_owned());
+    if cases == "sim" {
+        // No fake needed: simulated time only.
+        simulated();
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -530,6 +753,15 @@ fn main() {
     }
     if cases.contains("drain") {
         drain(&fake, measure);
+    }
+    if cases.contains("sixteenth") {
+        sixteenth(&fake, measure);
+    }
+    if cases.contains("procs") {
+        procs(&fake, measure);
+    }
+    if cases.contains("sim") {
+        simulated();
     }
     let violations = fake.limit_violations();
     assert!(

@@ -2,8 +2,10 @@
 //! (`flusher.rs`) reads the queue and settles what came back; everything here is about the
 //! sink calls alone, and its tests need no queue.
 //!
-//! - [`pacing`]: token buckets per delivery stream, sized to its Firehose quota, and the AIMD
-//!   share that lets replicas on one stream converge without configuration;
+//! - [`pacing`]: token buckets per delivery stream, sized to its Firehose quota, and the
+//!   adapted share (growing in units of itself, cut on every throttled call) that keeps
+//!   replicas on one stream under its quota without configuration, at any number of them;
+//!   [`pacing::sim`] runs replicas against a model of Firehose's meter;
 //! - [`fanout`]: one queue stream over several delivery streams, each paced and backed off on
 //!   its own;
 //! - [`backoff`]: exponential back-off with full jitter, never giving up;

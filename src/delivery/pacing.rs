@@ -7,12 +7,18 @@
 //! Firehose counts it (one request, its records, its bytes before base64).
 //!
 //! Several replicas share one stream's quota and know nothing of each other, so each paces
-//! itself to a *share* of the quota, adapted AIMD-style (as TCP's congestion window, or Vector's
-//! adaptive request concurrency): the share grows additively while the stream has a backlog and
-//! calls succeed, and shrinks multiplicatively when Firehose throttles. Replicas that shrink on
-//! the same overload and grow at the same pace converge to equal shares whose sum hovers just
-//! under the quota (Chiu and Jain, 1989), with no configuration. A lone replica paces at the
-//! whole quota and is then never throttled.
+//! itself to a *share* of the quota, adapted as TCP adapts its congestion window: the share
+//! grows while the stream has a backlog and calls pass, and shrinks multiplicatively on every
+//! throttled call. What keeps this quiet at any number of replicas is the unit of growth: the
+//! share grows by a fixed fraction of itself per call it sends (per second, in proportion to
+//! share², see [`GROWTH`]), not by a fixed fraction of the whole quota. Each replica then needs
+//! the same number of its own calls to regain a cut, so the calls throttled per call sent do
+//! not grow with the number of replicas: N replicas together add 1/N as much per second as one
+//! does, instead of N times as much. (Scalable TCP and TCP Reno's per-ACK increase scale their
+//! increase to the window for the same reason.) Two small terms in units of the share and of
+//! the quota pull unequal shares together. A lone replica paces at the whole quota and is then
+//! never throttled. [`sim`] runs replicas against a model of Firehose's meter: the tests and
+//! the scale example measure the policy with it.
 //!
 //! Time is passed in, so the policy is tested without a runtime or a clock.
 
@@ -21,6 +27,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::firehose_limits::DirectPutQuota;
+
+pub mod sim;
 
 /// The largest call: what the quota carries in this long (a bucket holds two, so that a call
 /// smaller than the largest, and the timer's rounding, cost no throughput). Short, so a call
@@ -38,16 +46,32 @@ pub const SLICE: Duration = Duration::from_millis(10);
 /// Firehose's latency: 32 covers answers of up to ~300 ms. The pacer, not this, holds the rate.
 pub const MAX_IN_FLIGHT: usize = 32;
 
-/// Multiplicative decrease: the share kept after a throttle. The dip it makes is short (the
-/// group regrows within ~2 s and then runs over the quota until Firehose's own burst
-/// allowance is spent), so a deeper cut costs little throughput and makes replicas of unequal
-/// shares converge faster: each cut narrows the gap between them by a fifth. (TCP's 0.5 would
-/// leave much of each cycle below the quota.)
-pub const DECREASE: f64 = 0.8;
+/// Multiplicative decrease: the share kept after **each** throttled call. Every throttled call
+/// counts, so the cut follows how deep the overload is (as DCTCP scales its cut to the
+/// fraction of marked packets): a slight overshoot costs one call and a tenth of the share, a
+/// deep one (a neighbour starting, the real quota halved) a tenth per refused call until the
+/// calls pass. A replica with a larger share sends more of the calls that meet an empty
+/// bucket, so it shrinks more than a smaller one.
+pub const DECREASE: f64 = 0.9;
 
-/// Additive increase: share of the quota gained per second while backlogged and not
-/// throttled. Two replicas regain a cut of 20 % in ~2 s.
-pub const INCREASE_PER_SEC: f64 = 0.05;
+/// Growth while backlogged and not throttled, per second: `GROWTH` × share², so that the share
+/// grows by a fixed fraction of itself *per call* (calls are one [`SLICE`] of the whole quota,
+/// so a replica sends share ÷ [`SLICE`] calls a second) and regains a cut after ~210 of its own
+/// calls, whatever the number of replicas sharing the stream. N replicas at 1/N each then add
+/// `GROWTH` ÷ N of the quota a second together, and the throttled share of calls stays the same
+/// at 1, 16 or 64 replicas. (An increase in units of the whole quota, as before, made N
+/// replicas add N times as much: at 16 replicas 80 % of the quota a second, and one call in
+/// five throttled.) A lone replica at the whole quota regains a cut in ~2 s.
+pub const GROWTH: f64 = 0.05;
+
+/// Growth proportional to the share, per second: a smaller replica gains more relative to the
+/// throttles it meets than a larger one, which pulls shares together; N replicas add only
+/// this much together.
+pub const GROWTH_PROPORTIONAL: f64 = 0.001;
+
+/// Growth in units of the whole quota, per second: lets a replica far below the others catch
+/// up and one at the floor move. Tiny, because N replicas add N times this.
+pub const GROWTH_ADDITIVE: f64 = 0.000_01;
 
 /// The smallest share: a stream keeps moving, however often it is throttled.
 pub const MIN_SHARE: f64 = 0.01;
@@ -76,7 +100,7 @@ impl CallSize {
     }
 }
 
-/// Paces one delivery stream: three token buckets and the AIMD share.
+/// Paces one delivery stream: three token buckets and the adapted share.
 #[derive(Debug, Clone)]
 pub struct Pacer {
     /// The stream's quota per second: requests, records, bytes.
@@ -85,10 +109,7 @@ pub struct Pacer {
     share: f64,
     tokens: [f64; 3],
     refilled: Instant,
-    /// When the share last shrank: throttles of calls sent before that were answers to the
-    /// same overload, and must not shrink it again.
-    decreased: Option<Instant>,
-    /// When an increase was last counted.
+    /// When an increase was last counted, or the share last shrank: growth restarts then.
     increased: Instant,
 }
 
@@ -105,7 +126,6 @@ impl Pacer {
             share: 1.0,
             tokens: [0.0; 3],
             refilled: now,
-            decreased: None,
             increased: now,
         };
         pacer.tokens = [0, 1, 2].map(|i| pacer.depth(i));
@@ -158,25 +178,25 @@ impl Pacer {
         }
     }
 
-    /// Firehose throttled a call sent at `sent_at`: shrink the share, once per overload.
-    /// Returns whether it shrank.
-    pub fn throttled(&mut self, sent_at: Instant, now: Instant) -> bool {
-        if self.decreased.is_some_and(|d| sent_at < d) {
-            return false;
-        }
+    /// Firehose throttled a call (sent at `_sent_at`): the share shrinks by [`DECREASE`].
+    /// Every throttled call counts, those already in flight when the share shrank too: each
+    /// is one more call the stream could not take. Returns whether it shrank (not at the
+    /// floor already).
+    pub fn throttled(&mut self, _sent_at: Instant, now: Instant) -> bool {
         self.refill(now);
+        let before = self.share;
         self.share = (self.share * DECREASE).max(MIN_SHARE);
         for i in [REQUESTS, RECORDS, BYTES] {
             self.tokens[i] = self.tokens[i].min(self.depth(i));
         }
-        self.decreased = Some(now);
         self.increased = now;
-        true
+        self.share < before
     }
 
     /// A call went through unthrottled. While the stream is `backlogged` (its calls are as
     /// large as pacing allows, so the pacer is what holds it back) the share grows with the
-    /// time since the last increase; an idle stream has no evidence that more would pass.
+    /// time since the last increase, at [`Pacer::growth`]; an idle stream has no evidence that
+    /// more would pass.
     pub fn accepted(&mut self, backlogged: bool, now: Instant) {
         self.refill(now);
         let gap = now
@@ -184,8 +204,15 @@ impl Pacer {
             .min(MAX_INCREASE_GAP);
         self.increased = now;
         if backlogged {
-            self.share = (self.share + INCREASE_PER_SEC * gap.as_secs_f64()).min(1.0);
+            let grown = self.share + Pacer::growth(self.share) * gap.as_secs_f64();
+            self.share = grown.min(1.0);
         }
+    }
+
+    /// The share gained per second at `share` while backlogged: mostly [`GROWTH`] × share²,
+    /// the part that keeps the throttled share of calls the same at any number of replicas.
+    pub fn growth(share: f64) -> f64 {
+        GROWTH_ADDITIVE + GROWTH_PROPORTIONAL * share + GROWTH * share * share
     }
 
     fn rate(&self, i: usize) -> f64 {
@@ -338,32 +365,30 @@ mod tests {
     }
 
     #[test]
-    fn a_throttle_shrinks_the_share_once_per_overload() {
+    fn every_throttled_call_shrinks_the_share_down_to_the_floor() {
         let t0 = Instant::now();
         let mut pacer = Pacer::new(DIRECT_PUT_QUOTA_DEFAULT, t0);
         let t1 = t0 + Duration::from_millis(100);
         assert!(pacer.throttled(t0, t1));
         assert!((pacer.share() - DECREASE).abs() < 1e-9);
-        // Four more calls sent before the decrease come back throttled: the same overload.
+        // Four more calls in flight come back throttled: four more calls the stream could not
+        // take, each a cut (a deep overload is cut deeply).
         for _ in 0..4 {
-            assert!(!pacer.throttled(t0, t1 + Duration::from_millis(5)));
+            assert!(pacer.throttled(t0, t1 + Duration::from_millis(5)));
         }
-        assert!((pacer.share() - DECREASE).abs() < 1e-9);
-        // A call sent after the decrease, throttled too: the new rate is still too much.
-        let t2 = t1 + Duration::from_millis(10);
-        assert!(pacer.throttled(t2, t2 + Duration::from_millis(50)));
-        assert!((pacer.share() - DECREASE * DECREASE).abs() < 1e-9);
+        assert!((pacer.share() - DECREASE.powi(5)).abs() < 1e-9);
         // Never below the floor.
-        let mut t = t2;
+        let mut t = t1;
         for _ in 0..200 {
             t += Duration::from_millis(1);
             pacer.throttled(t, t);
         }
         assert!((pacer.share() - MIN_SHARE).abs() < 1e-9);
+        assert!(!pacer.throttled(t, t), "at the floor: no change");
     }
 
     #[test]
-    fn the_share_grows_additively_only_while_backlogged() {
+    fn the_share_grows_with_its_square_only_while_backlogged() {
         let t0 = Instant::now();
         let mut pacer = Pacer::new(DIRECT_PUT_QUOTA_DEFAULT, t0);
         pacer.throttled(t0, t0);
@@ -373,16 +398,23 @@ mod tests {
             pacer.accepted(false, t);
         }
         assert!((pacer.share() - DECREASE).abs() < 1e-9, "idle: no growth");
+        let before = pacer.share();
         for _ in 0..10 {
             t += Duration::from_millis(100);
             pacer.accepted(true, t);
         }
-        let grown = DECREASE + INCREASE_PER_SEC;
-        assert!((pacer.share() - grown).abs() < 1e-6, "{}", pacer.share());
+        // One second's growth (a little more: the share compounds over the ten steps).
+        let grown = before + Pacer::growth(before);
+        assert!((pacer.share() - grown).abs() < 0.005, "{}", pacer.share());
         // A long quiet gap counts as one second at most.
+        let before = pacer.share();
         t += Duration::from_secs(3600);
         pacer.accepted(true, t);
-        assert!((pacer.share() - (grown + INCREASE_PER_SEC)).abs() < 1e-6);
+        assert!((pacer.share() - (before + Pacer::growth(before))).abs() < 1e-9);
+        // A share a sixteenth as large grows ~256 times slower per second, ~16 times slower
+        // per call it sends: the same number of calls regains a cut.
+        let ratio = Pacer::growth(1.0) / Pacer::growth(1.0 / 16.0);
+        assert!((150.0..=256.0).contains(&ratio), "{ratio}");
         for _ in 0..100 {
             t += Duration::from_secs(1);
             pacer.accepted(true, t);
@@ -390,68 +422,90 @@ mod tests {
         assert_eq!(pacer.share(), 1.0, "never above the quota");
     }
 
-    /// Two replicas on one stream, each with its own pacer and no knowledge of the other,
-    /// against a model of Firehose's meter (a one-second bucket of the quota): both converge
-    /// to about half, the sum stays near the quota, and few calls are throttled.
+    /// N replicas, each with its own pacer, start together on one stream whose quota is the
+    /// one they are told, against a model of Firehose's meter: once converged (after two
+    /// minutes), they use the quota and few calls are throttled, whatever N.
     #[test]
-    fn two_replicas_converge_to_shares_of_one_quota() {
-        let quota = DIRECT_PUT_QUOTA_DEFAULT;
-        let t0 = Instant::now();
-        let mut replicas = [Pacer::new(quota, t0), Pacer::new(quota, t0)];
-        // The second starts late, with a smaller share, as after a scale-out.
-        replicas[1].share = 0.2;
-        let limit = quota.bytes_per_sec as f64;
-        let (mut meter, mut metered) = (limit, t0);
-        let mut next = [t0, t0 + Duration::from_millis(7)];
-        let (mut delivered, mut calls, mut throttled) = ([0f64; 2], 0u32, 0u32);
-        let seconds = 120.0;
-        let measure_from = t0 + Duration::from_secs(60);
-        let end = t0 + Duration::from_secs_f64(seconds);
-        loop {
-            // The replica that can send first sends, so events happen in time order.
-            let ready = [0, 1].map(|r| {
-                let size = replicas[r].max_call();
-                replicas[r].ready_at(size, next[r])
-            });
-            let r = if ready[0] <= ready[1] { 0 } else { 1 };
-            let (size, now) = (replicas[r].max_call(), ready[r]);
-            if now >= end {
-                break;
-            }
-            replicas[r].take(size, now);
-            meter = (meter + limit * (now - metered).as_secs_f64()).min(limit);
-            metered = now;
-            let answered = now + Duration::from_millis(20);
-            let counted = now >= measure_from;
-            if meter >= size.bytes as f64 {
-                meter -= size.bytes as f64;
-                replicas[r].accepted(true, answered);
-                if counted {
-                    delivered[r] += size.bytes as f64;
-                }
-            } else {
-                replicas[r].throttled(now, answered);
-                if counted {
-                    throttled += 1;
-                }
-            }
-            if counted {
-                calls += 1;
-            }
-            next[r] = now;
+    fn replicas_sharing_a_stream_are_rarely_throttled_and_use_the_quota() {
+        for replicas in [1, 2, 4, 16, 64] {
+            let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, replicas, 300).run();
+            let s = run.summary(120, 300);
+            assert_eq!(s.replicas, replicas);
+            assert!(
+                s.delivered >= 0.90,
+                "{replicas} replicas: together {:.3} of the quota",
+                s.delivered
+            );
+            assert!(
+                s.throttled <= 0.02,
+                "{replicas} replicas: {:.2} % of {} calls throttled",
+                100.0 * s.throttled,
+                s.calls
+            );
         }
-        let window = seconds - 60.0;
-        let shares = delivered.map(|d| d / window / limit);
-        let total = shares[0] + shares[1];
-        assert!(total >= 0.90, "together {total:.3} of the quota");
-        for s in shares {
-            assert!(s >= 0.35, "a replica starved: {shares:?}");
+    }
+
+    /// The case of the issue: one replica told the whole quota, Firehose granting it a
+    /// sixteenth (or a sixty-fourth) of it, as one of that many replicas would get.
+    #[test]
+    fn a_replica_granted_a_fraction_of_its_quota_is_rarely_throttled() {
+        for fraction in [1.0 / 16.0, 1.0 / 64.0] {
+            let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, 1, 180)
+                .real_from(Duration::ZERO, fraction)
+                .run();
+            let s = run.summary(60, 180);
+            assert!(s.delivered >= 0.90, "1/{}: {s:?}", 1.0 / fraction);
+            assert!(s.throttled <= 0.02, "1/{}: {s:?}", 1.0 / fraction);
         }
-        let throttle_rate = throttled as f64 / calls as f64;
-        eprintln!("shares {shares:?}, together {total:.3}, {throttled} of {calls} throttled");
+    }
+
+    /// A replica that starts while the others already share the stream (a scale-out): it
+    /// starts at the whole quota, is cut down to its share within seconds, holds at least half
+    /// of it from then on, and the stream stays quiet.
+    #[test]
+    fn a_late_replica_reaches_its_share_within_30_seconds() {
+        for replicas in [2, 4, 16, 64] {
+            let late = Duration::from_secs(120);
+            let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, replicas, 240)
+                .late_start(late)
+                .run();
+            let reached = run.reached_share(replicas - 1, 120, 10, 0.5);
+            assert!(
+                reached.is_some_and(|s| s <= 30),
+                "{replicas} replicas: the late one reached half its share after {reached:?} s"
+            );
+            let s = run.summary(150, 240);
+            assert!(s.delivered >= 0.90, "{replicas} replicas: {s:?}");
+            assert!(s.throttled <= 0.02, "{replicas} replicas: {s:?}");
+        }
+    }
+
+    /// The real quota halves (a neighbour starts sharing it) and is later restored: the drop
+    /// is followed within seconds, and a lone replica regains the whole quota.
+    #[test]
+    fn the_real_quota_halved_then_restored_is_followed() {
+        let halved = Duration::from_secs(30);
+        let restored = Duration::from_secs(60);
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, 1, 120)
+            .real_from(halved, 0.5)
+            .real_from(restored, 1.0)
+            .run();
+        let share_at = |s: usize| run.shares[0][s];
+        assert!(share_at(33) <= 0.6, "not followed: {}", share_at(33));
+        let half = run.summary(35, 60);
+        assert!(half.delivered >= 0.90 && half.throttled <= 0.02, "{half:?}");
+        let again = run.summary(85, 120);
         assert!(
-            throttle_rate <= 0.01,
-            "{throttled} of {calls} calls throttled"
+            again.delivered >= 0.90 && again.throttled <= 0.02,
+            "{again:?}"
         );
+        // Four replicas follow a drop too.
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, 4, 150)
+            .real_from(Duration::from_secs(90), 0.5)
+            .run();
+        let sum: f64 = (0..4).map(|r| run.shares[r][94]).sum();
+        assert!(sum <= 0.6, "together {sum:.2} of the quota after the drop");
+        let half = run.summary(100, 150);
+        assert!(half.delivered >= 0.90 && half.throttled <= 0.02, "{half:?}");
     }
 }
