@@ -869,6 +869,70 @@ mod tests {
     }
 
     #[test]
+    fn every_record_has_the_record_keys_in_order_and_its_context_merged() {
+        let received = Received {
+            at: SystemTime::now(),
+            ip: Some("192.0.2.1".to_owned()),
+            source: "web",
+        };
+        let batch = |context: &str| {
+            format!(
+                r#"{{"batch":[{{"type":"alias","userId":"u","previousId":"p","zz":1,"context":{{"a":1,"ip":"10.0.0.1"}}}},{{"type":"track","userId":"u","event":"e","context":{{"a":1}},"writeKey":"k"}},{{"type":"page","anonymousId":"a"}}]{context}}}"#
+            )
+        };
+        for top in ["", r#","context":{"b":2,"a":9}"#] {
+            let body = batch(top);
+            let lines = encode(
+                V1::Batch,
+                body.as_bytes(),
+                &received,
+                &SegmentConfig::default(),
+            )
+            .unwrap();
+            let mut contexts = Vec::new();
+            for l in &lines {
+                let raw: &RawValue = serde_json::from_slice(&l.line).unwrap();
+                let keys: Vec<String> = object::fields(raw)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, _)| k.into_owned())
+                    .collect();
+                assert_eq!(keys, RECORD_KEYS, "{}", raw.get());
+                let record: Value = serde_json::from_slice(&l.line).unwrap();
+                contexts.push(record["context"].clone());
+            }
+            let inherited = match top {
+                "" => serde_json::json!({}),
+                _ => serde_json::json!({"b": 2}),
+            };
+            let with = |mut c: Value| {
+                c.as_object_mut()
+                    .unwrap()
+                    .extend(inherited.as_object().unwrap().clone());
+                c
+            };
+            assert_eq!(
+                contexts[0],
+                with(serde_json::json!({"a": 1, "ip": "10.0.0.1"}))
+            );
+            assert_eq!(
+                contexts[1],
+                with(serde_json::json!({"a": 1, "ip": "192.0.2.1"}))
+            );
+            let mut all = serde_json::json!({"ip": "192.0.2.1"});
+            if !top.is_empty() {
+                all.as_object_mut()
+                    .unwrap()
+                    .extend([("a".to_owned(), 9.into()), ("b".to_owned(), 2.into())]);
+            }
+            assert_eq!(contexts[2], all, "no context of its own: the batch's whole");
+            let first: Value = serde_json::from_slice(&lines[0].line).unwrap();
+            assert_eq!(first["extra"], serde_json::json!({"zz": 1}));
+            assert!(!String::from_utf8_lossy(&lines[1].line).contains("writeKey"));
+        }
+    }
+
+    #[test]
     fn a_message_whose_record_would_exceed_firehoses_limit_is_refused() {
         let config = SegmentConfig {
             max_message_bytes: FIREHOSE_MAX_RECORD_BYTES,
