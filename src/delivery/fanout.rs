@@ -166,20 +166,29 @@ impl Targets {
         }
     }
 
-    /// A call to target `i` came back. Throttling shrinks its pacing share; any failure puts it
-    /// in back-off (the others keep going); a success clears that and may grow the share.
+    /// A call to target `i` came back. Throttling shrinks its pacing share; any other failure
+    /// puts it in back-off (the others keep going); a success clears that and may grow the
+    /// share.
+    ///
+    /// A paced stream's throttled call does not back off while its share could still shrink:
+    /// the cut *is* its back-off (the pacer spaces its calls further apart, down to one small
+    /// call every 10 s at the floor), and only at the floor does the exponential back-off take
+    /// over. Backing off as well kept a stream out of the shared overload for up to 30 s, so
+    /// that it met none of the throttles that cut its neighbours and came back with the share
+    /// it had: two replicas starting together could end at 1.97 and 0.03 of their fair share.
     pub fn returned(&mut self, i: usize, report: CallReport, now: Instant) {
         let backoff = self.backoff;
         let t = &mut self.targets[i];
         t.in_flight = t.in_flight.saturating_sub(1);
+        let mut cut = false;
         if let Some(pacer) = &mut t.pacer {
             if report.throttled {
-                pacer.throttled(report.sent_at, now);
+                cut = pacer.throttled(report.sent_at, now);
             } else if !report.retry {
                 pacer.accepted(report.full, now);
             }
         }
-        if report.retry || report.config_error {
+        if report.config_error || (report.retry && !cut) {
             t.failures += 1;
             t.retry_at = Some(now + backoff.delay(t.failures, report.config_error));
         } else {
@@ -331,6 +340,45 @@ mod tests {
             "the others kept their pace: {shares:?}"
         );
         assert!(targets.share(0) < 0.5);
+    }
+
+    #[test]
+    fn a_throttled_paced_stream_is_slowed_by_its_pacer_and_backs_off_only_at_the_floor() {
+        let t0 = Instant::now();
+        let mut targets = paced(1, t0);
+        let throttled = |sent_at| CallReport {
+            throttled: true,
+            retry: true,
+            ..ok(sent_at, true)
+        };
+        // Past the pacer's start, so that every throttled call is a cut.
+        let mut t = t0 + pacing::START;
+        let size = targets.max_call(0).unwrap();
+        targets.sent(0, size, t);
+        t += Duration::from_millis(20);
+        targets.returned(0, throttled(t), t);
+        assert!(targets.share(0) < 1.0, "the cut");
+        assert_eq!(targets.backing_off(0, t), Duration::ZERO, "is its back-off");
+        // A failure that is not a throttle still backs off.
+        targets.sent(0, size, t);
+        targets.returned(
+            0,
+            CallReport {
+                retry: true,
+                ..ok(t, true)
+            },
+            t,
+        );
+        assert!(targets.backing_off(0, t) > Duration::ZERO);
+        // At the floor the pacer has nothing left to cut: the back-off takes over.
+        while targets.share(0) > pacing::MIN_SHARE {
+            t += Duration::from_millis(1);
+            targets.returned(0, throttled(t), t);
+        }
+        assert_eq!(targets.backing_off(0, t), Duration::ZERO);
+        t += Duration::from_millis(1);
+        targets.returned(0, throttled(t), t);
+        assert!(targets.backing_off(0, t) > Duration::ZERO, "at the floor");
     }
 
     #[test]
