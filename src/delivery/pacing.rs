@@ -518,6 +518,27 @@ mod tests {
         }
     }
 
+    /// Two or four replicas starting together each end with at least half their fair share,
+    /// for each of ten seeds. (With growth in share² alone and a back-off on every throttle,
+    /// one of two replicas ended below half on 11 of 20 seeds, at 0.03 on two.) At 16 and more
+    /// replicas this does not hold for every seed: see the module's comment.
+    #[test]
+    fn two_or_four_replicas_each_get_at_least_half_their_fair_share() {
+        for replicas in [2, 4] {
+            for seed in 1..=10 {
+                let mut scenario = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, replicas, 300);
+                scenario.seed = seed;
+                let s = scenario.run().summary(120, 300);
+                assert!(
+                    s.spread.0 >= 0.5,
+                    "{replicas} replicas, seed {seed}: shares {:.2} to {:.2} of fair",
+                    s.spread.0,
+                    s.spread.1
+                );
+            }
+        }
+    }
+
     /// The case of the issue: one replica told the whole quota, Firehose granting it a
     /// sixteenth (or a sixty-fourth) of it, as one of that many replicas would get.
     #[test]
