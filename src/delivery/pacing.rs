@@ -27,8 +27,8 @@
 //! equilibrium, and the luck of which calls met an empty bucket walks the shares apart for good
 //! (two replicas starting together ended at 1.97 and 0.03 of their fair share). Shares are
 //! pulled together only if growth rises more slowly than s²; but then N replicas at 1/N
-//! need more throttles to balance it, p rises with N, and that is a theorem for any rule that
-//! knows only its own share. The growth here, s²·(a − b·ln s), makes p rise with ln N only:
+//! need more throttles to balance it, and p rises with N: so it goes, in this model, for any
+//! rule that knows only its own share. The growth here, s²·(a − b·ln s), makes p rise with ln N only:
 //! ~0.5 % at 2 replicas, ~1.2 % at 16, ~1.7 % at 64 and 128, and gives small shares a pull
 //! back that does not fade as N grows. The pull is still slow where each replica meets a
 //! throttle only every tens of seconds, so the start matters: see [`START`].
@@ -136,6 +136,10 @@ pub struct Pacer {
     made: Instant,
     /// When the share was last cut.
     cut: Option<Instant>,
+    /// The share at the last call that passed.
+    held: f64,
+    /// The share to regain at once after the stream refused everything down to the floor.
+    regain: Option<f64>,
 }
 
 impl Pacer {
@@ -154,6 +158,8 @@ impl Pacer {
             increased: now,
             made: now,
             cut: None,
+            held: 1.0,
+            regain: None,
         };
         pacer.tokens = [0, 1, 2].map(|i| pacer.depth(i));
         pacer
@@ -219,6 +225,13 @@ impl Pacer {
         }
         self.cut = Some(now);
         let before = self.share;
+        if before <= MIN_SHARE {
+            // Refused at the floor: not a share too large but a stream refusing everything (a
+            // brown-out). Once calls pass again, the share they passed at is regained at once.
+            self.regain.get_or_insert(self.held);
+        } else {
+            self.regain = None;
+        }
         self.share = (self.share * DECREASE).max(MIN_SHARE);
         for i in [REQUESTS, RECORDS, BYTES] {
             self.tokens[i] = self.tokens[i].min(self.depth(i));
@@ -238,9 +251,20 @@ impl Pacer {
             .min(MAX_INCREASE_GAP);
         self.increased = now;
         if backlogged {
-            let grown = self.share + Pacer::growth(self.share) * gap.as_secs_f64();
-            self.share = grown.min(1.0);
+            let gap = gap.as_secs_f64();
+            self.share = match self.regain {
+                // After a brown-out: doubling every second up to the share held before it
+                // (as TCP slow-starts to its threshold after a timeout). The growth law alone
+                // would take an hour from the floor: it reads a share that small as a
+                // thousand replicas sharing the stream.
+                Some(target) if self.share < target => (self.share * gap.exp2()).min(target),
+                _ => {
+                    self.regain = None;
+                    (self.share + Pacer::growth(self.share) * gap).min(1.0)
+                }
+            };
         }
+        self.held = self.share;
     }
 
     /// The share gained per second at `share` while backlogged: share² × ([`GROWTH`] −
@@ -572,6 +596,28 @@ mod tests {
             assert!(s.delivered >= 0.90, "{replicas} replicas: {s:?}");
             assert!(s.throttled <= 0.02, "{replicas} replicas: {s:?}");
         }
+    }
+
+    /// Firehose refuses every call for two minutes (a brown-out: the share falls to the floor,
+    /// and the back-off takes over there), then takes them again: a lone replica has its whole
+    /// quota back within 45 s (at most 30 s of back-off, then the share doubles every second),
+    /// not after the hour the growth law alone would take from the floor.
+    #[test]
+    fn after_a_brown_out_the_share_it_held_is_regained_at_once() {
+        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, 1, 300)
+            .real_from(Duration::from_secs(60), 0.000_1)
+            .real_from(Duration::from_secs(180), 1.0)
+            .run();
+        assert!(
+            run.shares[0][170] <= 2.0 * MIN_SHARE,
+            "refused throughout: {}",
+            run.shares[0][170]
+        );
+        let back = (180..290).find(|&t| run.summary(t, t + 10).delivered >= 0.9);
+        assert!(
+            back.is_some_and(|t| t <= 180 + 45),
+            "back at 90 % of the quota at second {back:?}"
+        );
     }
 
     /// The real quota halves (a neighbour starts sharing it) and is later restored: the drop
