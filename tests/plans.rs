@@ -277,6 +277,7 @@ async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
     assert_eq!(send(&url, "B").await, 400, "B is not planned yet");
     // Load: planned requests, one after another, until told to stop; every one must be 200.
     let stop = tokio_util::sync::CancellationToken::new();
+    let (answered, mut answers) = tokio::sync::watch::channel(0u32);
     let load = {
         let (stop, url) = (stop.clone(), url.clone());
         tokio::spawn(async move {
@@ -286,10 +287,17 @@ async fn a_sighup_reloads_the_plan_under_load_with_no_failed_request() {
                     200 => ok += 1,
                     _ => failed += 1,
                 }
+                answered.send_replace(ok + failed);
             }
             (ok, failed)
         })
     };
+    // The load is under way, and records under the first key are queued, before the reload:
+    // were the reload first, every record would carry the rotated key alone.
+    tokio::time::timeout(common::WAIT, answers.wait_for(|n| *n >= 10))
+        .await
+        .expect("the load is answered")
+        .unwrap();
     write_plan(&["A", "B"]);
     // The hash key is read again too: a rotated key gives another key id.
     std::fs::write(&key_file, "a-rotated-key-0123456789").unwrap();
