@@ -351,8 +351,7 @@ mod tests {
             retry: true,
             ..ok(sent_at, true)
         };
-        // Past the pacer's start, so that every throttled call is a cut.
-        let mut t = t0 + pacing::START;
+        let mut t = t0;
         let size = targets.max_call(0).unwrap();
         targets.sent(0, size, t);
         t += Duration::from_millis(20);

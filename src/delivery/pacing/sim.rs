@@ -138,6 +138,12 @@ impl Scenario {
         self
     }
 
+    /// The same, with the latencies and back-off delays of `seed`.
+    pub fn with_seed(mut self, seed: u64) -> Scenario {
+        self.seed = seed;
+        self
+    }
+
     /// The real quota is `fraction` of the told one from `at` on.
     pub fn real_from(mut self, at: Duration, fraction: f64) -> Scenario {
         self.real.retain(|(t, _)| *t < at);
