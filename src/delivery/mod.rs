@@ -3,9 +3,10 @@
 //! sink calls alone, and its tests need no queue.
 //!
 //! - [`pacing`]: token buckets per delivery stream, sized to its Firehose quota, and the
-//!   adapted share (growing in units of itself, cut on every throttled call) that keeps
-//!   replicas on one stream under its quota without configuration, at any number of them;
-//!   [`pacing::sim`] runs replicas against a model of Firehose's meter;
+//!   adapted share (cut on a throttle, grown to balance its cuts at a throttled fraction that
+//!   falls as the share grows) that keeps replicas on one stream under its quota and close to
+//!   their fair shares without configuration, at any number of them; [`pacing::sim`] runs
+//!   replicas against a model of Firehose's meter;
 //! - [`fanout`]: one queue stream over several delivery streams, each paced and backed off on
 //!   its own;
 //! - [`backoff`]: exponential back-off with full jitter, never giving up;
