@@ -9,8 +9,9 @@
 //! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
 //! `unpaced`, `pair`, `drain`, `sixteenth`, `procs`, `sim`; default all), `SCALE_LATENCY_MS` (how
 //! long the fake takes to answer a call, default 50: real Firehose answers in tens of
-//! milliseconds, and a flusher that waited for each answer would never reach the quota).
-//! `--help` prints this.
+//! milliseconds, and a flusher that waited for each answer would never reach the quota);
+//! for `sim`, `SCALE_SIM_SEEDS` (seeds per case, default 5) and `SCALE_SIM_LATENCY_MS` (the
+//! simulated Firehose's median answer, default 50). `--help` prints this.
 //!
 //! Cases, every stream at the quota of regions other than us-east-1, us-west-2 and eu-west-1
 //! (1 MiB/s, 1,000 calls/s, 100,000 records/s), the service configured with `sink.region =
@@ -29,7 +30,7 @@
 //!   fake grants each stream a sixteenth of it, as one of 16 replicas sharing them would get;
 //! - `procs`: 1, 2 and 4 service processes (the release binary) sharing one stream: the
 //!   delivered share, the throttled calls, and the spread of the processes' shares;
-//! - `sim`: 1, 2, 4, 16, 64 and 128 replicas sharing one stream, simulated
+//! - `sim`: 1 to 128 replicas sharing one stream, simulated
 //!   (`firehose_edge::delivery::pacing::sim`: each replica's own delivery policy against a
 //!   model of Firehose's meter, in simulated time), all starting together, then one starting
 //!   late, then the real quota halved and restored: what no machine here could run as
@@ -598,26 +599,44 @@ fn procs(fake: &FakeFirehose, measure: Duration) {
     }
 }
 
-/// Seeds of the simulated runs (latencies and back-off jitter): shares wander from seed to
-/// seed, so a table of one seed would show its luck.
-const SEEDS: u64 = 5;
+/// A numeric knob from the environment: `default` when unset, and no run at all when it does
+/// not parse (a mistyped figure must not measure something else).
+fn knob(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
 
-/// Replicas sharing one stream, simulated (see `delivery::pacing::sim`).
+/// Replicas sharing one stream, simulated (see `delivery::pacing::sim`). Knobs:
+/// `SCALE_SIM_SEEDS` (seeds of the latencies and back-off jitter, default 5: shares wander
+/// from seed to seed, so a table of one seed would show its luck), `SCALE_SIM_LATENCY_MS`
+/// (Firehose's median answer, default 50; each call takes 0.5 to 1.5 times it).
 fn simulated() {
+    let seeds = knob("SCALE_SIM_SEEDS", 5).max(1);
+    let latency = Duration::from_millis(knob("SCALE_SIM_LATENCY_MS", 50));
+    let scenario = |n: usize, seconds: u64, seed: u64| {
+        let mut scenario =
+            sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, seconds).with_seed(seed);
+        scenario.latency = latency;
+        scenario
+    };
     let seconds = 300;
     println!(
-        "\n## simulated: N replicas sharing one stream of 1 MiB/s, each told the whole quota, all starting at once; Firehose answers in 25-75 ms; figures over seconds 120-{seconds}, the worst of seeds 1-{SEEDS}"
+        "\n## simulated: N replicas sharing one stream of 1 MiB/s, each told the whole quota, all starting at once; Firehose answers in {}-{} ms; figures over seconds 120-{seconds}, the worst of seeds 1-{seeds}",
+        latency.as_millis() / 2,
+        latency.as_millis() * 3 / 2
     );
     println!(
-        "| replicas | delivered ÷ quota | throttled calls | smallest share ÷ fair (its seed) | largest | settled (every 30 s ≥ 90 %, ≤ 2 % throttled) after |"
+        "| replicas | delivered ÷ quota | throttled calls | smallest share ÷ fair (its seed) | largest | seeds with a share below ½ | settled (every 30 s ≥ 90 %, ≤ 2 % throttled) after |"
     );
-    println!("|---|---|---|---|---|---|");
-    for n in [1usize, 2, 4, 16, 64, 128] {
-        let runs: Vec<(u64, sim::Summary, Option<u64>)> = (1..=SEEDS)
+    println!("|---|---|---|---|---|---|---|");
+    for n in [1usize, 2, 3, 4, 8, 16, 32, 64, 128] {
+        let runs: Vec<(u64, sim::Summary, Option<u64>)> = (1..=seeds)
             .map(|seed| {
-                let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, seconds)
-                    .with_seed(seed)
-                    .run();
+                let run = scenario(n, seconds, seed).run();
                 (
                     seed,
                     run.summary(120, seconds),
@@ -632,13 +651,14 @@ fn simulated() {
             .map(|r| (r.1.spread.0, r.0))
             .fold((f64::MAX, 0), |a, b| if b.0 < a.0 { b } else { a });
         let largest = runs.iter().map(|r| r.1.spread.1).fold(0.0, f64::max);
+        let below = runs.iter().filter(|r| r.1.spread.0 < 0.5).count();
         let settled = runs
             .iter()
             .map(|r| r.2)
             .try_fold(0, |worst, s| s.map(|s| s.max(worst)))
             .map_or("never".to_owned(), |s| format!("{s} s"));
         println!(
-            "| {n} | {delivered:.3} | {:.2} % | {smallest:.2} ({seed}) | {largest:.2} | {settled} |",
+            "| {n} | {delivered:.3} | {:.2} % | {smallest:.2} ({seed}) | {largest:.2} | {below} of {seeds} | {settled} |",
             100.0 * throttled
         );
     }
@@ -648,7 +668,7 @@ fn simulated() {
     );
     println!("|---|---|---|---|---|---|");
     for n in [2usize, 4, 16, 64] {
-        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, 240)
+        let run = scenario(n, 240, 1)
             .late_start(Duration::from_secs(120))
             .run();
         let s = run.summary(150, 240);
@@ -669,9 +689,7 @@ fn simulated() {
     println!("| granted | delivered ÷ granted | calls | throttled calls |");
     println!("|---|---|---|---|");
     for k in [16.0, 64.0] {
-        let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, 1, 180)
-            .real_from(Duration::ZERO, 1.0 / k)
-            .run();
+        let run = scenario(1, 180, 1).real_from(Duration::ZERO, 1.0 / k).run();
         let s = run.summary(60, 180);
         println!(
             "| 1/{k} | {:.3} | {} | {:.2} % |",
@@ -681,7 +699,7 @@ fn simulated() {
         );
     }
     println!(
-        "\n### simulated: the real quota halved at second 60, restored at second 120 (10 s windows; the worst of seeds 1-{SEEDS})"
+        "\n### simulated: the real quota halved at second 60, restored at second 120 (10 s windows; the worst of seeds 1-{seeds})"
     );
     println!(
         "| replicas | after the drop: delivered ÷ real, throttled | quiet (every 10 s ≥ 90 %, ≤ 2 % throttled) after | after the restore: ≥ 90 % of the quota after |"
@@ -689,12 +707,11 @@ fn simulated() {
     println!("|---|---|---|---|");
     // Seconds after the change, or None (never): the worst seed's.
     let worst = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.max(b));
-    for n in [1usize, 4, 16] {
+    for n in [1usize, 4, 16, 64] {
         let (mut delivered, mut throttled) = (f64::MAX, 0.0f64);
         let (mut followed, mut back) = (Some(0), Some(0));
-        for seed in 1..=SEEDS {
-            let run = sim::Scenario::shared(DIRECT_PUT_QUOTA_DEFAULT, n, 240)
-                .with_seed(seed)
+        for seed in 1..=seeds {
+            let run = scenario(n, 240, seed)
                 .real_from(Duration::from_secs(60), 0.5)
                 .real_from(Duration::from_secs(120), 1.0)
                 .run();
