@@ -92,9 +92,9 @@ pub const MIN_SHARE: f64 = 0.001;
 
 /// A stream that has refused every call for this long is browning out, not overloaded by its
 /// sharers: were it overloaded, some of a replica's calls would pass (at 1/128 of the quota,
-/// 1.8 % throttled, a replica sends 23 calls in 30 s). Calls may still be refused long
-/// after the share that was too large is gone: cuts are small at small shares (see [`CUT`]),
-/// and such a share sends a call a second or less, so the floor is minutes away.
+/// 1.8 % throttled, a replica sends 23 calls in 30 s). The floor alone would say so late:
+/// cuts are small at small shares (see [`CUT`]) and such a share sends a call a second or
+/// less, so a stream refusing everything takes minutes to cut it to the floor.
 pub const BROWN_OUT: Duration = Duration::from_secs(30);
 
 /// How long a share must pass calls uncut to be the one regained after a brown-out. (A
@@ -619,6 +619,30 @@ mod tests {
             steady.accepted(true, t + Duration::from_secs(k));
         }
         assert_eq!(steady.share(), 1.0, "the share it held");
+    }
+
+    /// Where the request quota makes calls longer than a slice, a replica sends fewer calls,
+    /// meets fewer throttles, and grows as much slower: the throttled fraction it settles at
+    /// is still its aim.
+    #[test]
+    fn growth_follows_the_calls_a_replica_sends() {
+        let slow = DirectPutQuota {
+            requests_per_sec: 50,
+            ..DIRECT_PUT_QUOTA_DEFAULT
+        };
+        let t0 = Instant::now();
+        for (quota, slices) in [(DIRECT_PUT_QUOTA_DEFAULT, 1.0), (slow, 0.25)] {
+            let mut pacer = Pacer::new(quota, t0);
+            pacer.throttled(t0, t0);
+            let before = pacer.share();
+            pacer.accepted(true, t0 + Duration::from_millis(500));
+            let grown = pacer.share() - before;
+            let expected = Pacer::growth(before) * slices * 0.5;
+            assert!(
+                (grown - expected).abs() < 1e-9 * expected,
+                "{grown} {expected}"
+            );
+        }
     }
 
     /// N replicas, each with its own pacer, start together on one stream whose quota is the
