@@ -102,6 +102,9 @@ pub struct Scenario {
     pub quota: DirectPutQuota,
     /// When each replica starts, from the start of the run; one entry per replica.
     pub starts: Vec<Duration>,
+    /// When each replica stops (a scale-in), or `None`: it runs to the end. Its calls in
+    /// flight are lost with it, as a stopped process's are; its queue is another's concern.
+    pub stops: Vec<Option<Duration>>,
     /// The quota Firehose really grants the stream, as a fraction of `quota`, from each instant
     /// on (the first entry should be at zero; 1 before it).
     pub real: Vec<(Duration, f64)>,
@@ -122,6 +125,7 @@ impl Scenario {
         Scenario {
             quota,
             starts: vec![Duration::ZERO; replicas],
+            stops: vec![None; replicas],
             real: vec![(Duration::ZERO, 1.0)],
             latency: Duration::from_millis(50),
             record_bytes: 5_000,
@@ -134,6 +138,16 @@ impl Scenario {
     pub fn late_start(mut self, late: Duration) -> Scenario {
         if let Some(last) = self.starts.last_mut() {
             *last = late;
+        }
+        self
+    }
+
+    /// The same, the last `count` replicas stopping at `at` (a scale-in: the others are left
+    /// to find the quota they freed).
+    pub fn scale_in(mut self, count: usize, at: Duration) -> Scenario {
+        let n = self.stops.len();
+        for stop in &mut self.stops[n.saturating_sub(count)..] {
+            *stop = Some(at);
         }
         self
     }
@@ -203,6 +217,8 @@ fn run(scenario: &Scenario) -> Outcome {
     let start = |r: usize| t0 + scenario.starts[r];
     let mut targets: Vec<Option<Targets>> = (0..n).map(|_| None).collect();
     let mut wake: Vec<Option<Instant>> = (0..n).map(|r| Some(start(r))).collect();
+    let mut stops: Vec<Option<Instant>> =
+        scenario.stops.iter().map(|s| s.map(|s| t0 + s)).collect();
     let mut answers: BinaryHeap<Reverse<Answer>> = BinaryHeap::new();
     let mut seq = 0;
     let mut out = Outcome {
@@ -239,6 +255,14 @@ fn run(scenario: &Scenario) -> Outcome {
         if now >= end {
             break;
         }
+        for r in 0..n {
+            if stops[r].is_some_and(|at| at <= now) {
+                // Gone, with its calls in flight: nothing more of it is sent or answered.
+                stops[r] = None;
+                targets[r] = None;
+                wake[r] = None;
+            }
+        }
         while real_changes.last().is_some_and(|(t, _)| *t <= now) {
             let (_, fraction) = real_changes.pop().expect("checked");
             meter.set_quota(scaled(scenario.quota, fraction), now);
@@ -246,6 +270,9 @@ fn run(scenario: &Scenario) -> Outcome {
         if next_answer == Some(now) {
             let Reverse(answer) = answers.pop().expect("peeked");
             let r = answer.replica;
+            let Some(t) = targets[r].as_mut() else {
+                continue;
+            };
             let report = CallReport {
                 sent_at: answer.sent_at,
                 throttled: answer.throttled,
@@ -253,9 +280,6 @@ fn run(scenario: &Scenario) -> Outcome {
                 config_error: false,
                 full: true,
             };
-            let t = targets[r]
-                .as_mut()
-                .expect("a replica that sent has started");
             t.returned(0, report, now);
             wake[r] = next_wake(t, now);
             continue;
