@@ -33,8 +33,9 @@
 //! - `sim`: 1 to 128 replicas sharing one stream, simulated
 //!   (`firehose_edge::delivery::pacing::sim`: each replica's own delivery policy against a
 //!   model of Firehose's meter, in simulated time), all starting together, then one starting
-//!   late, then the real quota halved and restored: what no machine here could run as
-//!   processes.
+//!   late, a fraction of the quota granted, half of them stopping (a scale-in: how long the
+//!   others take to use what it freed), then the real quota halved and restored: what no
+//!   machine here could run as processes.
 //!
 //! The in-process instances are the library's `run_with_sink`, as `main` runs it, minus
 //! logging and the metrics recorder; the `pair` case runs the binary itself. Lines are ~200-byte records like /track's; packing is on, as by default.
@@ -698,6 +699,38 @@ fn simulated() {
             100.0 * s.throttled
         );
     }
+    // Seconds after a change, or None (never): the worst seed's.
+    let worst = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.max(b));
+    println!(
+        "\n### simulated: scale-in: half of N replicas stop at second 120 (the worst of seeds 1-{seeds})"
+    );
+    println!(
+        "| replicas | the others at ≥ 90 % of the quota (10 s) after | throttled calls in the next 10 min | smallest share ÷ fair, minutes 10-20 after | seeds with a share below ½ |"
+    );
+    println!("|---|---|---|---|---|");
+    const SCALE_IN_END: u64 = 120 + 1_200;
+    for n in [2usize, 4, 10, 16, 64] {
+        let (mut back, mut throttled, mut smallest, mut below) = (Some(0), 0.0f64, f64::MAX, 0);
+        for seed in 1..=seeds {
+            let run = scenario(n, SCALE_IN_END, seed)
+                .scale_in(n / 2, Duration::from_secs(120))
+                .run();
+            let found = (120..SCALE_IN_END - 9)
+                .find(|&t| run.summary(t, t + 10).delivered >= 0.9)
+                .map(|t| t - 120);
+            back = worst(back, found);
+            throttled = throttled.max(run.summary(121, 720).throttled);
+            let spread = run.summary(720, SCALE_IN_END).spread.0;
+            smallest = smallest.min(spread);
+            below += usize::from(spread < 0.5);
+        }
+        println!(
+            "| {n} → {} | {} | {:.2} % | {smallest:.2} | {below} of {seeds} |",
+            n - n / 2,
+            back.map_or(format!("> {} s", SCALE_IN_END - 130), |t| format!("{t} s")),
+            100.0 * throttled
+        );
+    }
     println!(
         "\n### simulated: the real quota halved at second 60, restored at second 120 (10 s windows; the worst of seeds 1-{seeds})"
     );
@@ -705,13 +738,13 @@ fn simulated() {
         "| replicas | after the drop: delivered ÷ real, throttled | quiet (every 10 s ≥ 90 %, ≤ 2 % throttled) after | after the restore: ≥ 90 % of the quota after |"
     );
     println!("|---|---|---|---|");
-    // Seconds after the change, or None (never): the worst seed's.
-    let worst = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.max(b));
+    // How long the runs go on after the restore at second 120.
+    const RESTORE_END: u64 = 1_020;
     for n in [1usize, 4, 16, 64] {
         let (mut delivered, mut throttled) = (f64::MAX, 0.0f64);
         let (mut followed, mut back) = (Some(0), Some(0));
         for seed in 1..=seeds {
-            let run = scenario(n, 240, seed)
+            let run = scenario(n, RESTORE_END, seed)
                 .real_from(Duration::from_secs(60), 0.5)
                 .real_from(Duration::from_secs(120), 1.0)
                 .run();
@@ -724,7 +757,7 @@ fn simulated() {
             };
             let quiet = (60..111).find(|&t| (t..111).all(ok)).map(|t| t - 60);
             followed = worst(followed, quiet);
-            let again = (120..231)
+            let again = (120..RESTORE_END - 9)
                 .find(|&t| run.summary(t, t + 10).delivered >= 0.9)
                 .map(|t| t - 120);
             back = worst(back, again);
@@ -733,7 +766,7 @@ fn simulated() {
             "| {n} | {delivered:.3}, {:.2} % | {} | {} |",
             100.0 * throttled,
             followed.map_or("never".to_owned(), |t| format!("{t} s")),
-            back.map_or("> 115 s".to_owned(), |t| format!("{t} s")),
+            back.map_or(format!("> {} s", RESTORE_END - 130), |t| format!("{t} s")),
         );
     }
 }
