@@ -7,7 +7,7 @@
 //! cargo build --release && cargo run --release --example scale
 //! ```
 //! Knobs: `SCALE_SECS` (measured seconds per case, default 30), `SCALE_CASES` (any of `fan`,
-//! `unpaced`, `pair`, `drain`, `sixteenth`, `procs`, `sim`; default all), `SCALE_LATENCY_MS` (how
+//! `unpaced`, `pair`, `drain`, `sixteenth`, `procs`, `scalein`, `sim`; default all), `SCALE_LATENCY_MS` (how
 //! long the fake takes to answer a call, default 50: real Firehose answers in tens of
 //! milliseconds, and a flusher that waited for each answer would never reach the quota);
 //! for `sim`, `SCALE_SIM_SEEDS` (seeds per case, default 5) and `SCALE_SIM_LATENCY_MS` (the
@@ -30,6 +30,8 @@
 //!   fake grants each stream a sixteenth of it, as one of 16 replicas sharing them would get;
 //! - `procs`: 1, 2 and 4 service processes (the release binary) sharing one stream: the
 //!   delivered share, the throttled calls, and the spread of the processes' shares;
+//! - `scalein`: 4 service processes on one stream, 2 of them then stopped with SIGTERM: how
+//!   long the other two take to use the quota the stopped ones freed;
 //! - `sim`: 1 to 128 replicas sharing one stream, simulated
 //!   (`firehose_edge::delivery::pacing::sim`: each replica's own delivery policy against a
 //!   model of Firehose's meter, in simulated time), all starting together, then one starting
@@ -600,6 +602,87 @@ fn procs(fake: &FakeFirehose, measure: Duration) {
     }
 }
 
+/// Four service processes sharing one stream, two of them then stopped with SIGTERM, as
+/// Kubernetes stops the pods a scale-in removes: how long the other two take to use the quota
+/// the stopped ones freed (the sim's scale-in, on the real binary).
+fn scale_in(fake: &FakeFirehose, measure: Duration) {
+    let (n, stopped) = (4usize, 2usize);
+    let warmup = Duration::from_secs(20);
+    let watch = 2 * measure;
+    let name = "scalein";
+    fake.set_quota(name, QUOTA_OTHER_REGIONS);
+    println!(
+        "\n## scale-in: {n} service processes sharing one stream of 1 MiB/s, {stopped} stopped (SIGTERM) after {} s; the others watched for {} s",
+        warmup.as_secs(),
+        watch.as_secs()
+    );
+    // A quarter of the quota each until the stop, half of it after; half as much again, so
+    // that none runs dry.
+    let need = quota_bytes() * (warmup.as_secs_f64() / n as f64 + watch.as_secs_f64() / 2.0);
+    let procs: Vec<Process> = (0..n)
+        .map(|_| Process::start(fake, &[name], (1.5 * need) as u64))
+        .collect();
+    std::thread::sleep(warmup);
+    let (left, going) = {
+        let mut procs = procs;
+        let going = procs.split_off(n - stopped);
+        (procs, going)
+    };
+    let delivered = |procs: &[Process]| procs.iter().map(Process::accepted).sum::<u64>();
+    let (t0, s0) = (Instant::now(), totals(fake, &[name]));
+    let mut samples = vec![(0.0, delivered(&left))];
+    // Stopped in the background: a graceful stop takes its grace period, and the others
+    // are watched meanwhile.
+    let stopping: Vec<_> = going
+        .into_iter()
+        .map(|p| std::thread::spawn(move || p.stop()))
+        .collect();
+    while t0.elapsed() < watch {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push((t0.elapsed().as_secs_f64(), delivered(&left)));
+    }
+    let d = delta(s0, totals(fake, &[name]));
+    let lasted = left.iter().all(Process::has_backlog);
+    // The first sample from which 10 s delivered 90 % of the quota.
+    let back = (0..samples.len()).find(|&i| {
+        samples[i..]
+            .iter()
+            .find(|s| s.0 >= samples[i].0 + 10.0)
+            .is_some_and(|end| {
+                let bytes = (end.1 - samples[i].1) as f64;
+                bytes >= 0.9 * quota_bytes() * (end.0 - samples[i].0)
+            })
+    });
+    let last = samples.len() - 1;
+    let from = samples
+        .iter()
+        .position(|s| s.0 >= samples[last].0 - 10.0)
+        .unwrap_or(0);
+    let together = (samples[last].1 - samples[from].1) as f64
+        / (samples[last].0 - samples[from].0)
+        / quota_bytes();
+    for p in left {
+        p.stop();
+    }
+    for s in stopping {
+        s.join().expect("a stopped process exits cleanly");
+    }
+    println!(
+        "the other {} at ≥ 90 % of the quota (10 s) after {}; the last 10 s: {:.3} of the quota; {} of {} calls throttled ({:.2} %, the stopping ones' included){}",
+        n - stopped,
+        back.map_or("never".to_owned(), |i| format!("{:.0} s", samples[i].0)),
+        together,
+        d.throttled_calls,
+        d.calls,
+        100.0 * d.throttled_calls as f64 / d.calls.max(1) as f64,
+        if lasted {
+            ""
+        } else {
+            " (a backlog ran out: figures invalid)"
+        }
+    );
+}
+
 /// A numeric knob from the environment: `default` when unset, and no run at all when it does
 /// not parse (a mistyped figure must not measure something else).
 fn knob(name: &str, default: u64) -> u64 {
@@ -791,7 +874,7 @@ fn main() {
             .unwrap_or(30),
     );
     let cases = std::env::var("SCALE_CASES")
-        .unwrap_or_else(|_| "fan,unpaced,pair,drain,sixteenth,procs,sim".to_owned());
+        .unwrap_or_else(|_| "fan,unpaced,pair,drain,sixteenth,procs,scalein,sim".to_owned());
     if cases == "sim" {
         // No fake needed: simulated time only.
         simulated();
@@ -833,6 +916,9 @@ fn main() {
     }
     if cases.contains("procs") {
         procs(&fake, measure);
+    }
+    if cases.contains("scalein") {
+        scale_in(&fake, measure);
     }
     if cases.contains("sim") {
         simulated();
