@@ -102,8 +102,9 @@ pub struct Scenario {
     pub quota: DirectPutQuota,
     /// When each replica starts, from the start of the run; one entry per replica.
     pub starts: Vec<Duration>,
-    /// When each replica stops (a scale-in), or `None`: it runs to the end. Its calls in
-    /// flight are lost with it, as a stopped process's are; its queue is another's concern.
+    /// When each replica stops (a scale-in), or `None`: it runs to the end; one entry per
+    /// replica, as for `starts`. Its calls in flight are lost with it, as a stopped process's
+    /// are; its queue is another's concern.
     pub stops: Vec<Option<Duration>>,
     /// The quota Firehose really grants the stream, as a fraction of `quota`, from each instant
     /// on (the first entry should be at zero; 1 before it).
@@ -236,12 +237,12 @@ fn run(scenario: &Scenario) -> Outcome {
         let next_send = (0..n)
             .filter_map(|r| wake[r].map(|w| (w, r)))
             .min_by_key(|(w, r)| (*w, *r));
-        let now = match (next_answer, next_send) {
-            (Some(a), Some((s, _))) => a.min(s),
-            (Some(a), None) => a,
-            (None, Some((s, _))) => s,
-            (None, None) => end,
-        };
+        let next_stop = stops.iter().flatten().min().copied();
+        let now = [next_answer, next_send.map(|(s, _)| s), next_stop]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
         // Per-second samples of every pacer's share, taken as time passes each second.
         while sampled < secs && t0 + Duration::from_secs(sampled as u64 + 1) <= now.min(end) {
             for (r, t) in targets.iter().enumerate() {
@@ -255,17 +256,20 @@ fn run(scenario: &Scenario) -> Outcome {
         if now >= end {
             break;
         }
-        for r in 0..n {
-            if stops[r].is_some_and(|at| at <= now) {
-                // Gone, with its calls in flight: nothing more of it is sent or answered.
-                stops[r] = None;
-                targets[r] = None;
-                wake[r] = None;
-            }
-        }
         while real_changes.last().is_some_and(|(t, _)| *t <= now) {
             let (_, fraction) = real_changes.pop().expect("checked");
             meter.set_quota(scaled(scenario.quota, fraction), now);
+        }
+        if next_stop == Some(now) {
+            for r in 0..n {
+                if stops[r] == Some(now) {
+                    // Gone, with its calls in flight: nothing more of it is sent or answered.
+                    stops[r] = None;
+                    targets[r] = None;
+                    wake[r] = None;
+                }
+            }
+            continue;
         }
         if next_answer == Some(now) {
             let Reverse(answer) = answers.pop().expect("peeked");
